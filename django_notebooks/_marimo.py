@@ -1,0 +1,56 @@
+"""The only module that touches marimo internals.
+
+marimo's public API builds the notebook apps (``marimo.create_asgi_app``) but
+offers no way to close their sessions: a session's kernel thread is not a
+daemon, so while one lives the interpreter cannot exit and servers hang on
+SIGTERM. marimo's own CLI closes them through its session manager, which it
+keeps on the notebook app's Starlette state. We do the same, here and nowhere
+else. ``tests/test_marimo_contract.py`` fails loudly when marimo moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class MarimoInternalsChanged(RuntimeError):
+    """marimo no longer has an internal this project relies on."""
+
+
+def session_manager(notebook_app: Any) -> Any:
+    """The session manager of one notebook's Starlette app (as passed to a
+    ``with_app(middleware=[...])`` factory)."""
+    try:
+        manager = notebook_app.state.session_manager
+    except AttributeError as error:
+        raise MarimoInternalsChanged(
+            "marimo's notebook app no longer keeps its session manager at "
+            "app.state.session_manager; django_notebooks cannot close sessions."
+        ) from error
+    for method in ("close_all_sessions", "close_session"):
+        if not callable(getattr(manager, method, None)):
+            raise MarimoInternalsChanged(
+                f"marimo's SessionManager has no {method}(); "
+                "django_notebooks cannot close sessions."
+            )
+    return manager
+
+
+def close_all_sessions(manager: Any) -> None:
+    """Close every session of one notebook, stopping its kernel threads."""
+    try:
+        manager.close_all_sessions()
+    except Exception:
+        logger.exception("Closing marimo sessions failed")
+
+
+def close_session(manager: Any, session_id: str) -> bool:
+    """Close one session; ``False`` if marimo did not know it."""
+    try:
+        return bool(manager.close_session(session_id))
+    except Exception:
+        logger.exception("Closing marimo session %s failed", session_id)
+        return False

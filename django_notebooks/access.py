@@ -1,0 +1,73 @@
+"""Who may open a notebook: one decision for the page, its sub-paths and its
+websocket.
+
+A notebook requires a logged-in, active user unless its entry says
+``"public": True``. On top of that an entry may require membership of any of
+its ``groups``, all of its ``permissions`` and a project callable named by
+``access`` (``callable(user, notebook) -> bool``). Superusers pass the group
+and permission rules, as they do everywhere in Django; the project's callable
+is asked for everyone.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils.module_loading import import_string
+
+from .registry import Notebook
+
+
+class Access(enum.Enum):
+    """The answer of :func:`decide`."""
+
+    ALLOWED = "allowed"
+    LOGIN_REQUIRED = "login_required"
+    FORBIDDEN = "forbidden"
+
+    def __bool__(self) -> bool:
+        return self is Access.ALLOWED
+
+
+def _in_any_group(user: Any, names: tuple[str, ...]) -> bool:
+    return user.groups.filter(name__in=names).exists()
+
+
+def decide(user: Any, notebook: Notebook) -> Access:
+    """Whether ``user`` may open ``notebook`` (synchronous: may query the DB)."""
+    if not notebook.requires_login:
+        return Access.ALLOWED
+    if (
+        user is None
+        or not getattr(user, "is_authenticated", False)
+        or not getattr(user, "is_active", True)
+    ):
+        return Access.LOGIN_REQUIRED
+    if not user.is_superuser:
+        if notebook.groups and not _in_any_group(user, notebook.groups):
+            return Access.FORBIDDEN
+        if notebook.permissions and not user.has_perms(notebook.permissions):
+            return Access.FORBIDDEN
+    if notebook.access:
+        rule = import_string(notebook.access)
+        if not rule(user, notebook):
+            return Access.FORBIDDEN
+    return Access.ALLOWED
+
+
+async def adecide(user: Any, notebook: Notebook) -> Access:
+    """:func:`decide` for async code; skips the thread hop when no DB is needed."""
+    if not notebook.requires_login:
+        return Access.ALLOWED
+    if not getattr(user, "is_authenticated", False):
+        return Access.LOGIN_REQUIRED
+    if not (notebook.groups or notebook.permissions or notebook.access):
+        return Access.ALLOWED if getattr(user, "is_active", True) else Access.LOGIN_REQUIRED
+    return await sync_to_async(decide)(user, notebook)
+
+
+def may_open(user: Any, notebook: Notebook) -> bool:
+    """Whether ``user`` may open ``notebook``; for templates and listings."""
+    return decide(user, notebook) is Access.ALLOWED

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class DjangoNotebooksConfig(AppConfig):
+    name = "django_notebooks"
+    verbose_name = "Notebooks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks, conf  # noqa: F401  (registers checks and signals)

@@ -1,0 +1,118 @@
+"""System checks: configuration mistakes reported by ``manage.py check`` and
+at server start, instead of at the first request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from . import registry
+
+
+@register(Tags.compatibility)
+def check_installation(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    errors = []
+    if not apps.is_installed("channels"):
+        errors.append(
+            Error(
+                "'channels' is not in INSTALLED_APPS.",
+                hint="Add 'daphne' (first) and 'channels' to INSTALLED_APPS: "
+                "the kernel websocket is a Channels consumer.",
+                id="django_notebooks.E001",
+            )
+        )
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        errors.append(
+            Error(
+                "ASGI_APPLICATION is not set.",
+                hint="Set ASGI_APPLICATION = 'yourproject.asgi.application' and "
+                "route 'websocket' to django_notebooks.routing.websocket_urlpatterns.",
+                id="django_notebooks.E002",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    try:
+        notebooks = registry.explicit_notebooks()
+        directories = registry.directories()
+    except ImproperlyConfigured as error:
+        return [
+            Error(
+                str(error),
+                hint="See the DJANGO_NOTEBOOKS settings reference.",
+                id="django_notebooks.E003",
+            )
+        ]
+    errors: list[Any] = []
+    for slug, notebook in notebooks.items():
+        if not registry.NAME_PATTERN.fullmatch(slug):
+            errors.append(
+                Error(
+                    f"Notebook slug {slug!r} is not valid.",
+                    hint="Use letters, digits, '-' and '_', starting with a "
+                    "letter or digit.",
+                    id="django_notebooks.E004",
+                )
+            )
+        path = Path(notebook.path)
+        if not path.is_file():
+            errors.append(
+                Error(
+                    f"Notebook {slug!r}: file {str(path)!r} does not exist.",
+                    hint="Fix the path in DJANGO_NOTEBOOKS['NOTEBOOKS'].",
+                    id="django_notebooks.E005",
+                )
+            )
+        elif not registry.is_marimo_notebook(path):
+            errors.append(
+                Error(
+                    f"Notebook {slug!r}: {str(path)!r} is not a marimo notebook.",
+                    hint="A marimo notebook defines app = marimo.App(...); "
+                    "create one with 'marimo new'.",
+                    id="django_notebooks.E006",
+                )
+            )
+        if notebook.public and (notebook.groups or notebook.permissions or notebook.access):
+            errors.append(
+                Warning(
+                    f"Notebook {slug!r} is public, so its groups, permissions "
+                    "and access rules are ignored.",
+                    hint="Remove 'public': True or the access rules.",
+                    id="django_notebooks.W001",
+                )
+            )
+    for key, options in directories.items():
+        if key in notebooks:
+            errors.append(
+                Error(
+                    f"{key!r} names both a notebook and a directory.",
+                    hint="Rename one of them: they share the URL {key}/.",
+                    id="django_notebooks.E007",
+                )
+            )
+        if not registry.NAME_PATTERN.fullmatch(key):
+            errors.append(
+                Error(
+                    f"Directory key {key!r} is not valid.",
+                    hint="Use letters, digits, '-' and '_', starting with a "
+                    "letter or digit.",
+                    id="django_notebooks.E004",
+                )
+            )
+        if not Path(options["path"]).is_dir():
+            errors.append(
+                Error(
+                    f"Directory {key!r}: {str(options['path'])!r} is not a directory.",
+                    hint="Fix the path in DJANGO_NOTEBOOKS['DIRECTORIES'].",
+                    id="django_notebooks.E008",
+                )
+            )
+    return errors

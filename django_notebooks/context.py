@@ -1,0 +1,148 @@
+"""What notebook code sees as ``mo.app_meta().request``.
+
+marimo builds that object from the ASGI scope it is given: ``scope["user"]``
+becomes ``request.user`` (a dict passes through unchanged), ``scope["meta"]``
+becomes ``request.meta``, and the headers and cookies come from
+``scope["headers"]``. This module builds that scope for both paths through
+the bridge (HTTP forwarding and the kernel websocket), so that both show the
+notebook the same user and neither leaks a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+from typing import Any
+
+from . import conf
+
+# Credentials the notebook must never see. Cookies are filtered separately
+# (an allow-list); these headers are dropped whole.
+SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"x-csrftoken"})
+
+# Keys other layers add to a scope that mean nothing to marimo, or that would
+# hand it Django objects (the session, the user model instance).
+# raw_path would contradict the path we set (and may hold the encoded form).
+FOREIGN_SCOPE_KEYS = frozenset(
+    {"session", "cookies", "url_route", "path_remaining", "user", "raw_path"}
+)
+
+
+def _display_name(user: Any) -> str:
+    get_full_name = getattr(user, "get_full_name", None)
+    full_name = get_full_name() if get_full_name else ""
+    return full_name or user.get_username()
+
+
+def default_user_context(user: Any) -> dict[str, Any]:
+    """The dict notebooks see as ``request.user``, for a Django user.
+
+    Synchronous: reads the user's groups from the database.
+    """
+    if user is None or not getattr(user, "is_authenticated", False):
+        return {
+            "id": None,
+            "username": "",
+            "display_name": "",
+            "is_authenticated": False,
+            "is_staff": False,
+            "is_superuser": False,
+            "email": "",
+            "first_name": "",
+            "last_name": "",
+            "groups": [],
+        }
+    return {
+        "id": user.pk,
+        "username": user.get_username(),
+        "display_name": _display_name(user),
+        "is_authenticated": True,
+        "is_staff": bool(getattr(user, "is_staff", False)),
+        "is_superuser": bool(getattr(user, "is_superuser", False)),
+        "email": getattr(user, "email", "") or "",
+        "first_name": getattr(user, "first_name", "") or "",
+        "last_name": getattr(user, "last_name", "") or "",
+        "groups": sorted(user.groups.values_list("name", flat=True))
+        if hasattr(user, "groups")
+        else [],
+    }
+
+
+def user_context(user: Any) -> dict[str, Any]:
+    """``request.user`` for notebooks: the project's ``USER_CONTEXT`` or the default."""
+    hook = conf.import_hook("USER_CONTEXT")
+    context = hook(user) if hook else default_user_context(user)
+    if not isinstance(context, dict):
+        raise TypeError(
+            f"DJANGO_NOTEBOOKS['USER_CONTEXT'] must return a dict, "
+            f"not {type(context).__name__}."
+        )
+    return context
+
+
+def request_meta(request_or_scope: Any) -> dict[str, Any]:
+    """``request.meta`` for notebooks: what the project's ``REQUEST_META`` returns."""
+    hook = conf.import_hook("REQUEST_META")
+    if hook is None:
+        return {}
+    meta = hook(request_or_scope)
+    if not isinstance(meta, dict):
+        raise TypeError(
+            f"DJANGO_NOTEBOOKS['REQUEST_META'] must return a dict, "
+            f"not {type(meta).__name__}."
+        )
+    return meta
+
+
+def _filtered_cookie_header(value: bytes, allowed: Iterable[str]) -> bytes | None:
+    allowed = set(allowed)
+    if not allowed:
+        return None
+    cookie: SimpleCookie = SimpleCookie()
+    try:
+        cookie.load(value.decode("latin-1"))
+    except Exception:
+        return None
+    kept = [f"{name}={morsel.coded_value}" for name, morsel in cookie.items() if name in allowed]
+    return "; ".join(kept).encode("latin-1") if kept else None
+
+
+def safe_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request headers without credentials: no ``Authorization``, and a
+    ``Cookie`` header holding only the cookies on ``ALLOWED_COOKIES``."""
+    allowed = conf.get("ALLOWED_COOKIES")
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in SECRET_HEADERS:
+            continue
+        if lowered == b"cookie":
+            filtered = _filtered_cookie_header(value, allowed)
+            if filtered is not None:
+                kept.append((b"cookie", filtered))
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def marimo_scope(
+    scope: dict[str, Any],
+    *,
+    path: str,
+    root_path: str,
+    user: dict[str, Any],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """A copy of ``scope`` for marimo's app of one notebook.
+
+    ``path`` is the full URL path and ``root_path`` the notebook's page URL
+    without its trailing slash: marimo's Starlette routing matches the path
+    below ``root_path``, and its frontend computes every URL from the page.
+    """
+    forwarded = {key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS}
+    forwarded["path"] = path
+    forwarded["root_path"] = root_path
+    forwarded["headers"] = safe_headers(scope.get("headers", ()))
+    forwarded["user"] = user
+    forwarded["meta"] = meta
+    return forwarded

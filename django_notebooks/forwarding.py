@@ -1,0 +1,152 @@
+"""Calling marimo's ASGI app from a Django view, and streaming its answer back.
+
+Small answers (JSON, the page) come back as an ordinary ``HttpResponse``;
+anything marimo sends in several parts (static files, ``@file`` downloads,
+server-sent events) is relayed as it arrives through a
+``StreamingHttpResponse``, with a bounded queue so a slow client slows marimo
+down instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from django.http import HttpResponse, StreamingHttpResponse
+
+logger = logging.getLogger(__name__)
+
+# Headers marimo sets that the bridge must not pass on. marimo allows every
+# origin (it has no auth of its own); Django's site has its own CORS policy.
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-expose-headers",
+        "access-control-max-age",
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+    }
+)
+QUEUE_SIZE = 8
+_END = object()
+
+
+class UpstreamError(Exception):
+    """marimo's app failed before it began its answer."""
+
+
+def _response_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    headers = []
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1")
+        if name.lower() in DROPPED_RESPONSE_HEADERS:
+            continue
+        headers.append((name, raw_value.decode("latin-1")))
+    return headers
+
+
+def _apply_headers(response: HttpResponse | StreamingHttpResponse, headers: list[tuple[str, str]]) -> None:
+    seen: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key == "set-cookie":
+            # marimo sets no cookies when Django does the auth; never let a
+            # notebook app write cookies on the project's domain.
+            continue
+        # Repeated headers (Vary, Link) are folded, as HTTP allows.
+        seen[key] = f"{seen[key]}, {value}" if key in seen else value
+        response.headers[name] = seen[key]
+
+
+async def forward_http(app: Callable[..., Any], scope: dict[str, Any], body: bytes) -> HttpResponse | StreamingHttpResponse:
+    """Run ``app`` on one HTTP request and return Django's response for it."""
+    start: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
+    finished = asyncio.Event()
+    request_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # Starlette's file and streaming responses listen for a disconnect
+        # while they send; answering at once would cut them short.
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.set_result(message)
+        elif message["type"] == "http.response.body":
+            await chunks.put(message)
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            await chunks.put(_END)
+
+    task = asyncio.create_task(run())
+    try:
+        done, _ = await asyncio.wait({start, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            # The app ended without answering: report why it failed.
+            task.result()
+            raise UpstreamError("marimo's app ended without a response")
+        first = await chunks.get()
+    except BaseException:
+        finished.set()
+        task.cancel()
+        raise
+
+    message = start.result()
+    status = message["status"]
+    headers = _response_headers(message.get("headers", []))
+
+    if first is _END or not first.get("more_body", False):
+        finished.set()
+        await _quietly(task)
+        content = b"" if first is _END else first.get("body", b"")
+        response: HttpResponse | StreamingHttpResponse = HttpResponse(content, status=status)
+        # Django adds its own; marimo's must not override a rewritten body.
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+        _apply_headers(response, headers)
+        return response
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            item = first
+            while item is not _END:
+                data = item.get("body", b"")
+                if data:
+                    yield data
+                if not item.get("more_body", False):
+                    break
+                item = await chunks.get()
+        finally:
+            finished.set()
+            if not task.done():
+                task.cancel()
+            await _quietly(task)
+
+    response = StreamingHttpResponse(stream(), status=status)
+    _apply_headers(response, headers)
+    return response
+
+
+async def _quietly(task: asyncio.Task[Any]) -> None:
+    """Wait for marimo's app to end; its errors are logged, not raised, since
+    its answer (marimo sends a 500 for its own errors) has already begun."""
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await task
+        except Exception:
+            logger.exception("marimo's app failed while answering")

@@ -1,0 +1,238 @@
+"""Which notebooks exist, where their files are and who may open them.
+
+Notebooks come from two places in the ``DJANGO_NOTEBOOKS`` setting:
+
+- ``NOTEBOOKS``: explicit entries, served at ``<slug>/``;
+- ``DIRECTORIES``: every marimo notebook in a directory, served at
+  ``<key>/<file stem>/`` and picked up without a restart.
+
+A URL location (what follows the prefix the project chose in its urls.py) is
+turned into a notebook and the sub-path below it by :func:`locate`. Anything
+that is not plainly a notebook of ours is ``None``: traversal, hidden or
+private names, non-``.py`` files and symlinks that leave the directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+
+# A slug or file stem: no dots (so no traversal, no hidden files), no leading
+# underscore (marimo's convention for private modules), no slashes.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+ACCESS_KEYS = ("public", "groups", "permissions", "access")
+ENTRY_KEYS = frozenset({"path", "title", "description", *ACCESS_KEYS})
+
+T = TypeVar("T")
+
+# How much of a file is read to tell whether it is a marimo notebook.
+MARKER_READ_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """A notebook the project serves."""
+
+    slug: str
+    path: Path
+    title: str
+    description: str = ""
+    public: bool = False
+    groups: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ()
+    access: str | None = None
+    directory: str | None = field(default=None, compare=False)
+
+    @property
+    def requires_login(self) -> bool:
+        return not self.public
+
+
+@dataclass(frozen=True)
+class Location:
+    """A notebook and the part of the URL below its page."""
+
+    notebook: Notebook
+    subpath: str
+    # False when the URL named the notebook without its trailing slash.
+    has_slash: bool = True
+
+
+def _entry_options(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, str | Path):
+        return {"path": Path(value)}
+    if isinstance(value, Mapping):
+        unknown = set(value) - ENTRY_KEYS
+        if unknown:
+            raise ImproperlyConfigured(
+                f"DJANGO_NOTEBOOKS entry {name!r} has unknown keys "
+                f"{sorted(unknown)}; allowed keys are {sorted(ENTRY_KEYS)}."
+            )
+        if "path" not in value:
+            raise ImproperlyConfigured(
+                f"DJANGO_NOTEBOOKS entry {name!r} needs a 'path' key."
+            )
+        return {**value, "path": Path(value["path"])}
+    raise ImproperlyConfigured(
+        f"DJANGO_NOTEBOOKS entry {name!r} must be a path or a dict with a "
+        f"'path' key, not {type(value).__name__}."
+    )
+
+
+def _title_from(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ").strip().capitalize()
+
+
+def _notebook(
+    slug: str, path: Path, options: Mapping[str, Any], directory: str | None = None
+) -> Notebook:
+    stem = slug.rsplit("/", 1)[-1]
+    return Notebook(
+        slug=slug,
+        path=path,
+        title=options.get("title") or _title_from(stem),
+        description=options.get("description", ""),
+        public=bool(options.get("public", False)),
+        groups=tuple(options.get("groups", ())),
+        permissions=tuple(options.get("permissions", ())),
+        access=options.get("access"),
+        directory=directory,
+    )
+
+
+def _per_config(function: Callable[[], T]) -> Callable[[], T]:
+    """Memoise a function of the setting until the setting changes."""
+    memo: list[Any] = [None, None]
+
+    @wraps(function)
+    def wrapper() -> T:
+        config = conf.get_config()
+        if memo[0] is not config:
+            memo[:] = [config, function()]
+        return memo[1]
+
+    return wrapper
+
+
+@_per_config
+def explicit_notebooks() -> dict[str, Notebook]:
+    """The ``NOTEBOOKS`` entries, by slug."""
+    notebooks = {}
+    for slug, value in conf.get("NOTEBOOKS").items():
+        options = _entry_options(slug, value)
+        notebooks[slug] = _notebook(slug, options["path"], options)
+    return notebooks
+
+
+@_per_config
+def directories() -> dict[str, dict[str, Any]]:
+    """The ``DIRECTORIES`` entries, by key, as option dicts."""
+    return {
+        key: _entry_options(key, value)
+        for key, value in conf.get("DIRECTORIES").items()
+    }
+
+
+_marker_cache: dict[Path, tuple[int, bool]] = {}
+
+
+def is_marimo_notebook(path: Path) -> bool:
+    """Whether a file looks like a marimo notebook (it defines ``marimo.App``).
+
+    The answer is remembered until the file changes, so that requests below a
+    directory notebook do not read its file each time.
+    """
+    try:
+        mtime = path.stat().st_mtime_ns
+        cached = _marker_cache.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        with path.open("rb") as file:
+            answer = b"marimo.App(" in file.read(MARKER_READ_BYTES)
+    except OSError:
+        return False
+    _marker_cache[path] = (mtime, answer)
+    return answer
+
+
+def _directory_notebook(key: str, options: Mapping[str, Any], name: str) -> Notebook | None:
+    if not NAME_PATTERN.fullmatch(name):
+        return None
+    directory = Path(options["path"])
+    candidate = directory / f"{name}.py"
+    try:
+        resolved = candidate.resolve(strict=True)
+        # Symlinks may point anywhere: only files that really live inside
+        # the directory are served.
+        resolved.relative_to(directory.resolve(strict=True))
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not resolved.is_file() or not is_marimo_notebook(resolved):
+        return None
+    return _notebook(f"{key}/{name}", resolved, options, directory=key)
+
+
+def directory_notebooks(key: str) -> Iterator[Notebook]:
+    """The notebooks currently in one of the ``DIRECTORIES``, sorted by name."""
+    options = directories()[key]
+    try:
+        names = sorted(p.stem for p in Path(options["path"]).glob("*.py"))
+    except OSError:
+        return
+    for name in names:
+        notebook = _directory_notebook(key, options, name)
+        if notebook is not None:
+            yield notebook
+
+
+def all_notebooks() -> list[Notebook]:
+    """Every notebook the project serves right now, in settings order."""
+    notebooks = list(explicit_notebooks().values())
+    for key in directories():
+        notebooks.extend(directory_notebooks(key))
+    return notebooks
+
+
+def get_notebook(slug: str) -> Notebook | None:
+    """The notebook with this slug (``name`` or ``directory/name``), if any."""
+    location = locate(f"{slug}/")
+    if location is None or location.subpath:
+        return None
+    return location.notebook
+
+
+def locate(location: str) -> Location | None:
+    """Split a URL location into a notebook and the sub-path below its page.
+
+    ``location`` is the decoded URL path below the prefix where the project
+    included ``django_notebooks.urls``, e.g. ``"sales/"``,
+    ``"sales/api/kernel/set_ui_element_value"`` or ``"lab/demo/ws"``.
+    """
+    segments = location.split("/")
+    # "." and ".." mean nothing to marimo: refusing them here keeps every
+    # request inside the notebook the access decision was made for.
+    if any(segment in (".", "..") or "\\" in segment for segment in segments):
+        return None
+    first = segments[0]
+    explicit = explicit_notebooks()
+    if first in explicit:
+        notebook, rest = explicit[first], segments[1:]
+    else:
+        options = directories().get(first)
+        if options is None or len(segments) < 2:
+            return None
+        notebook = _directory_notebook(first, options, segments[1])
+        if notebook is None:
+            return None
+        rest = segments[2:]
+    if not rest:
+        return Location(notebook, "", has_slash=False)
+    return Location(notebook, "/".join(rest))

@@ -1,0 +1,19 @@
+"""Websocket URL patterns for the project's ASGI application::
+
+    "websocket": AllowedHostsOriginValidator(
+        AuthMiddlewareStack(URLRouter(django_notebooks.routing.websocket_urlpatterns))
+    ),
+
+The pattern takes any path ending in ``/ws``; the consumer then resolves it
+through the project's URLconf, so notebooks are found wherever urls.py
+included ``django_notebooks.urls``. List the project's own websocket routes
+before these ones.
+"""
+
+from django.urls import re_path
+
+from .consumers import KernelConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^.+/ws$", KernelConsumer.as_asgi(), name="django_notebooks_kernel"),
+]

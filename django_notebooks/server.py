@@ -1,0 +1,92 @@
+"""marimo's ASGI apps, one per notebook file, built with the public
+``marimo.create_asgi_app()`` builder.
+
+Each notebook gets its own app (marimo gives each its own session manager
+anyway), built the first time the notebook is requested and kept for the life
+of the process, so a notebook that appears in a directory needs no restart.
+The app is mounted at the empty path: the bridge sends it scopes whose
+``root_path`` is the notebook's page URL and whose ``path`` is the full URL,
+which is how Starlette matches mounted apps.
+
+At interpreter exit every session is closed, because marimo's kernel threads
+would otherwise keep the process alive after the server has stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import marimo
+
+from . import _marimo, conf
+
+ASGIApp = Callable[..., Any]
+
+
+class NotebookApps:
+    """The marimo apps of this process, by notebook file."""
+
+    def __init__(self) -> None:
+        self._apps: dict[tuple[Path, tuple], ASGIApp] = {}
+        self._session_managers: dict[tuple[Path, tuple], Any] = {}
+        self._lock = threading.Lock()
+        self._exit_hook_installed = False
+
+    def app_for(self, path: Path) -> ASGIApp:
+        """The marimo app serving the notebook file at ``path``."""
+        options = conf.marimo_options()
+        key = (path, tuple(sorted(options.items(), key=lambda item: item[0])))
+        app = self._apps.get(key)
+        if app is None:
+            with self._lock:
+                app = self._apps.get(key)
+                if app is None:
+                    app = self._build(key, path, options)
+        return app
+
+    def session_manager_for(self, path: Path) -> Any | None:
+        """marimo's session manager for a notebook file, if its app exists."""
+        for (app_path, _options), manager in self._session_managers.items():
+            if app_path == path:
+                return manager
+        return None
+
+    def _build(self, key: tuple[Path, tuple], path: Path, options: dict[str, Any]) -> ASGIApp:
+        def remember_session_manager(notebook_app: ASGIApp) -> ASGIApp:
+            self._session_managers[key] = _marimo.session_manager(notebook_app)
+            return notebook_app
+
+        app = (
+            marimo.create_asgi_app(**options)
+            .with_app(path="", root=str(path), middleware=[remember_session_manager])
+            .build()
+        )
+        self._apps[key] = app
+        self._install_exit_hook()
+        return app
+
+    def close_all_sessions(self) -> None:
+        """Close every marimo session of this process."""
+        for manager in list(self._session_managers.values()):
+            _marimo.close_all_sessions(manager)
+
+    def _install_exit_hook(self) -> None:
+        if self._exit_hook_installed:
+            return
+        self._exit_hook_installed = True
+        # atexit handlers run only after non-daemon threads are joined, which
+        # is too late: the kernel threads never end by themselves. This hook
+        # runs before the join; concurrent.futures uses it for the same need.
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(self.close_all_sessions)
+        else:  # pragma: no cover - every supported Python has it
+            import atexit
+
+            atexit.register(self.close_all_sessions)
+
+
+notebook_apps = NotebookApps()

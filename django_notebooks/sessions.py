@@ -1,0 +1,137 @@
+"""Who owns each marimo session.
+
+marimo accepts any session id from anyone: whoever knows an id can drive that
+kernel. The bridge records, when a kernel websocket opens, which browser login
+opened it (the Django user and session, or an anonymous visitor's cookie on a
+public notebook) and for which notebook. Kernel POSTs and reconnects for that
+id are then accepted only from the same owner, and ids never seen opened are
+refused.
+
+The record lives in this process's memory: marimo's sessions do too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core import signing
+
+from . import conf
+
+VISITOR_COOKIE = "django_notebooks_visitor"
+VISITOR_SALT = "django_notebooks.visitor"
+# Records of sessions whose websocket closed are kept this long beyond
+# marimo's session TTL, so that a reconnect within the TTL is still accepted.
+GRACE_SECONDS = 60
+
+
+def owner_of(user: Any, session_key: str | None, visitor: str | None) -> str | None:
+    """The owner key for a request or websocket; ``None`` if it has none."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        if not session_key:
+            return None
+        return f"user:{user.pk}:{session_key}"
+    if visitor:
+        return f"visitor:{visitor}"
+    return None
+
+
+def new_visitor_cookie() -> str:
+    """A signed random id for an anonymous visitor of a public notebook."""
+    return signing.dumps(secrets.token_urlsafe(16), salt=VISITOR_SALT)
+
+
+def visitor_from_cookie(value: str | None) -> str | None:
+    """The visitor id in a cookie value, if its signature is valid."""
+    if not value:
+        return None
+    try:
+        return signing.loads(value, salt=VISITOR_SALT)
+    except signing.BadSignature:
+        return None
+
+
+@dataclass
+class Binding:
+    owner: str
+    notebook: str
+    user_context: dict[str, Any]
+    user_id: Any = None
+    opened_at: float = field(default_factory=time.time)
+    connections: int = 0
+    disconnected_at: float | None = None
+
+
+class SessionBindings:
+    """marimo session id -> the owner that opened it, in this process."""
+
+    def __init__(self) -> None:
+        self._bindings: dict[str, Binding] = {}
+        self._lock = threading.Lock()
+
+    def claim(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        notebook: str,
+        user_context: dict[str, Any],
+        user_id: Any = None,
+    ) -> bool:
+        """Record that ``owner`` opens ``session_id``; ``False`` if someone else owns it."""
+        with self._lock:
+            self._purge_expired()
+            binding = self._bindings.get(session_id)
+            if binding is not None and (
+                binding.owner != owner or binding.notebook != notebook
+            ):
+                return False
+            if binding is None:
+                binding = Binding(owner, notebook, user_context, user_id)
+                self._bindings[session_id] = binding
+            binding.user_context = user_context
+            binding.connections += 1
+            binding.disconnected_at = None
+            return True
+
+    def release(self, session_id: str, owner: str) -> None:
+        """The websocket of ``session_id`` closed; marimo keeps the kernel a while."""
+        with self._lock:
+            binding = self._bindings.get(session_id)
+            if binding is None or binding.owner != owner:
+                return
+            binding.connections = max(0, binding.connections - 1)
+            if binding.connections == 0:
+                binding.disconnected_at = time.time()
+
+    def get(self, session_id: str, *, owner: str, notebook: str) -> Binding | None:
+        """The binding of ``session_id`` if ``owner`` opened it for ``notebook``."""
+        binding = self._bindings.get(session_id)
+        if binding is None or binding.owner != owner or binding.notebook != notebook:
+            return None
+        return binding
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._bindings.pop(session_id, None)
+
+    def sessions_of_user(self, user_id: Any) -> list[str]:
+        return [sid for sid, b in list(self._bindings.items()) if b.user_id == user_id]
+
+    def _purge_expired(self) -> None:
+        ttl = conf.marimo_options().get("session_ttl", 120) + GRACE_SECONDS
+        horizon = time.time() - ttl
+        expired = [
+            session_id
+            for session_id, binding in self._bindings.items()
+            if binding.disconnected_at is not None and binding.disconnected_at < horizon
+        ]
+        for session_id in expired:
+            del self._bindings[session_id]
+
+
+bindings = SessionBindings()

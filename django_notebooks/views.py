@@ -1,0 +1,211 @@
+"""The notebooks index and the view that forwards a notebook's HTTP traffic
+(its page and everything below it) to marimo."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csrf import csrf_exempt
+
+from . import access, context, origins, registry, sessions
+from .access import Access
+from .forwarding import forward_http
+from .server import notebook_apps
+
+SESSION_HEADER = "Marimo-Session-Id"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def json_error(status: int, message: str) -> JsonResponse:
+    """An error answer for the marimo frontend (or any API client)."""
+    return JsonResponse({"error": message}, status=status)
+
+
+async def get_user(request: HttpRequest) -> Any:
+    """``request.user``, loaded without blocking the event loop."""
+    auser = getattr(request, "auser", None)
+    if auser is not None:  # Django 5.0+
+        return await auser()
+    user = request.user
+    await sync_to_async(lambda: user.is_authenticated)()
+    return user
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    """The notebooks this user may open."""
+    notebooks = [
+        notebook
+        for notebook in registry.all_notebooks()
+        if access.may_open(request.user, notebook)
+    ]
+    return render(request, "django_notebooks/index.html", {"notebooks": notebooks})
+
+
+@csrf_exempt  # marimo's frontend sends no CSRF token: origins.py guards POSTs
+@xframe_options_sameorigin  # the embedding tag frames notebooks on this site
+async def notebook(request: HttpRequest, slug: str) -> HttpResponse | StreamingHttpResponse:
+    """A notebook's page, at ``<slug>/`` (the URL ``reverse`` gives)."""
+    return await serve(request, f"{slug}/")
+
+
+@csrf_exempt
+@xframe_options_sameorigin
+async def notebook_location(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+    """Anything at or below a notebook's page: assets, kernel API, files."""
+    return await serve(request, location)
+
+
+async def serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+    found = registry.locate(location)
+    if found is None:
+        raise Http404("No such notebook.")
+    notebook = found.notebook
+    is_page = found.subpath == "" and request.method in SAFE_METHODS
+
+    user = await get_user(request)
+    decision = await access.adecide(user, notebook)
+    if decision is not Access.ALLOWED:
+        return _refuse(request, decision, is_page)
+
+    if not found.has_slash:
+        query = request.META.get("QUERY_STRING", "")
+        return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
+
+    visitor_cookie = None
+    visitor = sessions.visitor_from_cookie(request.COOKIES.get(sessions.VISITOR_COOKIE))
+    if is_page and notebook.public and not user.is_authenticated and visitor is None:
+        visitor_cookie = sessions.new_visitor_cookie()
+        visitor = sessions.visitor_from_cookie(visitor_cookie)
+    session = getattr(request, "session", None)
+    owner = sessions.owner_of(user, session.session_key if session else None, visitor)
+
+    user_context: dict[str, Any] = _identity(user)
+    if request.method not in SAFE_METHODS:
+        refusal = _check_kernel_call(request, notebook, owner)
+        if isinstance(refusal, HttpResponse):
+            return refusal
+        user_context = refusal.user_context
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            return json_error(413, "Request body too large.")
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return json_error(400, "The request body is not valid JSON.")
+            if not isinstance(parsed, dict):
+                return json_error(400, "The request body must be a JSON object.")
+    else:
+        body = b""
+
+    subpath = found.subpath
+    mount = request.path[: len(request.path) - len(subpath)]
+    scope = context.marimo_scope(
+        _asgi_scope(request),
+        path=request.path,
+        root_path=mount.rstrip("/"),
+        user=user_context,
+        meta=await sync_to_async(context.request_meta)(request)
+        if context.conf.get("REQUEST_META")
+        else {},
+    )
+    app = notebook_apps.app_for(notebook.path)
+    response = await forward_http(app, scope, body)
+    if is_page:
+        patch_vary_headers(response, ["Cookie"])
+        if visitor_cookie:
+            response.set_cookie(
+                sessions.VISITOR_COOKIE,
+                visitor_cookie,
+                httponly=True,
+                samesite="Lax",
+                secure=settings.SESSION_COOKIE_SECURE,
+            )
+    return response
+
+
+def _refuse(request: HttpRequest, decision: Access, is_page: bool) -> HttpResponse:
+    if is_page and decision is Access.LOGIN_REQUIRED:
+        return redirect_to_login(request.get_full_path())
+    if is_page:
+        raise PermissionDenied("You may not open this notebook.")
+    if decision is Access.LOGIN_REQUIRED:
+        return json_error(401, "Log in to use this notebook.")
+    return json_error(403, "You may not use this notebook.")
+
+
+def _check_kernel_call(
+    request: HttpRequest, notebook: registry.Notebook, owner: str | None
+) -> HttpResponse | sessions.Binding:
+    """A state-changing call must come from this site and name a kernel
+    session that this browser login opened."""
+    if not origins.request_source_is_trusted(
+        origin=request.headers.get("Origin"),
+        referer=request.headers.get("Referer"),
+        fetch_site=request.headers.get("Sec-Fetch-Site"),
+        host=request.get_host(),
+        scheme=request.scheme,
+    ):
+        return json_error(403, "Cross-site request refused.")
+    session_id = request.headers.get(SESSION_HEADER)
+    if not session_id:
+        return json_error(400, f"The {SESSION_HEADER} header is missing.")
+    binding = (
+        sessions.bindings.get(session_id, owner=owner, notebook=notebook.slug)
+        if owner
+        else None
+    )
+    if binding is None:
+        return json_error(403, "This notebook session is not yours.")
+    return binding
+
+
+def _identity(user: Any) -> dict[str, Any]:
+    """Who is asking, for requests that run no notebook code (assets, the
+    page). Requests that do run code get the full user context from the
+    session binding, made when the kernel websocket opened."""
+    if not user.is_authenticated:
+        return {"id": None, "username": "", "is_authenticated": False}
+    return {"id": user.pk, "username": user.get_username(), "is_authenticated": True}
+
+
+def _asgi_scope(request: HttpRequest) -> dict[str, Any]:
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        return scope
+    # Under WSGI (e.g. the sync test client) there is no ASGI scope: make one.
+    headers = [
+        (key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+        for key, value in request.META.items()
+        if key.startswith("HTTP_")
+    ]
+    if "CONTENT_TYPE" in request.META:
+        headers.append((b"content-type", request.META["CONTENT_TYPE"].encode("latin-1")))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": request.scheme,
+        "path": request.path,
+        "query_string": request.META.get("QUERY_STRING", "").encode("latin-1"),
+        "headers": headers,
+        "server": (request.get_host(), int(request.get_port())),
+    }

@@ -1,0 +1,3 @@
+import marimo
+
+app = marimo.App()

@@ -1,0 +1,93 @@
+"""Minimal settings for the test suite."""
+
+import os
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+NOTEBOOKS_DIR = TESTS_DIR / "notebooks"
+
+SECRET_KEY = "django_notebooks-tests-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+    "channels",
+    "django_notebooks",
+    "tests",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tests.urls"
+ASGI_APPLICATION = "tests.asgi.application"
+
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_DB") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "test",
+            "HOST": "127.0.0.1",
+            "PORT": 5432,
+            "USER": os.environ.get("PGUSER", "postgres"),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DJANGO_NOTEBOOKS_TEST_SQLITE", ":memory:"),
+        }
+    }
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [TESTS_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+LOGIN_URL = "/accounts/login/"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"
+
+DJANGO_NOTEBOOKS = {
+    "NOTEBOOKS": {
+        "square": NOTEBOOKS_DIR / "square.py",
+        "hello": {"path": NOTEBOOKS_DIR / "whoami.py", "public": True, "title": "Hello"},
+        "sales": {"path": NOTEBOOKS_DIR / "whoami.py", "groups": ["sales"]},
+        "report": {
+            "path": NOTEBOOKS_DIR / "whoami.py",
+            "permissions": ["auth.view_user", "auth.change_user"],
+        },
+        "ops": {"path": NOTEBOOKS_DIR / "whoami.py", "access": "tests.access_rules.is_ops"},
+        "whoami": NOTEBOOKS_DIR / "whoami.py",
+    },
+    "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
+    "MARIMO": {"session_ttl": 5},
+    "REQUEST_META": "tests.access_rules.request_meta",
+}
