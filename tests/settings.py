@@ -88,6 +88,10 @@ DJANGO_NOTEBOOKS = {
         "whoami": NOTEBOOKS_DIR / "whoami.py",
     },
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
-    "MARIMO": {"session_ttl": 5},
+    "MARIMO": {"session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))},
     "REQUEST_META": "tests.access_rules.request_meta",
 }
+
+# A directory the end-to-end tests add notebooks to while the server runs.
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_DROPBOX"):
+    DJANGO_NOTEBOOKS["DIRECTORIES"]["dropbox"] = Path(os.environ["DJANGO_NOTEBOOKS_TEST_DROPBOX"])

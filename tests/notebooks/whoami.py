@@ -15,6 +15,7 @@ def _():
         "meta": request.meta if request else None,
         "headers": sorted(dict(request.headers).keys()) if request else None,
         "cookies": sorted(dict(request.cookies).keys()) if request else None,
+        "path": request.url["path"] if request else None,
     }
     mo.md("WHOAMI " + json.dumps(seen, sort_keys=True, default=str))
     return

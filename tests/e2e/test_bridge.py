@@ -1,0 +1,286 @@
+"""The whole path, end to end: real daphne and uvicorn processes, real marimo
+kernels, driven as marimo's frontend drives them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import websockets
+
+from tests.live import NotebookClient, new_session_id
+from tests.settings import NOTEBOOKS_DIR
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+def whoami(outputs: list[str]) -> dict:
+    """What the whoami notebook printed about its request."""
+    for text in outputs:
+        match = re.search(r"WHOAMI (\{.*\})", text.replace("&quot;", '"'))
+        if match:
+            return json.loads(match.group(1).split("</")[0])
+    raise AssertionError(f"no WHOAMI output in {outputs!r}")
+
+
+def square_output(outputs: list[str]) -> list[str]:
+    return re.findall(r"square=\d+ user=[\w-]+", " ".join(outputs))
+
+
+async def test_logged_in_user_drives_a_notebook(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        page = await client.http.get("/notebooks/square/")
+        assert page.status_code == 200
+        assert "<marimo-" in page.text or "marimo" in page.text
+
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs) == ["square=9 user=alice"]
+            [slider] = kernel.ui_element_ids()
+
+            response = await kernel.set_ui_value(slider, 7)
+            assert response.status_code == 200, response.text
+            assert response.json() == {"success": True}
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs)[-1] == "square=49 user=alice"
+
+
+async def test_page_sub_paths_reach_marimo(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        page = (await client.http.get("/notebooks/square/")).text
+        asset = re.search(r'src="\./(assets/[^"]+\.js)"', page).group(1)
+        response = await client.http.get(f"/notebooks/square/{asset}")
+        assert response.status_code == 200
+        assert "javascript" in response.headers["content-type"]
+        assert len(response.content) == int(response.headers["content-length"])
+
+        health = await client.http.get("/notebooks/square/health")
+        assert health.status_code == 200
+        favicon = await client.http.get("/notebooks/square/favicon.ico")
+        assert favicon.status_code == 200
+
+
+async def test_missing_trailing_slash_redirects_with_query(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        response = await client.http.get("/notebooks/square?x=1&y=two")
+        assert response.status_code in (301, 302)
+        assert response.headers["location"] == "/notebooks/square/?x=1&y=two"
+        response = await client.http.get("/notebooks/lab/demo")
+        assert response.headers["location"] == "/notebooks/lab/demo/"
+
+
+async def test_anonymous_is_sent_to_login_and_kept_out(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        page = await client.http.get("/notebooks/square/")
+        assert page.status_code == 302
+        assert page.headers["location"] == "/accounts/login/?next=/notebooks/square/"
+
+        post = await client.post_kernel("/notebooks/square/", "set_ui_element_value", new_session_id(), {"objectIds": [], "values": []})
+        assert post.status_code == 401
+        assert post.headers["content-type"] == "application/json"
+
+        asset = await client.http.get("/notebooks/square/health")
+        assert asset.status_code == 401
+
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with client.kernel("/notebooks/square/"):
+                pass
+        assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("username", "slug", "allowed"),
+    [
+        ("alice", "sales", True),
+        ("bob", "sales", False),
+        ("carol", "report", True),
+        ("alice", "report", False),
+        ("ops-dan", "ops", True),
+        ("bob", "ops", False),
+        ("bob", "lab/demo", True),
+    ],
+)
+async def test_groups_permissions_and_rules_guard_every_path(notebook_server, username, slug, allowed):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login(username)
+        page = await client.http.get(f"/notebooks/{slug}/")
+        health = await client.http.get(f"/notebooks/{slug}/health")
+        index = (await client.http.get("/notebooks/")).text
+        if allowed:
+            assert page.status_code == 200
+            assert health.status_code == 200
+            assert f'href="/notebooks/{slug}/"' in index
+            async with client.kernel(f"/notebooks/{slug}/") as kernel:
+                await kernel.read_until_completed()
+        else:
+            assert page.status_code == 403
+            assert health.status_code == 403
+            assert f'href="/notebooks/{slug}/"' not in index
+            post = await client.post_kernel(f"/notebooks/{slug}/", "set_ui_element_value", new_session_id(), {"objectIds": [], "values": []})
+            assert post.status_code == 403
+            with pytest.raises(websockets.InvalidStatus):
+                async with client.kernel(f"/notebooks/{slug}/"):
+                    pass
+
+
+async def test_unknown_notebook_is_404(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        assert (await client.http.get("/notebooks/nope/")).status_code == 404
+        assert (await client.http.get("/notebooks/lab/nope/")).status_code == 404
+        with pytest.raises(websockets.InvalidStatus):
+            async with client.kernel("/notebooks/nope/"):
+                pass
+
+
+async def test_notebook_sees_django_user_and_meta_but_no_secrets(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        client.http.cookies.set("analytics", "x")
+        async with client.kernel("/notebooks/whoami/") as kernel:
+            await kernel.websocket.send("{}")  # client frames are relayed (and ignored by marimo)
+            await kernel.read_until_completed()
+            seen = whoami(kernel.outputs)
+    user = seen["user"]
+    assert user["username"] == "alice"
+    assert user["is_authenticated"] is True
+    assert user["groups"] == ["sales"]
+    assert user["first_name"] == "Alice"
+    assert {"id", "is_staff", "is_superuser", "email", "last_name"} <= set(user)
+    assert seen["meta"] == {"site": "tests"}
+    assert seen["cookies"] == []
+    assert "cookie" not in seen["headers"]
+    assert "authorization" not in seen["headers"]
+    assert seen["path"] == "/notebooks/whoami/ws"
+
+
+async def test_anonymous_on_public_notebook_is_not_marimos_fake_user(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        page = await client.http.get("/notebooks/hello/")
+        assert page.status_code == 200
+        async with client.kernel("/notebooks/hello/") as kernel:
+            await kernel.read_until_completed()
+            seen = whoami(kernel.outputs)
+    assert seen["user"]["is_authenticated"] is False
+    assert seen["user"]["username"] == ""
+
+
+async def test_session_ids_belong_to_whoever_opened_them(notebook_server):
+    async with NotebookClient(notebook_server.url) as alice, NotebookClient(notebook_server.url) as bob:
+        await alice.login("alice")
+        await bob.login("bob")
+        async with alice.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            [slider] = kernel.ui_element_ids()
+
+            stolen = await bob.post_kernel("/notebooks/square/", "set_ui_element_value", kernel.session_id, {"objectIds": [slider], "values": [10]})
+            assert stolen.status_code == 403
+            with pytest.raises(websockets.InvalidStatus):
+                async with bob.kernel("/notebooks/square/", session_id=kernel.session_id):
+                    pass
+            guessed = await alice.post_kernel("/notebooks/square/", "set_ui_element_value", new_session_id(), {"objectIds": [slider], "values": [10]})
+            assert guessed.status_code == 403
+
+            # alice's session was not touched: her next change still starts from 3.
+            own = await kernel.set_ui_value(slider, 2)
+            assert own.status_code == 200
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs) == ["square=9 user=alice", "square=4 user=alice"]
+
+
+async def test_cross_site_kernel_posts_are_refused(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            [slider] = kernel.ui_element_ids()
+            body = {"objectIds": [slider], "values": [5]}
+            for headers in (
+                {"Origin": "https://evil.example"},
+                {"Origin": "null"},
+                {"Referer": "https://evil.example/page", "Origin": None},
+                {"Sec-Fetch-Site": "cross-site", "Origin": None},
+            ):
+                sent = {k: v for k, v in headers.items() if v is not None}
+                response = await client.http.post(
+                    "/notebooks/square/api/kernel/set_ui_element_value",
+                    content=json.dumps(body),
+                    headers={"Marimo-Session-Id": kernel.session_id, "Content-Type": "text/plain", **sent},
+                )
+                assert response.status_code == 403, headers
+            ok = await kernel.set_ui_value(slider, 5)
+            assert ok.status_code == 200
+            assert "access-control-allow-origin" not in ok.headers
+
+
+async def test_cross_site_websocket_is_refused(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with client.kernel("/notebooks/square/", origin="https://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+
+
+async def test_bad_input_gets_a_clear_4xx(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            url = "/notebooks/square/api/kernel/set_ui_element_value"
+            origin = {"Origin": notebook_server.url}
+            malformed = await client.http.post(url, content=b"{not json", headers={"Marimo-Session-Id": kernel.session_id, **origin})
+            assert malformed.status_code == 400
+            assert "JSON" in malformed.json()["error"]
+            no_session = await client.http.post(url, json={"objectIds": [], "values": []}, headers=origin)
+            assert no_session.status_code == 400
+            assert "Marimo-Session-Id" in no_session.json()["error"]
+        ws_url = notebook_server.url.replace("http", "ws") + "/notebooks/square/ws"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(ws_url, additional_headers={"Cookie": client.cookie_header(), "Origin": notebook_server.url}):
+                pass
+        assert 400 <= refused.value.response.status_code < 500
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/notebooks/lab/../square/",
+        "/notebooks/lab/%2e%2e/square/",
+        "/notebooks/lab/..%2fsquare/",
+        "/notebooks/lab/%2e%2e%2f%2e%2e%2fsettings/",
+        "/notebooks/lab/demo%2f..%2f..%2fsquare/",
+        "/notebooks/lab/_private/",
+        "/notebooks/lab/.hidden/",
+        "/notebooks/lab/helpers/",
+        "/notebooks/lab/notes.txt/",
+        "/notebooks/lab/notes/",
+        "/notebooks/lab/escape/",
+        "/notebooks/square/assets/../../whoami/",
+    ],
+)
+async def test_directory_paths_that_are_not_notebooks_are_404(notebook_server, path):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        assert await client.raw_get(path) == 404
+
+
+async def test_new_notebook_in_a_directory_appears_without_restart(notebook_server):
+    source = (NOTEBOOKS_DIR / "lab" / "demo.py").read_text()
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("bob")
+        assert (await client.http.get("/notebooks/dropbox/fresh/")).status_code == 404
+        (notebook_server.dropbox / "fresh.py").write_text(source)
+        try:
+            assert (await client.http.get("/notebooks/dropbox/fresh/")).status_code == 200
+            assert 'href="/notebooks/dropbox/fresh/"' in (await client.http.get("/notebooks/")).text
+            async with client.kernel("/notebooks/dropbox/fresh/") as kernel:
+                await kernel.read_until_completed()
+                assert any("lab demo notebook" in text for text in kernel.outputs)
+        finally:
+            (notebook_server.dropbox / "fresh.py").unlink()
+        assert (await client.http.get("/notebooks/dropbox/fresh/")).status_code == 404

@@ -1,0 +1,251 @@
+"""Real servers for end-to-end tests: daphne or uvicorn running the test
+project on a free loopback port, with a client that speaks to notebooks the
+way marimo's frontend does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = {
+    # username: (password, groups, permissions)
+    "alice": ("alice-pw", ["sales"], []),
+    "bob": ("bob-pw", [], []),
+    "carol": ("carol-pw", [], ["auth.view_user", "auth.change_user"]),
+    "ops-dan": ("dan-pw", [], []),
+}
+SETUP_SCRIPT = """
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from django.contrib.auth.models import Group, Permission, User
+for username, (password, groups, perms) in {users!r}.items():
+    user = User.objects.create_user(username, password=password, first_name=username.title())
+    for name in groups:
+        user.groups.add(Group.objects.get_or_create(name=name)[0])
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(db_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DJANGO_NOTEBOOKS_TEST_SQLITE=str(db_path),
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def prepare_database(db_path: Path) -> Path:
+    """Create a SQLite database with the test users, in a subprocess."""
+    subprocess.run(
+        [sys.executable, "-c", SETUP_SCRIPT.format(users=USERS)],
+        env=server_env(db_path),
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    return db_path
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    if kind == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "tests.asgi:application"]
+    if kind == "uvicorn":
+        return [
+            sys.executable, "-m", "uvicorn", "tests.asgi:application",
+            "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
+        ]
+    raise ValueError(kind)
+
+
+class LiveServer:
+    """One server process; stopped by whoever started it."""
+
+    def __init__(self, kind: str, db_path: Path, log_path: Path, **env: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            server_command(kind, self.port),
+            env=server_env(db_path, **env),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_listening()
+
+    def _wait_until_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> float:
+        """SIGTERM the server; return the seconds it took to exit."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                self._log.close()
+                return float("inf")
+        self._log.close()
+        return time.monotonic() - started
+
+
+def new_session_id() -> str:
+    """A session id shaped like the ones marimo's frontend makes."""
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "s_" + "".join(secrets.choice(alphabet) for _ in range(6))
+
+
+UI_ELEMENT = re.compile(r"object-id=(?:\\?['\"])([^'\"\\]+)")
+
+
+@dataclass
+class KernelSession:
+    """A notebook session driven as marimo's frontend drives it."""
+
+    client: NotebookClient
+    page: str
+    session_id: str
+    websocket: Any
+    outputs: list[str] = field(default_factory=list)
+
+    async def read_until_completed(self, timeout: float = 60) -> list[dict[str, Any]]:
+        """Frames up to and including the next ``completed-run``."""
+        frames = []
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.websocket.recv(), timeout))
+            frames.append(frame)
+            if frame.get("op") == "cell-op":
+                output = (frame.get("data") or {}).get("output") or {}
+                data = output.get("data")
+                if isinstance(data, str) and data:
+                    self.outputs.append(data)
+            if frame.get("op") == "completed-run":
+                return frames
+
+    def ui_element_ids(self) -> list[str]:
+        return [m for text in self.outputs for m in UI_ELEMENT.findall(text)]
+
+    async def set_ui_value(self, object_id: str, value: Any) -> httpx.Response:
+        return await self.client.post_kernel(
+            self.page, "set_ui_element_value", self.session_id,
+            {"objectIds": [object_id], "values": [value]},
+        )
+
+
+class NotebookClient:
+    """A logged-in (or anonymous) browser, minus the browser."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+    async def __aenter__(self) -> NotebookClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.http.aclose()
+
+    async def login(self, username: str, password: str | None = None) -> None:
+        password = password or USERS[username][0]
+        await self.http.get("/accounts/login/")
+        response = await self.http.post(
+            "/accounts/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": self.http.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{self.base_url}/accounts/login/"},
+        )
+        assert response.status_code == 302, f"login failed for {username}"
+
+    async def raw_get(self, path: str) -> int:
+        """GET ``path`` exactly as written (HTTP clients normalise dots away);
+        returns the status code."""
+        host, port = self.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Cookie: {self.cookie_header()}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(request.encode("latin-1"))
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+        return int(status_line.split()[1])
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+    async def post_kernel(
+        self, page: str, endpoint: str, session_id: str | None, body: Any, **headers: str
+    ) -> httpx.Response:
+        sent = {"Origin": self.base_url, **headers}
+        if session_id is not None:
+            sent["Marimo-Session-Id"] = session_id
+        return await self.http.post(f"{page}api/kernel/{endpoint}", json=body, headers=sent)
+
+    @asynccontextmanager
+    async def kernel(self, page: str, session_id: str | None = None, origin: str | None = None):
+        """Open ``<page>ws?session_id=...`` as the frontend does."""
+        session_id = session_id or new_session_id()
+        ws_url = self.base_url.replace("http://", "ws://") + f"{page}ws?session_id={session_id}"
+        headers = {"Origin": origin or self.base_url}
+        cookie = self.cookie_header()
+        if cookie:
+            headers["Cookie"] = cookie
+        async with websockets.connect(
+            ws_url, additional_headers=headers, max_size=None, open_timeout=30
+        ) as websocket:
+            yield KernelSession(self, page, session_id, websocket)
