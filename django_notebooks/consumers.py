@@ -136,6 +136,7 @@ class KernelConsumer(AsyncConsumer):
             root_path=(root_path + mount).rstrip("/"),
             user=user_context,
             meta=meta,
+            notebook_file=str(notebook.path),
         )
         app = notebook_apps.app_for(notebook.path)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import quote
 
 from . import conf
 
 # Credentials the notebook must never see. Cookies are filtered separately
 # (an allow-list); these headers are dropped whole.
 SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"x-csrftoken"})
+
+NOTEBOOK_ID_HEADER = b"x-notebook-id"
 
 # Keys other layers add to a scope that mean nothing to marimo, or that would
 # hand it Django objects (the session, the user model instance).
@@ -132,6 +135,7 @@ def marimo_scope(
     root_path: str,
     user: dict[str, Any],
     meta: dict[str, Any],
+    notebook_file: str,
 ) -> dict[str, Any]:
     """A copy of ``scope`` for marimo's app of one notebook.
 
@@ -142,7 +146,13 @@ def marimo_scope(
     forwarded = {key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS}
     forwarded["path"] = path
     forwarded["root_path"] = root_path
-    forwarded["headers"] = safe_headers(scope.get("headers", ()))
+    # marimo's service worker names the notebook by its file path in this
+    # header (for public/ files); the bridge knows the file, the browser need
+    # not, so the header is always set here.
+    forwarded["headers"] = [
+        *(h for h in safe_headers(scope.get("headers", ())) if h[0].lower() != NOTEBOOK_ID_HEADER),
+        (NOTEBOOK_ID_HEADER, quote(notebook_file).encode("latin-1")),
+    ]
     forwarded["user"] = user
     forwarded["meta"] = meta
     return forwarded

@@ -125,6 +125,7 @@ async def serve(request: HttpRequest, location: str) -> HttpResponse | Streaming
         meta=await sync_to_async(context.request_meta)(request)
         if context.conf.get("REQUEST_META")
         else {},
+        notebook_file=str(notebook.path),
     )
     app = notebook_apps.app_for(notebook.path)
     response = await forward_http(app, scope, body)

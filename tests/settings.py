@@ -86,6 +86,7 @@ DJANGO_NOTEBOOKS = {
         },
         "ops": {"path": NOTEBOOKS_DIR / "whoami.py", "access": "tests.access_rules.is_ops"},
         "whoami": NOTEBOOKS_DIR / "whoami.py",
+        "files": NOTEBOOKS_DIR / "files.py",
     },
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     "MARIMO": {"session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))},

@@ -63,6 +63,27 @@ async def test_page_sub_paths_reach_marimo(notebook_server):
         assert favicon.status_code == 200
 
 
+async def test_virtual_files_and_public_folder_stream_through(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        async with client.kernel("/notebooks/files/") as kernel:
+            await kernel.read_until_completed()
+            [virtual] = re.findall(r"\./(@file/[^\"'\\&]+)", " ".join(kernel.outputs))
+            async with client.http.stream("GET", f"/notebooks/files/{virtual}") as response:
+                assert response.status_code == 200
+                received = b"".join([chunk async for chunk in response.aiter_raw()])
+            assert received == b"0123456789" * 50_000
+        # marimo's service worker names the notebook in X-Notebook-Id; the
+        # bridge sets it from the notebook's file, whatever the browser says.
+        public = await client.http.get("/notebooks/files/public/hello.txt", headers={"X-Notebook-Id": "whatever"})
+        assert public.status_code == 200
+        assert public.text == "hello from the public folder\n"
+
+    async with NotebookClient(notebook_server.url) as anonymous:
+        assert (await anonymous.http.get(f"/notebooks/files/{virtual}")).status_code == 401
+        assert (await anonymous.http.get("/notebooks/files/public/hello.txt")).status_code == 401
+
+
 async def test_missing_trailing_slash_redirects_with_query(notebook_server):
     async with NotebookClient(notebook_server.url) as client:
         await client.login("alice")
