@@ -7,4 +7,6 @@ class DjangoNotebooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, conf  # noqa: F401  (registers checks and signals)
+        from . import checks, conf, revocation  # noqa: F401  (registers checks)
+
+        revocation.connect_signals()

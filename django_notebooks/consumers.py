@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.urls import Resolver404, resolve
 
-from . import access, conf, context, origins, registry, sessions
+from . import _marimo, access, conf, context, origins, registry, revocation, sessions
 from .access import Access
 from .server import notebook_apps
 
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
+# Sent to an open websocket whose user logged out or lost access.
+CLOSE_REVOKED = 4401
 # How long a disconnect waits for marimo's handler to finish.
 DISCONNECT_TIMEOUT = 5.0
 VIEW_NAMES = frozenset({"notebook_location", "notebook"})
@@ -125,7 +127,8 @@ class KernelConsumer(AsyncConsumer):
             user_id=getattr(user, "pk", None),
         ):
             return await self._refuse(CLOSE_REFUSED)
-        self.session_id, self.owner = session_id, owner
+        self.session_id, self.owner, self.notebook = session_id, owner, notebook
+        await self._join_revocation_groups(user, session)
 
         meta = {}
         if conf.get("REQUEST_META"):
@@ -141,6 +144,40 @@ class KernelConsumer(AsyncConsumer):
         app = notebook_apps.app_for(notebook.path)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
         await self.inbox.put({"type": "websocket.connect"})
+
+    async def _join_revocation_groups(self, user: Any, session: Any) -> None:
+        self.revocation_groups = []
+        if self.channel_layer is None:
+            return
+        if getattr(user, "is_authenticated", False):
+            self.revocation_groups.append(revocation.user_group(user.pk))
+            if session is not None and session.session_key:
+                self.revocation_groups.append(revocation.login_group(session.session_key))
+        for group in self.revocation_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def notebooks_revoke(self, message: dict[str, Any]) -> None:
+        """The login that opened this session logged out."""
+        await self._end_session()
+
+    async def notebooks_recheck(self, message: dict[str, Any]) -> None:
+        """The user's account, groups or permissions changed: ask again."""
+        user = await _fresh_user(self.scope["user"])
+        if await access.adecide(user, self.notebook) is not Access.ALLOWED:
+            await self._end_session()
+
+    async def _end_session(self) -> None:
+        """Close the websocket and the marimo session behind it; later calls
+        with this session id are refused."""
+        if self.session_id is None:
+            return
+        sessions.bindings.forget(self.session_id)
+        manager = notebook_apps.session_manager_for(self.notebook.path)
+        if manager is not None:
+            _marimo.close_session(manager, self.session_id)
+        if not self.closed:
+            self.closed = True
+            await self.send({"type": "websocket.close", "code": CLOSE_REVOKED})
 
     async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
         try:
@@ -179,4 +216,15 @@ class KernelConsumer(AsyncConsumer):
                     await self.marimo_task
         if self.session_id and self.owner:
             sessions.bindings.release(self.session_id, self.owner)
+        for group in getattr(self, "revocation_groups", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
         raise StopConsumer()
+
+
+@database_sync_to_async
+def _fresh_user(user: Any) -> Any:
+    """The user as the database has it now (permissions are cached on the
+    instance, so the scope's user would answer from before the change)."""
+    if not getattr(user, "is_authenticated", False):
+        return user
+    return user._meta.model._default_manager.filter(pk=user.pk).first()

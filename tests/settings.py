@@ -68,7 +68,18 @@ TEMPLATES = [
     }
 ]
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0")],
+                "prefix": os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests"),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 LOGIN_URL = "/accounts/login/"
 USE_TZ = True

@@ -1,0 +1,141 @@
+"""Ending notebook sessions when a user's access ends.
+
+Each kernel websocket joins two channel-layer groups: one for its user and one
+for the Django login (session) that opened it. When the user logs out, the
+login's group is told to close; when the user is deactivated or loses a
+group or permission, the user's group is told to decide again. The channel
+layer carries the message to every process (with ``channels_redis``), so
+sessions close wherever they live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model, user_logged_out
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_save, pre_delete
+
+logger = logging.getLogger(__name__)
+
+REVOKE = "notebooks.revoke"
+RECHECK = "notebooks.recheck"
+
+
+def user_group(user_id: Any) -> str:
+    return f"django_notebooks.user.{user_id}"
+
+
+def login_group(session_key: str) -> str:
+    # Group names end up in the channel layer's storage (Redis): keep the
+    # session key itself out of it.
+    digest = hashlib.sha256(session_key.encode()).hexdigest()[:40]
+    return f"django_notebooks.login.{digest}"
+
+
+def _send(group: str, message_type: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, {"type": message_type})
+    except Exception:
+        logger.exception("Could not tell %s to %s", group, message_type)
+
+
+def revoke_login(session_key: str) -> None:
+    """Close every notebook session opened by this Django login."""
+    _send(login_group(session_key), REVOKE)
+
+
+def recheck_users(user_ids: Any) -> None:
+    """Make these users' open notebook sessions ask the access rules again,
+    once the current transaction has committed."""
+    ids = [user_id for user_id in user_ids or () if user_id is not None]
+
+    def send() -> None:
+        for user_id in ids:
+            _send(user_group(user_id), RECHECK)
+
+    if ids:
+        transaction.on_commit(send)
+
+
+def _on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    session = getattr(request, "session", None)
+    if session is not None and session.session_key:
+        revoke_login(session.session_key)
+
+
+def _on_user_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if getattr(instance, "is_active", True) is False:
+        recheck_users([instance.pk])
+
+
+def _members_of(group_ids: Any) -> list[Any]:
+    users = get_user_model().objects.filter(groups__in=group_ids)
+    return list(users.values_list("pk", flat=True).distinct())
+
+
+def _users_linked(through: Any, instance: Any) -> list[Any]:
+    """Users linked to ``instance`` (a group or permission) in ``through``."""
+    user_model = get_user_model()
+    fields = through._meta.fields
+    user_fk = next(f for f in fields if f.is_relation and f.related_model is user_model)
+    other_fk = next(
+        f for f in fields if f.is_relation and f.related_model is type(instance)
+    )
+    links = through.objects.filter(**{other_fk.name: instance.pk})
+    return list(links.values_list(user_fk.attname, flat=True))
+
+
+def _on_user_m2m_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+    """A user lost groups or permissions (from either side of the relation)."""
+    if action == "pre_clear" and reverse:
+        # pk_set is empty on clear: remember who was linked before.
+        instance._django_notebooks_users = _users_linked(sender, instance)
+    if action not in ("post_remove", "post_clear"):
+        return
+    if not reverse:
+        recheck_users([instance.pk])
+    elif action == "post_clear":
+        recheck_users(getattr(instance, "_django_notebooks_users", []))
+    else:
+        recheck_users(pk_set)
+
+
+def _on_group_permissions_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+    if action not in ("post_remove", "post_clear"):
+        return
+    group_ids = list(pk_set or ()) if reverse else [instance.pk]
+    recheck_users(_members_of(group_ids))
+
+
+def _on_group_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    recheck_users(_members_of([instance.pk]))
+
+
+def connect_signals() -> None:
+    """Called from the app's ``ready()``, once the user model is known."""
+    user_model = get_user_model()
+    user_logged_out.connect(_on_logout, dispatch_uid="django_notebooks.logout")
+    post_save.connect(_on_user_saved, sender=user_model, dispatch_uid="django_notebooks.user_saved")
+    for field_name in ("groups", "user_permissions"):
+        field = getattr(user_model, field_name, None)
+        if field is not None:
+            m2m_changed.connect(
+                _on_user_m2m_changed,
+                sender=field.through,
+                dispatch_uid=f"django_notebooks.user_{field_name}",
+            )
+    m2m_changed.connect(
+        _on_group_permissions_changed,
+        sender=Group.permissions.through,
+        dispatch_uid="django_notebooks.group_permissions",
+    )
+    pre_delete.connect(_on_group_deleted, sender=Group, dispatch_uid="django_notebooks.group_deleted")
