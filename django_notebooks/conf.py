@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_META": None,
     # Cookie names that notebook code may read; every other cookie is removed.
     "ALLOWED_COOKIES": [],
+    # Show the notebook's absolute file path in its page (marimo does).
+    "EXPOSE_FILE_PATHS": False,
 }
 
 # marimo options this project decides itself: a token would add marimo's own

@@ -23,7 +23,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.csrf import csrf_exempt
 
-from . import access, context, origins, registry, sessions
+from . import access, context, origins, pages, registry, sessions
 from .access import Access
 from .forwarding import forward_http
 from .server import notebook_apps
@@ -130,6 +130,7 @@ async def serve(request: HttpRequest, location: str) -> HttpResponse | Streaming
     app = notebook_apps.app_for(notebook.path)
     response = await forward_http(app, scope, body)
     if is_page:
+        pages.hide_file_paths(response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
         if visitor_cookie:
             response.set_cookie(

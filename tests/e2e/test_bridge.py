@@ -9,7 +9,7 @@ import re
 import pytest
 import websockets
 
-from tests.live import NotebookClient, new_session_id
+from tests.live import ROOT, NotebookClient, new_session_id
 from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -45,6 +45,15 @@ async def test_logged_in_user_drives_a_notebook(notebook_server):
             assert response.json() == {"success": True}
             await kernel.read_until_completed()
             assert square_output(kernel.outputs)[-1] == "square=49 user=alice"
+
+
+async def test_page_does_not_reveal_server_paths(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        page = (await client.http.get("/notebooks/square/")).text
+    assert "square.py" in page
+    assert str(NOTEBOOKS_DIR) not in page
+    assert str(ROOT) not in page
 
 
 async def test_page_sub_paths_reach_marimo(notebook_server):
