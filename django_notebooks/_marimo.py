@@ -10,6 +10,7 @@ else. ``tests/test_marimo_contract.py`` fails loudly when marimo moves it.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -54,3 +55,14 @@ def close_session(manager: Any, session_id: str) -> bool:
     except Exception:
         logger.exception("Closing marimo session %s failed", session_id)
         return False
+
+
+def alert_frame(title: str, description: str) -> str:
+    """A kernel-websocket message that marimo's frontend shows as an alert.
+
+    Close reasons do not reach the browser under every server (daphne drops
+    them), so the bridge says why it closes a socket with this message first.
+    """
+    return json.dumps(
+        {"op": "alert", "data": {"title": title, "description": description, "variant": "danger"}}
+    )

@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_META": None,
     # Cookie names that notebook code may read; every other cookie is removed.
     "ALLOWED_COOKIES": [],
+    # Open kernel websockets one user (or anonymous visitor) may have at once.
+    "MAX_SESSIONS_PER_USER": 20,
+    # Largest websocket message a browser may send (marimo's frontend sends
+    # none: everything goes through HTTP POSTs).
+    "MAX_WEBSOCKET_MESSAGE_BYTES": 64 * 1024,
     # Show the notebook's absolute file path in its page (marimo does).
     "EXPOSE_FILE_PATHS": False,
 }

@@ -25,8 +25,13 @@ logger = logging.getLogger(__name__)
 CLOSE_REFUSED = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
-# Sent to an open websocket whose user logged out or lost access.
+# Close codes for an accepted websocket (applications may use 4000-4999).
 CLOSE_REVOKED = 4401
+CLOSE_TOO_BIG = 4413
+CLOSE_TOO_MANY = 4429
+# marimo's frontend stops reconnecting on this close reason (where the
+# server passes reasons on) and says the user is not authorised.
+REASON_UNAUTHORIZED = "MARIMO_UNAUTHORIZED"
 # How long a disconnect waits for marimo's handler to finish.
 DISCONNECT_TIMEOUT = 5.0
 VIEW_NAMES = frozenset({"notebook_location", "notebook"})
@@ -58,29 +63,54 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+def _comes_from_this_site(scope: dict[str, Any]) -> bool:
+    """Browsers always send Origin on a websocket handshake; refuse other
+    sites even if the project forgot AllowedHostsOriginValidator. Either
+    scheme is accepted: behind a TLS proxy the server sees plain ws."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    host = _header(scope, b"host") or ""
+    return any(
+        origins.is_trusted_origin(origin, host=host, scheme=scheme)
+        for scheme in ("https", "http")
+    )
+
+
+@database_sync_to_async
+def _fresh_user(user: Any) -> Any:
+    """The user as the database has it now (permissions are cached on the
+    instance, so the scope's user would answer from before the change)."""
+    if not getattr(user, "is_authenticated", False):
+        return user
+    return user._meta.model._default_manager.filter(pk=user.pk).first()
+
+
 class KernelConsumer(AsyncConsumer):
     """Relays a notebook's kernel websocket to marimo, after the same access
     decision as the notebook's page and a check that the session id belongs
     to whoever connects."""
 
     marimo_task: asyncio.Task[None] | None = None
+    session_id: str | None = None
+    owner: str | None = None
+    notebook: registry.Notebook | None = None
+    accepted = False
+    closed = False
+    revocation_groups: tuple[str, ...] = ()
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.closed = False
-        self.session_id: str | None = None
-        self.owner: str | None = None
-
         path = self.scope["path"]
         root_path = self.scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
+
         found = locate_kernel(path)
         if found is None:
             return await self._refuse(CLOSE_NOT_FOUND)
         location, mount = found
         notebook = location.notebook
-
         if "user" not in self.scope:
             logger.error(
                 "KernelConsumer found no user in the websocket scope: wrap "
@@ -88,22 +118,11 @@ class KernelConsumer(AsyncConsumer):
                 "channels.auth.AuthMiddlewareStack in your asgi.py."
             )
             return await self._refuse(CLOSE_REFUSED)
-
-        host = _header(self.scope, b"host") or ""
-        origin = _header(self.scope, b"origin")
-        # Browsers always send Origin on a websocket handshake; refuse other
-        # sites even if the project forgot AllowedHostsOriginValidator. Either
-        # scheme is accepted: behind a TLS proxy the server sees plain ws.
-        if origin is not None and not any(
-            origins.is_trusted_origin(origin, host=host, scheme=scheme)
-            for scheme in ("https", "http")
-        ):
+        if not _comes_from_this_site(self.scope):
             return await self._refuse(CLOSE_REFUSED)
-
         user = self.scope["user"]
         if await access.adecide(user, notebook) is not Access.ALLOWED:
             return await self._refuse(CLOSE_REFUSED)
-
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         session_id = (query.get("session_id") or [""])[0]
         if not session_id:
@@ -119,14 +138,25 @@ class KernelConsumer(AsyncConsumer):
         if owner is None:
             return await self._refuse(CLOSE_REFUSED)
         user_context = await database_sync_to_async(context.user_context)(user)
-        if not sessions.bindings.claim(
+        claim = sessions.bindings.claim(
             session_id,
             owner=owner,
             notebook=notebook.slug,
             user_context=user_context,
             user_id=getattr(user, "pk", None),
-        ):
+            limit=conf.get("MAX_SESSIONS_PER_USER"),
+        )
+        if claim is sessions.Claim.NOT_OWNER:
             return await self._refuse(CLOSE_REFUSED)
+        if claim is sessions.Claim.OVER_LIMIT:
+            # Accept first, so that the page can show why.
+            await self.send({"type": "websocket.accept"})
+            self.accepted = True
+            limit = conf.get("MAX_SESSIONS_PER_USER")
+            return await self._close(
+                CLOSE_TOO_MANY,
+                alert=("Too many open notebook sessions", f"You have {limit} open already: close one, then reload this page."),
+            )
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
         await self._join_revocation_groups(user, session)
 
@@ -145,64 +175,15 @@ class KernelConsumer(AsyncConsumer):
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
         await self.inbox.put({"type": "websocket.connect"})
 
-    async def _join_revocation_groups(self, user: Any, session: Any) -> None:
-        self.revocation_groups = []
-        if self.channel_layer is None:
-            return
-        if getattr(user, "is_authenticated", False):
-            self.revocation_groups.append(revocation.user_group(user.pk))
-            if session is not None and session.session_key:
-                self.revocation_groups.append(revocation.login_group(session.session_key))
-        for group in self.revocation_groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-
-    async def notebooks_revoke(self, message: dict[str, Any]) -> None:
-        """The login that opened this session logged out."""
-        await self._end_session()
-
-    async def notebooks_recheck(self, message: dict[str, Any]) -> None:
-        """The user's account, groups or permissions changed: ask again."""
-        user = await _fresh_user(self.scope["user"])
-        if await access.adecide(user, self.notebook) is not Access.ALLOWED:
-            await self._end_session()
-
-    async def _end_session(self) -> None:
-        """Close the websocket and the marimo session behind it; later calls
-        with this session id are refused."""
-        if self.session_id is None:
-            return
-        sessions.bindings.forget(self.session_id)
-        manager = notebook_apps.session_manager_for(self.notebook.path)
-        if manager is not None:
-            _marimo.close_session(manager, self.session_id)
-        if not self.closed:
-            self.closed = True
-            await self.send({"type": "websocket.close", "code": CLOSE_REVOKED})
-
-    async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
-        try:
-            await app(scope, self.inbox.get, self._send_from_marimo)
-        except Exception:
-            logger.exception("marimo's websocket handler failed")
-        finally:
-            if not self.closed:
-                self.closed = True
-                await self.send({"type": "websocket.close", "code": 1011})
-
-    async def _send_from_marimo(self, message: dict[str, Any]) -> None:
-        if self.closed:
-            return
-        if message["type"] == "websocket.close":
-            self.closed = True
-        await self.send(message)
-
-    async def _refuse(self, code: int) -> None:
-        self.closed = True
-        await self.send({"type": "websocket.close", "code": code})
-
     async def websocket_receive(self, message: dict[str, Any]) -> None:
-        if self.marimo_task is not None:
-            await self.inbox.put(message)
+        if self.marimo_task is None or self.closed:
+            return
+        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+        if size > conf.get("MAX_WEBSOCKET_MESSAGE_BYTES"):
+            await self._close(CLOSE_TOO_BIG)
+            await self.inbox.put({"type": "websocket.disconnect", "code": CLOSE_TOO_BIG})
+            return
+        await self.inbox.put(message)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
@@ -210,21 +191,87 @@ class KernelConsumer(AsyncConsumer):
             await self.inbox.put({"type": "websocket.disconnect", "code": message.get("code", 1000)})
             try:
                 await asyncio.wait_for(asyncio.shield(self.marimo_task), DISCONNECT_TIMEOUT)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 self.marimo_task.cancel()
                 with contextlib.suppress(BaseException):
                     await self.marimo_task
         if self.session_id and self.owner:
             sessions.bindings.release(self.session_id, self.owner)
-        for group in getattr(self, "revocation_groups", ()):
+        for group in self.revocation_groups:
             await self.channel_layer.group_discard(group, self.channel_name)
         raise StopConsumer()
 
+    # Revocation: messages sent to this consumer's channel-layer groups.
 
-@database_sync_to_async
-def _fresh_user(user: Any) -> Any:
-    """The user as the database has it now (permissions are cached on the
-    instance, so the scope's user would answer from before the change)."""
-    if not getattr(user, "is_authenticated", False):
-        return user
-    return user._meta.model._default_manager.filter(pk=user.pk).first()
+    async def notebooks_revoke(self, message: dict[str, Any]) -> None:
+        """The login that opened this session logged out."""
+        await self._end_session()
+
+    async def notebooks_recheck(self, message: dict[str, Any]) -> None:
+        """The user's account, groups or permissions changed: ask again."""
+        if self.notebook is None:
+            return
+        user = await _fresh_user(self.scope["user"])
+        if await access.adecide(user, self.notebook) is not Access.ALLOWED:
+            await self._end_session()
+
+    async def _join_revocation_groups(self, user: Any, session: Any) -> None:
+        if self.channel_layer is None or not getattr(user, "is_authenticated", False):
+            return
+        groups = [revocation.user_group(user.pk)]
+        if session is not None and session.session_key:
+            groups.append(revocation.login_group(session.session_key))
+        self.revocation_groups = tuple(groups)
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _end_session(self) -> None:
+        """Close the websocket and the marimo session behind it; later calls
+        with this session id are refused."""
+        if self.session_id is None or self.notebook is None:
+            return
+        sessions.bindings.forget(self.session_id)
+        manager = notebook_apps.session_manager_for(self.notebook.path)
+        if manager is not None:
+            _marimo.close_session(manager, self.session_id)
+        await self._close(
+            CLOSE_REVOKED,
+            REASON_UNAUTHORIZED,
+            alert=("Notebook closed", "Your access to this notebook has ended."),
+        )
+
+    # Relaying.
+
+    async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self.inbox.get, self._send_from_marimo)
+        except Exception:
+            logger.exception("marimo's websocket handler failed")
+        finally:
+            await self._close(1011)
+
+    async def _send_from_marimo(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if message["type"] == "websocket.accept":
+            self.accepted = True
+        elif message["type"] == "websocket.close":
+            self.closed = True
+        await self.send(message)
+
+    async def _refuse(self, code: int) -> None:
+        """Refuse the handshake (the browser sees HTTP 403)."""
+        await self._close(code)
+
+    async def _close(
+        self, code: int, reason: str | None = None, alert: tuple[str, str] | None = None
+    ) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if alert and self.accepted:
+            await self.send({"type": "websocket.send", "text": _marimo.alert_frame(*alert)})
+        message: dict[str, Any] = {"type": "websocket.close", "code": code}
+        if reason and self.accepted:
+            message["reason"] = reason
+        await self.send(message)

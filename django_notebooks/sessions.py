@@ -12,6 +12,7 @@ The record lives in this process's memory: marimo's sessions do too.
 
 from __future__ import annotations
 
+import enum
 import secrets
 import threading
 import time
@@ -55,6 +56,18 @@ def visitor_from_cookie(value: str | None) -> str | None:
         return None
 
 
+class Claim(enum.Enum):
+    CLAIMED = "claimed"
+    NOT_OWNER = "not_owner"
+    OVER_LIMIT = "over_limit"
+
+
+def _person(owner: str) -> str:
+    """The user or visitor behind an owner key, whatever their login."""
+    kind, _, rest = owner.partition(":")
+    return f"{kind}:{rest.split(':', 1)[0]}"
+
+
 @dataclass
 class Binding:
     owner: str
@@ -81,22 +94,36 @@ class SessionBindings:
         notebook: str,
         user_context: dict[str, Any],
         user_id: Any = None,
-    ) -> bool:
-        """Record that ``owner`` opens ``session_id``; ``False`` if someone else owns it."""
+        limit: int | None = None,
+    ) -> Claim:
+        """Record that ``owner`` opens ``session_id``.
+
+        Refused when someone else (or another notebook) owns the id, or when
+        the person behind ``owner`` already has ``limit`` open sessions.
+        """
         with self._lock:
             self._purge_expired()
             binding = self._bindings.get(session_id)
             if binding is not None and (
                 binding.owner != owner or binding.notebook != notebook
             ):
-                return False
+                return Claim.NOT_OWNER
+            if limit is not None and binding is None:
+                person = _person(owner)
+                open_sessions = sum(
+                    1
+                    for other in self._bindings.values()
+                    if other.connections > 0 and _person(other.owner) == person
+                )
+                if open_sessions >= limit:
+                    return Claim.OVER_LIMIT
             if binding is None:
                 binding = Binding(owner, notebook, user_context, user_id)
                 self._bindings[session_id] = binding
             binding.user_context = user_context
             binding.connections += 1
             binding.disconnected_at = None
-            return True
+            return Claim.CLAIMED
 
     def release(self, session_id: str, owner: str) -> None:
         """The websocket of ``session_id`` closed; marimo keeps the kernel a while."""
@@ -118,9 +145,6 @@ class SessionBindings:
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._bindings.pop(session_id, None)
-
-    def sessions_of_user(self, user_id: Any) -> list[str]:
-        return [sid for sid, b in list(self._bindings.items()) if b.user_id == user_id]
 
     def _purge_expired(self) -> None:
         ttl = conf.marimo_options().get("session_ttl", 120) + GRACE_SECONDS

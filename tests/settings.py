@@ -102,6 +102,7 @@ DJANGO_NOTEBOOKS = {
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     "MARIMO": {"session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))},
     "REQUEST_META": "tests.access_rules.request_meta",
+    "MAX_SESSIONS_PER_USER": 5,
 }
 
 # A directory the end-to-end tests add notebooks to while the server runs.

@@ -3,6 +3,8 @@ kernels, driven as marimo's frontend drives them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 
@@ -314,3 +316,38 @@ async def test_new_notebook_in_a_directory_appears_without_restart(notebook_serv
         finally:
             (notebook_server.dropbox / "fresh.py").unlink()
         assert (await client.http.get("/notebooks/dropbox/fresh/")).status_code == 404
+
+
+async def test_sessions_per_user_are_capped_with_a_clear_reason(notebook_server):
+    async with NotebookClient(notebook_server.url) as client, contextlib.AsyncExitStack() as stack:
+        await client.login("bob")
+        for _ in range(5):  # MAX_SESSIONS_PER_USER in the test settings
+            kernel = await stack.enter_async_context(client.kernel("/notebooks/lab/demo/"))
+            await kernel.read_until_completed()
+        async with client.kernel("/notebooks/lab/demo/") as extra:
+            alert = json.loads(await asyncio.wait_for(extra.websocket.recv(), 10))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(extra.websocket.recv(), 10)
+        assert alert["op"] == "alert"
+        assert alert["data"]["title"] == "Too many open notebook sessions"
+        assert closed.value.rcvd.code == 4429
+    # Closing sessions frees places again.
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("bob")
+        async with client.kernel("/notebooks/lab/demo/") as kernel:
+            await kernel.read_until_completed()
+
+
+async def test_oversized_websocket_message_closes_only_that_socket(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            await kernel.websocket.send("x" * 200_000)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(kernel.websocket.recv(), 10)
+            assert closed.value.rcvd.code == 4413
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs) == ["square=9 user=alice"]
