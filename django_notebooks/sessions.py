@@ -30,15 +30,19 @@ VISITOR_SALT = "django_notebooks.visitor"
 GRACE_SECONDS = 60
 
 
+def _user_owner(user_id: Any, session_key: str) -> str:
+    return f"user:{user_id}:{session_key}"
+
+
+def _visitor_owner(visitor: str) -> str:
+    return f"visitor:{visitor}"
+
+
 def owner_of(user: Any, session_key: str | None, visitor: str | None) -> str | None:
     """The owner key for a request or websocket; ``None`` if it has none."""
     if user is not None and getattr(user, "is_authenticated", False):
-        if not session_key:
-            return None
-        return f"user:{user.pk}:{session_key}"
-    if visitor:
-        return f"visitor:{visitor}"
-    return None
+        return _user_owner(user.pk, session_key) if session_key else None
+    return _visitor_owner(visitor) if visitor else None
 
 
 def new_visitor_cookie() -> str:
@@ -135,12 +139,23 @@ class SessionBindings:
             if binding.connections == 0:
                 binding.disconnected_at = time.time()
 
-    def get(self, session_id: str, *, owner: str, notebook: str) -> Binding | None:
-        """The binding of ``session_id`` if ``owner`` opened it for ``notebook``."""
+    def get_for_login(
+        self, session_id: str, *, notebook: str, session_key: str | None, visitor: str | None
+    ) -> Binding | None:
+        """The binding of ``session_id`` if the browser login presenting this
+        session key (or visitor cookie) opened it for ``notebook``.
+
+        Needs no database: the session key is the secret the login cookie
+        carries, and it was validated when the websocket opened.
+        """
         binding = self._bindings.get(session_id)
-        if binding is None or binding.owner != owner or binding.notebook != notebook:
+        if binding is None or binding.notebook != notebook:
             return None
-        return binding
+        if session_key and binding.owner == _user_owner(binding.user_id, session_key):
+            return binding
+        if visitor and binding.owner == _visitor_owner(visitor):
+            return binding
+        return None
 
     def forget(self, session_id: str) -> None:
         with self._lock:

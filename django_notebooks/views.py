@@ -23,7 +23,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.csrf import csrf_exempt
 
-from . import access, context, origins, pages, registry, sessions
+from . import access, conf, context, origins, pages, registry, sessions
 from .access import Access
 from .forwarding import forward_http
 from .server import notebook_apps
@@ -72,70 +72,37 @@ async def notebook_location(request: HttpRequest, location: str) -> HttpResponse
 
 
 async def serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+    """Answer one request at or below a notebook's page."""
     found = registry.locate(location)
     if found is None:
         raise Http404("No such notebook.")
-    notebook = found.notebook
-    is_page = found.subpath == "" and request.method in SAFE_METHODS
+    if request.method in SAFE_METHODS:
+        return await _serve_read(request, found)
+    return await _serve_kernel_call(request, found)
 
+
+async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpResponse | StreamingHttpResponse:
+    """The page, its assets and files: the access decision, then marimo."""
+    notebook = found.notebook
+    is_page = found.subpath == ""
     user = await get_user(request)
     decision = await access.adecide(user, notebook)
     if decision is not Access.ALLOWED:
-        return _refuse(request, decision, is_page)
-
+        return _refuse(request, decision, is_page=is_page or not found.has_slash)
     if not found.has_slash:
         query = request.META.get("QUERY_STRING", "")
         return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
 
-    visitor_cookie = None
-    visitor = sessions.visitor_from_cookie(request.COOKIES.get(sessions.VISITOR_COOKIE))
-    if is_page and notebook.public and not user.is_authenticated and visitor is None:
-        visitor_cookie = sessions.new_visitor_cookie()
-        visitor = sessions.visitor_from_cookie(visitor_cookie)
-    session = getattr(request, "session", None)
-    owner = sessions.owner_of(user, session.session_key if session else None, visitor)
-
-    user_context: dict[str, Any] = _identity(user)
-    if request.method not in SAFE_METHODS:
-        refusal = _check_kernel_call(request, notebook, owner)
-        if isinstance(refusal, HttpResponse):
-            return refusal
-        user_context = refusal.user_context
-        try:
-            body = request.body
-        except RequestDataTooBig:
-            return json_error(413, "Request body too large.")
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                return json_error(400, "The request body is not valid JSON.")
-            if not isinstance(parsed, dict):
-                return json_error(400, "The request body must be a JSON object.")
-    else:
-        body = b""
-
-    subpath = found.subpath
-    mount = request.path[: len(request.path) - len(subpath)]
-    scope = context.marimo_scope(
-        _asgi_scope(request),
-        path=request.path,
-        root_path=mount.rstrip("/"),
-        user=user_context,
-        meta=await sync_to_async(context.request_meta)(request)
-        if context.conf.get("REQUEST_META")
-        else {},
-        notebook_file=str(notebook.path),
-    )
-    app = notebook_apps.app_for(notebook.path)
-    response = await forward_http(app, scope, body)
+    response = await _forward(request, found, _identity(user), b"")
     if is_page:
         pages.hide_file_paths(response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
-        if visitor_cookie:
+        if notebook.public and not user.is_authenticated and _visitor(request) is None:
+            # Anonymous visitors of public notebooks own their sessions
+            # through this cookie, as logged-in users do through their login.
             response.set_cookie(
                 sessions.VISITOR_COOKIE,
-                visitor_cookie,
+                sessions.new_visitor_cookie(),
                 httponly=True,
                 samesite="Lax",
                 secure=settings.SESSION_COOKIE_SECURE,
@@ -143,21 +110,15 @@ async def serve(request: HttpRequest, location: str) -> HttpResponse | Streaming
     return response
 
 
-def _refuse(request: HttpRequest, decision: Access, is_page: bool) -> HttpResponse:
-    if is_page and decision is Access.LOGIN_REQUIRED:
-        return redirect_to_login(request.get_full_path())
-    if is_page:
-        raise PermissionDenied("You may not open this notebook.")
-    if decision is Access.LOGIN_REQUIRED:
-        return json_error(401, "Log in to use this notebook.")
-    return json_error(403, "You may not use this notebook.")
+async def _serve_kernel_call(request: HttpRequest, found: registry.Location) -> HttpResponse | StreamingHttpResponse:
+    """A kernel call (a POST): from this site, for a session this browser
+    login opened over the websocket, with a JSON object body.
 
-
-def _check_kernel_call(
-    request: HttpRequest, notebook: registry.Notebook, owner: str | None
-) -> HttpResponse | sessions.Binding:
-    """A state-changing call must come from this site and name a kernel
-    session that this browser login opened."""
+    The access decision was made when the session's websocket opened, and
+    revocation ends the session when it would change, so a call from the
+    session's owner needs no database query: every widget change is one of
+    these calls, and they are the latency users feel.
+    """
     if not origins.request_source_is_trusted(
         origin=request.headers.get("Origin"),
         referer=request.headers.get("Referer"),
@@ -169,14 +130,67 @@ def _check_kernel_call(
     session_id = request.headers.get(SESSION_HEADER)
     if not session_id:
         return json_error(400, f"The {SESSION_HEADER} header is missing.")
-    binding = (
-        sessions.bindings.get(session_id, owner=owner, notebook=notebook.slug)
-        if owner
-        else None
+
+    session = getattr(request, "session", None)
+    binding = sessions.bindings.get_for_login(
+        session_id,
+        notebook=found.notebook.slug,
+        session_key=session.session_key if session is not None else None,
+        visitor=_visitor(request),
     )
     if binding is None:
+        # Not the owner: say whether logging in would help, as pages do.
+        user = await get_user(request)
+        decision = await access.adecide(user, found.notebook)
+        if decision is not Access.ALLOWED:
+            return _refuse(request, decision, is_page=False)
         return json_error(403, "This notebook session is not yours.")
-    return binding
+
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return json_error(413, "Request body too large.")
+    if body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return json_error(400, "The request body is not valid JSON.")
+        if not isinstance(parsed, dict):
+            return json_error(400, "The request body must be a JSON object.")
+    return await _forward(request, found, binding.user_context, body)
+
+
+async def _forward(
+    request: HttpRequest, found: registry.Location, user_context: dict[str, Any], body: bytes
+) -> HttpResponse | StreamingHttpResponse:
+    notebook = found.notebook
+    mount = request.path[: len(request.path) - len(found.subpath)]
+    meta = {}
+    if conf.get("REQUEST_META"):
+        meta = await sync_to_async(context.request_meta)(request)
+    scope = context.marimo_scope(
+        _asgi_scope(request),
+        path=request.path,
+        root_path=mount.rstrip("/"),
+        user=user_context,
+        meta=meta,
+        notebook_file=str(notebook.path),
+    )
+    return await forward_http(notebook_apps.app_for(notebook.path), scope, body)
+
+
+def _visitor(request: HttpRequest) -> str | None:
+    return sessions.visitor_from_cookie(request.COOKIES.get(sessions.VISITOR_COOKIE))
+
+
+def _refuse(request: HttpRequest, decision: Access, *, is_page: bool) -> HttpResponse:
+    if is_page and decision is Access.LOGIN_REQUIRED:
+        return redirect_to_login(request.get_full_path())
+    if is_page:
+        raise PermissionDenied("You may not open this notebook.")
+    if decision is Access.LOGIN_REQUIRED:
+        return json_error(401, "Log in to use this notebook.")
+    return json_error(403, "You may not use this notebook.")
 
 
 def _identity(user: Any) -> dict[str, Any]:
