@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from channels.security.websocket import OriginValidator
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from . import registry
 
@@ -116,3 +118,98 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
     return errors
+
+
+def _layers(app: Any) -> list[Any]:
+    """An ASGI app and the apps it wraps, outermost first (Channels'
+    middleware keeps the wrapped app in ``inner``, routers in ``application``)."""
+    chain = []
+    while app is not None and len(chain) < 20:
+        chain.append(app)
+        app = getattr(app, "inner", None) or getattr(app, "application", None)
+    return chain
+
+
+def _routes_kernel_consumer(router: Any) -> bool:
+    from .consumers import KernelConsumer
+
+    for route in getattr(router, "routes", ()):
+        callback = getattr(route, "callback", None)
+        if getattr(callback, "consumer_class", None) is KernelConsumer:
+            return True
+        if _routes_kernel_consumer(callback):
+            return True
+    return False
+
+
+@register(Tags.security, deploy=False)
+def check_websocket_stack(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    asgi_path = getattr(settings, "ASGI_APPLICATION", None)
+    if not asgi_path:
+        return []  # E002 says it
+    try:
+        application = import_string(asgi_path)
+    except Exception as error:
+        return [
+            Error(
+                f"ASGI_APPLICATION {asgi_path!r} cannot be imported: {error}",
+                hint="Point ASGI_APPLICATION at your project's asgi.application.",
+                id="django_notebooks.E009",
+            )
+        ]
+    mapping = getattr(application, "application_mapping", None)
+    if mapping is None:
+        return []  # not a ProtocolTypeRouter: nothing we can inspect
+    websocket_app = mapping.get("websocket")
+    chain = _layers(websocket_app)
+    warnings = []
+    if not any(_routes_kernel_consumer(layer) for layer in chain):
+        warnings.append(
+            Warning(
+                "The kernel websocket is not routed: notebooks will load but "
+                "never run.",
+                hint="Route 'websocket' in your ProtocolTypeRouter to "
+                "URLRouter(django_notebooks.routing.websocket_urlpatterns).",
+                id="django_notebooks.W002",
+            )
+        )
+    if websocket_app is not None and not any(
+        isinstance(layer, OriginValidator) for layer in chain
+    ):
+        warnings.append(
+            Warning(
+                "The websocket stack has no origin validator.",
+                hint="Wrap it in channels.security.websocket."
+                "AllowedHostsOriginValidator. The notebook websocket refuses "
+                "other sites by itself, your other consumers do not.",
+                id="django_notebooks.W003",
+            )
+        )
+    return warnings
+
+
+@register(Tags.compatibility)
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    backend = layers.get("default", {}).get("BACKEND", "")
+    if not backend:
+        return [
+            Warning(
+                "CHANNEL_LAYERS has no default layer: logging out or losing "
+                "access will not close open notebook sessions.",
+                hint="Set CHANNEL_LAYERS, e.g. channels_redis.core.RedisChannelLayer "
+                "(or channels.layers.InMemoryChannelLayer for one process).",
+                id="django_notebooks.W004",
+            )
+        ]
+    if backend.endswith("InMemoryChannelLayer") and not settings.DEBUG:
+        return [
+            Warning(
+                "The in-memory channel layer reaches only this process.",
+                hint="With several server processes, use "
+                "channels_redis.core.RedisChannelLayer so that logout closes "
+                "sessions in every process.",
+                id="django_notebooks.W005",
+            )
+        ]
+    return []

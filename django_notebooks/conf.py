@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     # Largest websocket message a browser may send (marimo's frontend sends
     # none: everything goes through HTTP POSTs).
     "MAX_WEBSOCKET_MESSAGE_BYTES": 64 * 1024,
+    # Answer 404 (not 403) for notebooks the user may not open, and ask
+    # anonymous users to log in for unknown ones, so that deny answers never
+    # tell whether a notebook exists.
+    "CONCEAL_FORBIDDEN": False,
     # Show the notebook's absolute file path in its page (marimo does).
     "EXPOSE_FILE_PATHS": False,
 }

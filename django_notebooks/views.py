@@ -75,6 +75,9 @@ async def serve(request: HttpRequest, location: str) -> HttpResponse | Streaming
     """Answer one request at or below a notebook's page."""
     found = registry.locate(location)
     if found is None:
+        if conf.get("CONCEAL_FORBIDDEN") and not (await get_user(request)).is_authenticated:
+            is_page = request.method in SAFE_METHODS and _looks_like_page(location)
+            return _refuse(request, Access.LOGIN_REQUIRED, is_page=is_page)
         raise Http404("No such notebook.")
     if request.method in SAFE_METHODS:
         return await _serve_read(request, found)
@@ -179,11 +182,29 @@ async def _forward(
     return await forward_http(notebook_apps.app_for(notebook.path), scope, body)
 
 
+def _looks_like_page(location: str) -> bool:
+    """Whether an unknown location has the shape of a notebook's page URL."""
+    segments = location.rstrip("/").split("/")
+    depth = 2 if segments[0] in registry.directories() else 1
+    return len(segments) <= depth
+
+
 def _visitor(request: HttpRequest) -> str | None:
     return sessions.visitor_from_cookie(request.COOKIES.get(sessions.VISITOR_COOKIE))
 
 
 def _refuse(request: HttpRequest, decision: Access, *, is_page: bool) -> HttpResponse:
+    """The answer for a request the access decision refused.
+
+    With ``CONCEAL_FORBIDDEN``, a notebook the user may not open answers as
+    if it did not exist, and unknown notebooks ask anonymous users to log in
+    as private ones do: nobody learns which notebooks exist beyond what their
+    index shows them.
+    """
+    if decision is Access.FORBIDDEN and conf.get("CONCEAL_FORBIDDEN"):
+        if is_page:
+            raise Http404("No such notebook.")
+        return json_error(404, "No such notebook.")
     if is_page and decision is Access.LOGIN_REQUIRED:
         return redirect_to_login(request.get_full_path())
     if is_page:

@@ -81,6 +81,9 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# One server process per test: the in-memory layer is what they need.
+SILENCED_SYSTEM_CHECKS = ["django_notebooks.W005"]
+
 LOGIN_URL = "/accounts/login/"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
