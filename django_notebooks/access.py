@@ -51,7 +51,7 @@ def decide(user: Any, notebook: Notebook) -> Access:
         if notebook.permissions and not user.has_perms(notebook.permissions):
             return Access.FORBIDDEN
     if notebook.access:
-        rule = import_string(notebook.access)
+        rule = notebook.access if callable(notebook.access) else import_string(notebook.access)
         if not rule(user, notebook):
             return Access.FORBIDDEN
     return Access.ALLOWED

@@ -3,9 +3,11 @@ at server start, instead of at the first request."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
+import marimo
 from channels.security.websocket import OriginValidator
 from django.apps import apps
 from django.conf import settings
@@ -13,7 +15,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import registry
+from . import conf, registry
 
 
 @register(Tags.compatibility)
@@ -96,7 +98,7 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             errors.append(
                 Error(
                     f"{key!r} names both a notebook and a directory.",
-                    hint="Rename one of them: they share the URL {key}/.",
+                    hint=f"Rename one of them: they share the URL {key}/.",
                     id="django_notebooks.E007",
                 )
             )
@@ -213,3 +215,30 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    user_config = getattr(settings, conf.SETTING_NAME, {}) or {}
+    errors = []
+    unknown = sorted(set(user_config) - set(conf.DEFAULTS))
+    if unknown:
+        errors.append(
+            Error(
+                f"DJANGO_NOTEBOOKS has unknown keys {unknown}.",
+                hint=f"Known keys: {sorted(conf.DEFAULTS)}. Check the spelling.",
+                id="django_notebooks.E010",
+            )
+        )
+    accepted = set(inspect.signature(marimo.create_asgi_app).parameters)
+    unknown_options = sorted(set(user_config.get("MARIMO", {}) or {}) - accepted)
+    if unknown_options:
+        errors.append(
+            Error(
+                f"DJANGO_NOTEBOOKS['MARIMO'] has options marimo.create_asgi_app() "
+                f"does not take: {unknown_options}.",
+                hint=f"marimo {marimo.__version__} takes {sorted(accepted)}.",
+                id="django_notebooks.E011",
+            )
+        )
+    return errors

@@ -145,6 +145,9 @@ def marimo_scope(
     """
     forwarded = {key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS}
     forwarded["path"] = path
+    query_string = scope.get("query_string", b"")
+    if isinstance(query_string, str):  # Django's test client sends a str
+        forwarded["query_string"] = query_string.encode("latin-1", "replace")
     forwarded["root_path"] = root_path
     # marimo's service worker names the notebook by its file path in this
     # header (for public/ files); the bridge knows the file, the browser need

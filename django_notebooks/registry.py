@@ -48,7 +48,8 @@ class Notebook:
     public: bool = False
     groups: tuple[str, ...] = ()
     permissions: tuple[str, ...] = ()
-    access: str | None = None
+    # A dotted path to, or a callable(user, notebook) -> bool.
+    access: Any = None
     directory: str | None = field(default=None, compare=False)
 
     @property
@@ -177,7 +178,10 @@ def _directory_notebook(key: str, options: Mapping[str, Any], name: str) -> Note
         return None
     if not resolved.is_file() or not is_marimo_notebook(resolved):
         return None
-    return _notebook(f"{key}/{name}", resolved, options, directory=key)
+    # A directory's access rules apply to each of its notebooks; its title
+    # and description describe the directory, not each notebook.
+    rules = {k: v for k, v in options.items() if k not in ("title", "description")}
+    return _notebook(f"{key}/{name}", resolved, rules, directory=key)
 
 
 def directory_notebooks(key: str) -> Iterator[Notebook]:

@@ -18,10 +18,8 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import render
+from django.shortcuts import render, resolve_url
 from django.utils.cache import patch_vary_headers
-from django.views.decorators.clickjacking import xframe_options_sameorigin
-from django.views.decorators.csrf import csrf_exempt
 
 from . import access, conf, context, origins, pages, registry, sessions
 from .access import Access
@@ -54,25 +52,40 @@ def index(request: HttpRequest) -> HttpResponse:
         for notebook in registry.all_notebooks()
         if access.may_open(request.user, notebook)
     ]
-    return render(request, "django_notebooks/index.html", {"notebooks": notebooks})
+    return render(
+        request,
+        "django_notebooks/index.html",
+        {"notebooks": notebooks, "login_url": resolve_url(settings.LOGIN_URL)},
+    )
 
 
-@csrf_exempt  # marimo's frontend sends no CSRF token: origins.py guards POSTs
-@xframe_options_sameorigin  # the embedding tag frames notebooks on this site
 async def notebook(request: HttpRequest, slug: str) -> HttpResponse | StreamingHttpResponse:
     """A notebook's page, at ``<slug>/`` (the URL ``reverse`` gives)."""
     return await serve(request, f"{slug}/")
 
 
-@csrf_exempt
-@xframe_options_sameorigin
 async def notebook_location(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
     """Anything at or below a notebook's page: assets, kernel API, files."""
     return await serve(request, location)
 
 
+# marimo's frontend sends no CSRF token, so Django's check would refuse every
+# kernel call: origins.py guards them instead. (Set as attributes because
+# Django 4.2's csrf_exempt decorator does not support async views.)
+notebook.csrf_exempt = True  # type: ignore[attr-defined]
+notebook_location.csrf_exempt = True  # type: ignore[attr-defined]
+
+
 async def serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
     """Answer one request at or below a notebook's page."""
+    response = await _serve(request, location)
+    # Framing by this site only: the embedding tag needs it, other sites may
+    # not frame notebooks (XFrameOptionsMiddleware keeps a header set here).
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    return response
+
+
+async def _serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
     found = registry.locate(location)
     if found is None:
         if conf.get("CONCEAL_FORBIDDEN") and not (await get_user(request)).is_authenticated:
@@ -96,7 +109,7 @@ async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpRes
         query = request.META.get("QUERY_STRING", "")
         return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
 
-    response = await _forward(request, found, _identity(user), b"")
+    response = await _forward(request, found, _identity(user), b"", with_meta=False)
     if is_page:
         pages.hide_file_paths(response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
@@ -149,6 +162,10 @@ async def _serve_kernel_call(request: HttpRequest, found: registry.Location) -> 
             return _refuse(request, decision, is_page=False)
         return json_error(403, "This notebook session is not yours.")
 
+    if not binding.connections:
+        # marimo refuses calls for a session without its websocket, and
+        # forgets the session after its TTL: say so plainly instead.
+        return json_error(410, "This notebook session has ended: reload the page.")
     try:
         body = request.body
     except RequestDataTooBig:
@@ -160,16 +177,26 @@ async def _serve_kernel_call(request: HttpRequest, found: registry.Location) -> 
             return json_error(400, "The request body is not valid JSON.")
         if not isinstance(parsed, dict):
             return json_error(400, "The request body must be a JSON object.")
-    return await _forward(request, found, binding.user_context, body)
+    return await _forward(request, found, binding.user_context, body, with_meta=True)
 
 
 async def _forward(
-    request: HttpRequest, found: registry.Location, user_context: dict[str, Any], body: bytes
+    request: HttpRequest,
+    found: registry.Location,
+    user_context: dict[str, Any],
+    body: bytes,
+    *,
+    with_meta: bool,
 ) -> HttpResponse | StreamingHttpResponse:
+    """Hand the request to the notebook's marimo app.
+
+    ``REQUEST_META`` runs only for kernel calls: notebook code sees the
+    request of its websocket and of widget changes, never of an asset.
+    """
     notebook = found.notebook
     mount = request.path[: len(request.path) - len(found.subpath)]
     meta = {}
-    if conf.get("REQUEST_META"):
+    if with_meta and conf.get("REQUEST_META"):
         meta = await sync_to_async(context.request_meta)(request)
     scope = context.marimo_scope(
         _asgi_scope(request),
