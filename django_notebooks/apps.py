@@ -7,6 +7,6 @@ class DjangoNotebooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, conf, revocation  # noqa: F401  (registers checks)
+        from . import autoreload, checks, conf, revocation  # noqa: F401  (registers checks, signals)
 
         revocation.connect_signals()

@@ -99,6 +99,17 @@ class KernelConsumer(AsyncConsumer):
     closed = False
     revocation_groups: tuple[str, ...] = ()
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server is stopping (daphne cancels every application). End
+            # the marimo session now, while the event loop still runs:
+            # afterwards its kernel threads and our relay task would be torn
+            # down half-way at interpreter exit.
+            await self._stop_marimo(close_session=True)
+            raise
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         path = self.scope["path"]
@@ -187,14 +198,8 @@ class KernelConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
-        if self.marimo_task is not None:
-            await self.inbox.put({"type": "websocket.disconnect", "code": message.get("code", 1000)})
-            try:
-                await asyncio.wait_for(asyncio.shield(self.marimo_task), DISCONNECT_TIMEOUT)
-            except (TimeoutError, Exception):
-                self.marimo_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self.marimo_task
+        # marimo keeps the session for its TTL, so the browser can reconnect.
+        await self._stop_marimo(code=message.get("code", 1000), close_session=False)
         if self.session_id and self.owner:
             sessions.bindings.release(self.session_id, self.owner)
         for group in self.revocation_groups:
@@ -241,6 +246,25 @@ class KernelConsumer(AsyncConsumer):
         )
 
     # Relaying.
+
+    async def _stop_marimo(self, *, code: int = 1001, close_session: bool) -> None:
+        """Tell marimo's handler the socket closed and wait for it to end."""
+        task = self.marimo_task
+        if task is None:
+            return
+        self.marimo_task = None
+        self.closed = True
+        await self.inbox.put({"type": "websocket.disconnect", "code": code})
+        try:
+            await asyncio.wait_for(asyncio.shield(task), DISCONNECT_TIMEOUT)
+        except (TimeoutError, Exception):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if close_session and self.session_id and self.notebook is not None:
+            manager = notebook_apps.session_manager_for(self.notebook.path)
+            if manager is not None:
+                _marimo.close_session(manager, self.session_id)
 
     async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
         try:

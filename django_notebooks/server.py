@@ -14,6 +14,7 @@ would otherwise keep the process alive after the server has stopped.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,13 @@ class NotebookApps:
             import atexit
 
             atexit.register(self.close_all_sessions)
+        # Under daphne, close them earlier still: while the event loop runs.
+        # Closing a session touches its asyncio objects; doing that after
+        # the loop has stopped crashed the interpreter at exit.
+        if "twisted.internet.reactor" in sys.modules:
+            from twisted.internet import reactor
+
+            reactor.addSystemEventTrigger("before", "shutdown", self.close_all_sessions)
 
 
 notebook_apps = NotebookApps()

@@ -121,7 +121,8 @@ class LiveServer:
         raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15) -> float:
@@ -137,6 +138,7 @@ class LiveServer:
                 self._log.close()
                 return float("inf")
         self._log.close()
+        self.returncode = self.process.returncode
         return time.monotonic() - started
 
 

@@ -1,0 +1,113 @@
+"""Settings for the django_notebooks example project.
+
+A development setup: DEBUG on, a SQLite file next to this project, channels'
+in-memory layer. Everything django_notebooks needs is marked below.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = BASE_DIR / "notebooks"
+
+# Fine for a demo on your own machine; never deploy this key.
+SECRET_KEY = "django-insecure-example-project-for-django-notebooks"
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    # First, so that `manage.py runserver` is daphne's ASGI server, which also
+    # serves the notebooks' kernel websockets.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_notebooks",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example.urls"
+ASGI_APPLICATION = "example.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        # EXAMPLE_PROJECT_DB points the database elsewhere (the test suite
+        # uses a temporary file so it never touches this checkout).
+        "NAME": os.environ.get("EXAMPLE_PROJECT_DB", BASE_DIR / "db.sqlite3"),
+    }
+}
+
+# One process, so the in-memory layer is enough to tell open notebook
+# sessions that their user logged out. Use channels_redis with several.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+DJANGO_NOTEBOOKS = {
+    "NOTEBOOKS": {
+        "savings": {
+            "path": NOTEBOOKS_DIR / "savings.py",
+            "title": "Savings calculator",
+            "description": "Public: anyone can open it, logged in or not. "
+            "Move the sliders and the table follows.",
+            "public": True,
+        },
+        "whoami": {
+            "path": NOTEBOOKS_DIR / "whoami.py",
+            "title": "Who am I?",
+            "description": "Any logged-in user. Shows what the notebook knows "
+            "about you: request.user and request.meta.",
+        },
+        "sales": {
+            "path": NOTEBOOKS_DIR / "sales.py",
+            "title": "Sales report",
+            "description": "Members of the 'sales' group only (alice, not bob). "
+            "A table with a region filter.",
+            "groups": ["sales"],
+        },
+    },
+    # Every notebook in this folder is served at /notebooks/lab/<file name>/
+    # to logged-in users; add a file and it shows up without a restart.
+    "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
+    # What notebooks see as mo.app_meta().request.meta.
+    "REQUEST_META": "demo.hooks.request_meta",
+}

@@ -1,0 +1,173 @@
+"""The example project: its system checks pass, and the one command in the
+README (``manage.py demo``) sets everything up and serves the notebooks."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.live import NotebookClient, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DIR = ROOT / "example_project"
+NOTEBOOK_LINK = re.compile(r'href="(/notebooks/[^"]+)"')
+
+
+def example_env(db_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # pytest-django exported the test project's settings module; the example
+    # must pick its own, as it does in a user's shell.
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["EXAMPLE_PROJECT_DB"] = str(db_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.mark.parametrize(
+    ("cwd", "manage_py"),
+    [(ROOT, "example_project/manage.py"), (EXAMPLE_DIR, "manage.py")],
+    ids=["from-repository-root", "from-example-project"],
+)
+def test_manage_py_check_passes(tmp_path, cwd, manage_py):
+    result = subprocess.run(
+        [sys.executable, manage_py, "check", "--fail-level", "WARNING"],
+        cwd=cwd,
+        env=example_env(tmp_path / "db.sqlite3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@dataclass
+class Demo:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Ctrl-C, as a user quits runserver; the exit code, or ``None`` if
+        the server did not exit in time (it is then killed)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                return None
+        return self.process.returncode
+
+
+@contextmanager
+def running_demo(db_path: Path, log_path: Path) -> Iterator[Demo]:
+    """``manage.py demo`` on a free loopback port, from the repository root."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            # --noreload: runserver's autoreloader would serve from a child
+            # process that this test did not start.
+            [
+                sys.executable,
+                "example_project/manage.py",
+                "demo",
+                "--port",
+                str(port),
+                "--noreload",
+            ],
+            cwd=ROOT,
+            env=example_env(db_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    demo = Demo(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until_listening(demo)
+        yield demo
+    finally:
+        demo.stop()
+
+
+def wait_until_listening(demo: Demo, timeout: float = 90) -> None:
+    port = int(demo.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if demo.process.poll() is not None:
+            raise AssertionError(f"manage.py demo exited early:\n{demo.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"manage.py demo did not start listening:\n{demo.output()}")
+
+
+async def notebook_links(client: NotebookClient) -> list[str]:
+    response = await client.http.get("/notebooks/")
+    assert response.status_code == 200
+    return NOTEBOOK_LINK.findall(response.text)
+
+
+@pytest.mark.e2e
+async def test_demo_command_serves_the_example(tmp_path):
+    db_path = tmp_path / "db.sqlite3"
+
+    with running_demo(db_path, tmp_path / "first.log") as demo:
+        output = demo.output()
+        assert f"{demo.url}/" in output
+        for name in ("alice", "bob", "admin"):
+            assert re.search(rf"\b{name} +/ +{name}\b", output), output
+        assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"
+
+    # A second run on the same database works: set-up is idempotent.
+    with running_demo(db_path, tmp_path / "second.log") as demo:
+        async with NotebookClient(demo.url) as anonymous:
+            home = await anonymous.http.get("/")
+            assert home.status_code == 200
+            assert 'href="/notebooks/"' in home.text
+            assert await notebook_links(anonymous) == ["/notebooks/savings/"]
+            public = await anonymous.http.get("/notebooks/savings/")
+            assert public.status_code == 200
+            assert "<marimo-filename" in public.text
+            private = await anonymous.http.get("/notebooks/whoami/")
+            assert private.status_code == 302
+            assert private.headers["location"].startswith("/accounts/login/")
+
+        async with NotebookClient(demo.url) as alice:
+            await alice.login("alice", "alice")
+            links = await notebook_links(alice)
+            assert "/notebooks/sales/" in links
+            assert "/notebooks/lab/primes/" in links
+            assert (await alice.http.get("/notebooks/sales/")).status_code == 200
+            # The kernel websocket runs through the example's asgi.py, and
+            # the notebook sees the Django user and the REQUEST_META hook.
+            async with alice.kernel("/notebooks/whoami/") as kernel:
+                await kernel.read_until_completed()
+            seen = "\n".join(kernel.outputs)
+            assert "Hello, alice!" in seen
+            assert "Example Project" in seen
+
+        async with NotebookClient(demo.url) as bob:
+            await bob.login("bob", "bob")
+            links = await notebook_links(bob)
+            assert "/notebooks/whoami/" in links
+            assert "/notebooks/sales/" not in links
+            assert (await bob.http.get("/notebooks/sales/")).status_code == 403
+
+        assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"
