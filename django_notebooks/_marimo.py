@@ -1,5 +1,9 @@
 """The only module that touches marimo internals.
 
+Besides the session manager below, the bridge relies on where marimo's
+package keeps its built frontend (to serve it compressed) and on one message
+of its websocket protocol (an alert).
+
 marimo's public API builds the notebook apps (``marimo.create_asgi_app``) but
 offers no way to close their sessions: a session's kernel thread is not a
 daemon, so while one lives the interpreter cannot exit and servers hang on
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -19,6 +24,20 @@ logger = logging.getLogger(__name__)
 
 class MarimoInternalsChanged(RuntimeError):
     """marimo no longer has an internal this project relies on."""
+
+
+def frontend_root() -> Path:
+    """The folder of marimo's built frontend, inside the installed package
+    (``index.html`` and ``assets/``), as ``marimo run`` serves it."""
+    import marimo
+
+    root = (Path(marimo.__file__).parent / "_static").resolve()
+    if not (root / "index.html").is_file() or not (root / "assets").is_dir():
+        raise MarimoInternalsChanged(
+            f"marimo {marimo.__version__} has no built frontend at {root}; "
+            "set DJANGO_NOTEBOOKS['FRONTEND'] = 'marimo'."
+        )
+    return root
 
 
 def session_manager(notebook_app: Any) -> Any:

@@ -25,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "DIRECTORIES": {},
     # Options passed to marimo.create_asgi_app(); see docs/reference/settings.
     "MARIMO": {},
+    # Who serves marimo's frontend files: "bridge" (compressed, cached for a
+    # year), "staticfiles" (collectstatic), "marimo", or a CDN URL with
+    # {version}. See frontend.py.
+    "FRONTEND": "bridge",
     # Dotted path to callable(user) -> dict: what notebooks see as request.user.
     "USER_CONTEXT": None,
     # Dotted path to callable(request_or_scope) -> dict: request.meta.

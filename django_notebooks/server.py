@@ -22,7 +22,7 @@ from typing import Any
 
 import marimo
 
-from . import _marimo, conf
+from . import _marimo, conf, frontend
 
 ASGIApp = Callable[..., Any]
 
@@ -39,6 +39,8 @@ class NotebookApps:
     def app_for(self, path: Path) -> ASGIApp:
         """The marimo app serving the notebook file at ``path``."""
         options = conf.marimo_options()
+        if "asset_url" not in options:
+            options["asset_url"] = frontend.asset_url()
         key = (path, tuple(sorted(options.items(), key=lambda item: item[0])))
         app = self._apps.get(key)
         if app is None:

@@ -172,12 +172,18 @@ def test_logged_in_user_drives_the_real_frontend(visit):
     kernel_sockets = [ws.url for ws in visit.websockets if ws.url.startswith(kernel_ws)]
     assert len(kernel_sockets) == 1, f"expected one kernel websocket{visit.report()}"
     assert visit.frames_received > 0, f"no websocket frames arrived{visit.report()}"
+    # marimo's frontend comes from the bridge's compressed copy, not from
+    # marimo's uncompressed one below each notebook.
+    frontend = f"{visit.origin}/notebooks/_marimo/"
     assets = [
         url
         for status, _, url in visit.responses
-        if status == 200 and url.startswith(notebook + "assets/")
+        if status == 200 and url.startswith(frontend)
     ]
     assert assets, f"marimo's assets were not loaded through the bridge{visit.report()}"
+    assert not [
+        url for _, _, url in visit.responses if url.startswith(notebook + "assets/")
+    ], f"assets were loaded from marimo's uncompressed copy{visit.report()}"
     kernel_posts = [
         (status, url)
         for status, method, url in visit.responses

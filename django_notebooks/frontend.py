@@ -1,0 +1,148 @@
+"""marimo's frontend (its JavaScript, CSS and fonts), served better than
+marimo serves it.
+
+marimo sends its ~300 frontend files uncompressed and without long-lived
+cache headers, below every notebook's URL. The bridge points marimo's
+``asset_url`` at one place instead, chosen by the ``FRONTEND`` setting:
+
+- ``"bridge"`` (default): a view of this app serves the files, compressed
+  (brotli when the ``brotli`` package is installed, else gzip), with an ETag
+  and ``Cache-Control: public, max-age=31536000, immutable``. The URL holds
+  marimo's version, so a marimo upgrade changes every URL. No collectstatic.
+- ``"staticfiles"``: ``collectstatic`` gathers the files (through
+  ``django_notebooks.finders.MarimoFrontendFinder``) and the project's static
+  file server (WhiteNoise, a CDN, nginx) serves them from ``STATIC_URL``.
+- ``"marimo"``: marimo serves them itself, below each notebook.
+- any URL containing ``{version}``: a CDN that mirrors marimo's frontend.
+
+The files are marimo's open-source frontend, the same for every notebook and
+every user, so they are served without the notebooks' access decision; they
+hold nothing about any notebook.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import mimetypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import marimo
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotModified
+from django.templatetags.static import static
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_safe
+
+from . import _marimo, conf
+
+try:  # optional: better compression than gzip
+    import brotli
+except ImportError:  # pragma: no cover - depends on the environment
+    brotli = None
+
+STATIC_PREFIX = "django_notebooks/marimo"
+IMMUTABLE = "public, max-age=31536000, immutable"
+COMPRESSIBLE = (".js", ".css", ".svg", ".json", ".html", ".txt", ".map", ".wasm", ".ttf", ".md")
+# Compressing on the fly, once per file: quick levels, the result is cached.
+BROTLI_QUALITY = 6
+GZIP_LEVEL = 6
+
+
+def asset_url() -> str | None:
+    """What to pass as marimo's ``asset_url`` (``None``: marimo's own)."""
+    mode = conf.get("FRONTEND")
+    version = marimo.__version__
+    if mode == "bridge":
+        return reverse("django_notebooks:frontend", args=[version, ""]).rstrip("/")
+    if mode == "staticfiles":
+        return static(f"{STATIC_PREFIX}/{version}")
+    if mode == "marimo":
+        return None
+    return str(mode)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    etag: str
+
+
+class CompressedFiles:
+    """Compressed copies of the frontend's files, made when first asked for."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Path, str], Encoded] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, encoding: str) -> Encoded:
+        key = (path, encoding)
+        found = self._cache.get(key)
+        if found is None:
+            data = path.read_bytes()
+            if encoding == "br":
+                body = brotli.compress(data, quality=BROTLI_QUALITY)
+            elif encoding == "gzip":
+                body = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+            else:
+                body = data
+            digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+            found = Encoded(body, f'"{digest}-{encoding}"')
+            with self._lock:
+                self._cache[key] = found
+        return found
+
+
+compressed_files = CompressedFiles()
+
+
+def _file_for(version: str, path: str) -> Path:
+    if version != marimo.__version__:
+        raise Http404("Not this marimo version's frontend.")
+    root = _marimo.frontend_root()
+    candidate = (root / path).resolve()
+    try:
+        candidate.relative_to(root)
+    except ValueError:
+        raise Http404("No such file.") from None
+    if not candidate.is_file() or candidate.name.endswith((".md", ".html")):
+        # index.html is marimo's page template, not an asset.
+        raise Http404("No such file.")
+    return candidate
+
+
+def _preferred_encoding(request: HttpRequest, path: Path) -> str:
+    if not path.name.endswith(COMPRESSIBLE):
+        return "identity"
+    accepted = request.headers.get("Accept-Encoding", "")
+    tokens = {token.split(";")[0].strip() for token in accepted.split(",")}
+    if "br" in tokens and brotli is not None:
+        return "br"
+    if "gzip" in tokens:
+        return "gzip"
+    return "identity"
+
+
+@require_safe
+def frontend_file(request: HttpRequest, version: str, path: str) -> HttpResponse:
+    """One file of marimo's frontend, compressed and cached for a year."""
+    file_path = _file_for(version, path)
+    encoding = _preferred_encoding(request, file_path)
+    content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
+    if encoding == "identity" and not file_path.name.endswith(COMPRESSIBLE):
+        # Fonts and images: stream the file as it is.
+        response: HttpResponse = FileResponse(file_path.open("rb"), content_type=content_type)
+    else:
+        encoded = compressed_files.get(file_path, encoding)
+        if request.headers.get("If-None-Match") == encoded.etag:
+            response = HttpResponseNotModified()
+        else:
+            response = HttpResponse(encoded.body, content_type=content_type)
+            if encoding != "identity":
+                response["Content-Encoding"] = encoding
+        response["ETag"] = encoded.etag
+        patch_vary_headers(response, ["Accept-Encoding"])
+    response["Cache-Control"] = IMMUTABLE
+    return response
