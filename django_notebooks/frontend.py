@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import marimo
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotModified
+from django.http import Http404, HttpRequest, HttpResponse
 from django.templatetags.static import static
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_safe
 
 from . import _marimo, conf
@@ -98,26 +97,25 @@ class CompressedFiles:
 compressed_files = CompressedFiles()
 
 
-def _file_for(version: str, path: str) -> Path:
+def _file_for(version: str, path: str) -> Path | None:
     if version != marimo.__version__:
-        raise Http404("Not this marimo version's frontend.")
+        return None  # another marimo version's frontend
     root = _marimo.frontend_root()
     candidate = (root / path).resolve()
     try:
         candidate.relative_to(root)
     except ValueError:
-        raise Http404("No such file.") from None
+        return None
     if not candidate.is_file() or candidate.name.endswith((".md", ".html")):
         # index.html is marimo's page template, not an asset.
-        raise Http404("No such file.")
+        return None
     return candidate
 
 
-def _preferred_encoding(request: HttpRequest, path: Path) -> str:
+def _preferred_encoding(accept_encoding: str, path: Path) -> str:
     if not path.name.endswith(COMPRESSIBLE):
         return "identity"
-    accepted = request.headers.get("Accept-Encoding", "")
-    tokens = {token.split(";")[0].strip() for token in accepted.split(",")}
+    tokens = {token.split(";")[0].strip() for token in accept_encoding.split(",")}
     if "br" in tokens and brotli is not None:
         return "br"
     if "gzip" in tokens:
@@ -125,24 +123,51 @@ def _preferred_encoding(request: HttpRequest, path: Path) -> str:
     return "identity"
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def answer(
+    version: str, path: str, *, accept_encoding: str, if_none_match: str | None
+) -> Answer | None:
+    """The response for one frontend file (``None``: no such file).
+
+    Shared by the Django view and the ASGI fast path.
+    """
+    file_path = _file_for(version, path)
+    if file_path is None:
+        return None
+    encoding = _preferred_encoding(accept_encoding, file_path)
+    encoded = compressed_files.get(file_path, encoding)
+    headers = [
+        ("Cache-Control", IMMUTABLE),
+        ("ETag", encoded.etag),
+        ("Vary", "Accept-Encoding"),
+    ]
+    if if_none_match == encoded.etag:
+        return Answer(304, headers, b"")
+    content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
+    headers += [("Content-Type", content_type), ("Content-Length", str(len(encoded.body)))]
+    if encoding != "identity":
+        headers.append(("Content-Encoding", encoding))
+    return Answer(200, headers, encoded.body)
+
+
 @require_safe
 def frontend_file(request: HttpRequest, version: str, path: str) -> HttpResponse:
     """One file of marimo's frontend, compressed and cached for a year."""
-    file_path = _file_for(version, path)
-    encoding = _preferred_encoding(request, file_path)
-    content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
-    if encoding == "identity" and not file_path.name.endswith(COMPRESSIBLE):
-        # Fonts and images: stream the file as it is.
-        response: HttpResponse = FileResponse(file_path.open("rb"), content_type=content_type)
-    else:
-        encoded = compressed_files.get(file_path, encoding)
-        if request.headers.get("If-None-Match") == encoded.etag:
-            response = HttpResponseNotModified()
-        else:
-            response = HttpResponse(encoded.body, content_type=content_type)
-            if encoding != "identity":
-                response["Content-Encoding"] = encoding
-        response["ETag"] = encoded.etag
-        patch_vary_headers(response, ["Accept-Encoding"])
-    response["Cache-Control"] = IMMUTABLE
+    found = answer(
+        version,
+        path,
+        accept_encoding=request.headers.get("Accept-Encoding", ""),
+        if_none_match=request.headers.get("If-None-Match"),
+    )
+    if found is None:
+        raise Http404("No such file.")
+    response = HttpResponse(found.body, status=found.status)
+    for name, value in found.headers:
+        response[name] = value
     return response

@@ -35,20 +35,33 @@ class NotebookApps:
         self._session_managers: dict[tuple[Path, tuple], Any] = {}
         self._lock = threading.Lock()
         self._exit_hook_installed = False
+        self._options_for: object = None
+        self._options: dict[str, Any] = {}
+        self._options_key: tuple = ()
 
     def app_for(self, path: Path) -> ASGIApp:
         """The marimo app serving the notebook file at ``path``."""
-        options = conf.marimo_options()
-        if "asset_url" not in options:
-            options["asset_url"] = frontend.asset_url()
-        key = (path, tuple(sorted(options.items(), key=lambda item: item[0])))
+        # Every kernel call asks: the options are worked out once per setting.
+        config = conf.get_config()
+        if self._options_for is not config:
+            self._options = self._current_options()
+            self._options_key = tuple(sorted(self._options.items()))
+            self._options_for = config
+        key = (path, self._options_key)
         app = self._apps.get(key)
         if app is None:
             with self._lock:
                 app = self._apps.get(key)
                 if app is None:
-                    app = self._build(key, path, options)
+                    app = self._build(key, path, dict(self._options))
         return app
+
+    @staticmethod
+    def _current_options() -> dict[str, Any]:
+        options = conf.marimo_options()
+        if "asset_url" not in options:
+            options["asset_url"] = frontend.asset_url()
+        return options
 
     def session_manager_for(self, path: Path) -> Any | None:
         """marimo's session manager for a notebook file, if its app exists."""

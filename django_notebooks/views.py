@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,12 +20,11 @@ from django.http import (
 from django.shortcuts import render, resolve_url
 from django.utils.cache import patch_vary_headers
 
-from . import access, conf, context, origins, pages, registry, sessions
+from . import access, conf, context, kernel_calls, pages, registry, sessions
 from .access import Access
 from .forwarding import forward_http
 from .server import notebook_apps
 
-SESSION_HEADER = "Marimo-Session-Id"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -127,57 +125,36 @@ async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpRes
 
 
 async def _serve_kernel_call(request: HttpRequest, found: registry.Location) -> HttpResponse | StreamingHttpResponse:
-    """A kernel call (a POST): from this site, for a session this browser
-    login opened over the websocket, with a JSON object body.
-
-    The access decision was made when the session's websocket opened, and
-    revocation ends the session when it would change, so a call from the
-    session's owner needs no database query: every widget change is one of
-    these calls, and they are the latency users feel.
-    """
-    if not origins.request_source_is_trusted(
+    """A kernel call (a POST); the rules are in kernel_calls.py."""
+    session = getattr(request, "session", None)
+    admitted = kernel_calls.admit(
+        found.notebook,
         origin=request.headers.get("Origin"),
         referer=request.headers.get("Referer"),
         fetch_site=request.headers.get("Sec-Fetch-Site"),
         host=request.get_host(),
         scheme=request.scheme,
-    ):
-        return json_error(403, "Cross-site request refused.")
-    session_id = request.headers.get(SESSION_HEADER)
-    if not session_id:
-        return json_error(400, f"The {SESSION_HEADER} header is missing.")
-
-    session = getattr(request, "session", None)
-    binding = sessions.bindings.get_for_login(
-        session_id,
-        notebook=found.notebook.slug,
+        session_id=request.headers.get(kernel_calls.SESSION_HEADER),
         session_key=session.session_key if session is not None else None,
         visitor=_visitor(request),
     )
-    if binding is None:
+    if admitted is None:
         # Not the owner: say whether logging in would help, as pages do.
         user = await get_user(request)
         decision = await access.adecide(user, found.notebook)
         if decision is not Access.ALLOWED:
             return _refuse(request, decision, is_page=False)
-        return json_error(403, "This notebook session is not yours.")
-
-    if not binding.connections:
-        # marimo refuses calls for a session without its websocket, and
-        # forgets the session after its TTL: say so plainly instead.
-        return json_error(410, "This notebook session has ended: reload the page.")
+        admitted = kernel_calls.NOT_YOURS
+    if isinstance(admitted, kernel_calls.Refusal):
+        return json_error(admitted.status, admitted.message)
     try:
         body = request.body
     except RequestDataTooBig:
-        return json_error(413, "Request body too large.")
-    if body:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return json_error(400, "The request body is not valid JSON.")
-        if not isinstance(parsed, dict):
-            return json_error(400, "The request body must be a JSON object.")
-    return await _forward(request, found, binding.user_context, body, with_meta=True)
+        return json_error(kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
+    refusal = kernel_calls.check_body(body)
+    if refusal is not None:
+        return json_error(refusal.status, refusal.message)
+    return await _forward(request, found, admitted.user_context, body, with_meta=True)
 
 
 async def _forward(

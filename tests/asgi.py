@@ -10,10 +10,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 import django_notebooks.routing  # noqa: E402
+from django_notebooks.asgi import FastPathMiddleware  # noqa: E402
+
+# DJANGO_NOTEBOOKS_TEST_FAST_PATH=0 serves everything through Django's views,
+# so the end-to-end tests can cover both ways.
+fast_path = os.environ.get("DJANGO_NOTEBOOKS_TEST_FAST_PATH", "1") == "1"
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": FastPathMiddleware(django_asgi_app) if fast_path else django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(django_notebooks.routing.websocket_urlpatterns))
         ),

@@ -11,12 +11,22 @@ def live_db(tmp_path_factory):
     return prepare_database(tmp_path_factory.mktemp("live") / "db.sqlite3")
 
 
-@pytest.fixture(scope="session", params=["daphne", "uvicorn"])
+@pytest.fixture(scope="session", params=["daphne", "uvicorn", "daphne-views"])
 def notebook_server(request, live_db, tmp_path_factory):
-    """The test project served by a real daphne or uvicorn process."""
+    """The test project served by a real daphne or uvicorn process; with
+    FastPathMiddleware (the documented setup), or ("-views") with every
+    request going through Django's views."""
+    kind, _, variant = request.param.partition("-")
     log = tmp_path_factory.mktemp("logs") / f"{request.param}.log"
     dropbox = tmp_path_factory.mktemp("dropbox")
-    server = LiveServer(request.param, live_db, log, DJANGO_NOTEBOOKS_TEST_DROPBOX=str(dropbox))
+    server = LiveServer(
+        kind,
+        live_db,
+        log,
+        DJANGO_NOTEBOOKS_TEST_DROPBOX=str(dropbox),
+        DJANGO_NOTEBOOKS_TEST_FAST_PATH="0" if variant == "views" else "1",
+    )
     server.dropbox = dropbox
+    server.fast_path = variant != "views"
     yield server
     server.stop()

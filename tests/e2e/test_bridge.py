@@ -61,6 +61,21 @@ async def test_page_does_not_reveal_server_paths(notebook_server):
     assert str(ROOT) not in page
 
 
+async def test_owner_kernel_calls_skip_djangos_request_machinery(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            [slider] = kernel.ui_element_ids()
+            response = await kernel.set_ui_value(slider, 8)
+            assert response.status_code == 200
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs)[-1] == "square=64 user=alice"
+    # Django's views stamp X-Frame-Options on what they answer; the fast
+    # path answers kernel calls before Django runs at all.
+    assert ("x-frame-options" not in response.headers) is notebook_server.fast_path
+
+
 async def test_page_sub_paths_reach_marimo(notebook_server):
     async with NotebookClient(notebook_server.url) as client:
         await client.login("alice")

@@ -1,0 +1,218 @@
+"""``FastPathMiddleware``: kernel calls and frontend files without Django's
+request machinery.
+
+Under ASGI, Django hands each request to worker threads a dozen times (every
+middleware that is not async-native, the session and user lookups) and starts
+a thread per request: about 3 ms on a small machine, more than marimo takes to
+answer a widget change. Two kinds of requests need none of it:
+
+- kernel calls from the owner of a session: their checks (kernel_calls.py)
+  read only headers and this process's session bindings;
+- marimo's frontend files (frontend.py): public, the same for everyone.
+
+Wrap the project's HTTP application to answer those directly::
+
+    "http": FastPathMiddleware(get_asgi_application()),
+
+Everything else, and every kernel call that is not admitted at once (not the
+owner, cross-site, ...), goes to Django as before. The project's own HTTP
+middleware does not run for the requests answered here, as it does not for
+websockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.http import parse_cookie
+from django.http.request import split_domain_port, validate_host
+from django.urls import Resolver404, resolve
+
+from . import context, frontend, kernel_calls, registry, sessions
+from .forwarding import DROPPED_RESPONSE_HEADERS
+from .server import notebook_apps
+
+logger = logging.getLogger(__name__)
+
+KERNEL_API = "/api/kernel/"
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    # Later duplicates win, which is harmless for the headers read here.
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _allowed_host(host: str) -> bool:
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, allowed)
+
+
+async def _send_json(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class FastPathMiddleware:
+    """ASGI middleware for the project's HTTP application (see the module
+    docstring). Keeps no per-request state on the instance."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            method = scope["method"]
+            path = scope["path"]
+            if method == "POST" and KERNEL_API in path:
+                if await self._kernel_call(scope, receive, send):
+                    return
+            elif method in ("GET", "HEAD") and "/_marimo/" in path:
+                if await self._frontend_file(scope, send):
+                    return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _match(scope: dict[str, Any]) -> Any:
+        path = scope["path"]
+        root_path = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return None
+        if "django_notebooks" not in match.app_names:
+            return None
+        return match
+
+    async def _frontend_file(self, scope: dict[str, Any], send: Any) -> bool:
+        match = self._match(scope)
+        if match is None or match.url_name != "frontend":
+            return False
+        headers = _headers(scope)
+        answer = frontend.answer(
+            match.kwargs["version"],
+            match.kwargs["path"],
+            accept_encoding=headers.get("accept-encoding", ""),
+            if_none_match=headers.get("if-none-match"),
+        )
+        if answer is None:
+            return False  # Django gives the 404
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers],
+            }
+        )
+        body = b"" if scope["method"] == "HEAD" else answer.body
+        await send({"type": "http.response.body", "body": body})
+        return True
+
+    async def _kernel_call(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        match = self._match(scope)
+        if match is None or match.url_name != "notebook_location":
+            return False
+        found = registry.locate(match.kwargs["location"])
+        if found is None or not found.subpath.startswith("api/kernel/"):
+            return False
+        headers = _headers(scope)
+        host = headers.get("host", "")
+        if not _allowed_host(host):
+            return False  # Django answers 400 for a disallowed host
+        cookies = parse_cookie(headers.get("cookie", ""))
+        admitted = kernel_calls.admit(
+            found.notebook,
+            origin=headers.get("origin"),
+            referer=headers.get("referer"),
+            fetch_site=headers.get("sec-fetch-site"),
+            host=host,
+            scheme=scope.get("scheme", "http"),
+            session_id=headers.get(kernel_calls.SESSION_HEADER.lower()),
+            session_key=cookies.get(settings.SESSION_COOKIE_NAME),
+            visitor=sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
+        )
+        if not isinstance(admitted, sessions.Binding):
+            # Refusals that need the access decision, and all others, are
+            # answered by the view, with the project's middleware.
+            return False
+
+        body = b""
+        more_body = True
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return True
+            body += message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if limit is not None and len(body) > limit:
+                await _send_json(send, kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
+                return True
+        refusal = kernel_calls.check_body(body)
+        if refusal is not None:
+            await _send_json(send, refusal.status, refusal.message)
+            return True
+
+        meta = {}
+        if registry.conf.get("REQUEST_META"):
+            meta = context.request_meta(scope)
+        notebook = found.notebook
+        mount = scope["path"][: len(scope["path"]) - len(found.subpath)]
+        marimo_scope = context.marimo_scope(
+            scope,
+            path=scope["path"],
+            root_path=mount.rstrip("/"),
+            user=admitted.user_context,
+            meta=meta,
+            notebook_file=str(notebook.path),
+        )
+        await self._forward(notebook_apps.app_for(notebook.path), marimo_scope, body, send)
+        return True
+
+    @staticmethod
+    async def _forward(app: Any, scope: dict[str, Any], body: bytes, send: Any) -> None:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # The request has no more body: block, as a server does until
+            # the client goes (Starlette cancels this when it has answered).
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}  # pragma: no cover
+
+        async def filtered_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.decode("latin-1").lower() not in DROPPED_RESPONSE_HEADERS
+                        and name.lower() != b"set-cookie"
+                    ],
+                }
+            await send(message)
+
+        try:
+            await app(scope, receive, filtered_send)
+        except Exception:
+            # marimo has already answered 500 for its own error.
+            logger.exception("marimo's app failed on a kernel call")

@@ -1,0 +1,45 @@
+"""The benchmark still runs end to end: ``python bench/run.py --quick``.
+
+No timing is asserted: the machine is shared and noisy, and the benchmark's
+numbers only mean something as ratios against bare marimo measured in the
+same run. This test only checks that the benchmark starts its servers,
+drives both, prints its table and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_benchmark_prints_a_ratio_table():
+    process = subprocess.Popen(
+        [sys.executable, "bench/run.py", "--quick", "--servers", "uvicorn"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop the servers it started.
+        process.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(f"bench/run.py --quick ran over {TIMEOUT} s:\n{stderr[-3000:]}")
+    assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
+    assert "ratio" in stdout
+    assert "| interaction, 1 session: median" in stdout
