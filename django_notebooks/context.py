@@ -11,9 +11,10 @@ notebook the same user and neither leaks a credential.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import quote
+
+from django.http import parse_cookie
 
 from . import conf
 
@@ -101,12 +102,9 @@ def _filtered_cookie_header(value: bytes, allowed: Iterable[str]) -> bytes | Non
     allowed = set(allowed)
     if not allowed:
         return None
-    cookie: SimpleCookie = SimpleCookie()
-    try:
-        cookie.load(value.decode("latin-1"))
-    except Exception:
-        return None
-    kept = [f"{name}={morsel.coded_value}" for name, morsel in cookie.items() if name in allowed]
+    # Django's own lenient parser: one malformed cookie must not hide the rest.
+    cookies = parse_cookie(value.decode("latin-1"))
+    kept = [f"{name}={cookies[name]}" for name in cookies if name in allowed]
     return "; ".join(kept).encode("latin-1") if kept else None
 
 

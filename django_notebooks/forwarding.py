@@ -88,20 +88,25 @@ async def forward_http(app: Callable[..., Any], scope: dict[str, Any], body: byt
         elif message["type"] == "http.response.body":
             await chunks.put(message)
 
-    async def run() -> None:
-        try:
-            await app(scope, receive, send)
-        finally:
-            await chunks.put(_END)
+    task = asyncio.create_task(app(scope, receive, send))
 
-    task = asyncio.create_task(run())
+    async def next_chunk() -> Any:
+        """The next body message, or ``_END`` once the app has stopped."""
+        if chunks.empty() and not task.done():
+            getter = asyncio.ensure_future(chunks.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+        return chunks.get_nowait() if not chunks.empty() else _END
+
     try:
-        done, _ = await asyncio.wait({start, task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({start, task}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
             # The app ended without answering: report why it failed.
             task.result()
             raise UpstreamError("marimo's app ended without a response")
-        first = await chunks.get()
+        first = await next_chunk()
     except BaseException:
         finished.set()
         task.cancel()
@@ -130,7 +135,7 @@ async def forward_http(app: Callable[..., Any], scope: dict[str, Any], body: byt
                     yield data
                 if not item.get("more_body", False):
                     break
-                item = await chunks.get()
+                item = await next_chunk()
         finally:
             finished.set()
             if not task.done():

@@ -127,7 +127,7 @@ def _per_config(function: Callable[[], T]) -> Callable[[], T]:
 def explicit_notebooks() -> dict[str, Notebook]:
     """The ``NOTEBOOKS`` entries, by slug."""
     notebooks = {}
-    for slug, value in conf.get("NOTEBOOKS").items():
+    for slug, value in _mapping_setting("NOTEBOOKS").items():
         options = _entry_options(slug, value)
         notebooks[slug] = _notebook(slug, options["path"], options)
     return notebooks
@@ -138,8 +138,18 @@ def directories() -> dict[str, dict[str, Any]]:
     """The ``DIRECTORIES`` entries, by key, as option dicts."""
     return {
         key: _entry_options(key, value)
-        for key, value in conf.get("DIRECTORIES").items()
+        for key, value in _mapping_setting("DIRECTORIES").items()
     }
+
+
+def _mapping_setting(name: str) -> Mapping[str, Any]:
+    value = conf.get(name)
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"DJANGO_NOTEBOOKS[{name!r}] must be a dict of name -> entry, "
+            f"not {type(value).__name__}."
+        )
+    return value
 
 
 _marker_cache: dict[Path, tuple[int, bool]] = {}

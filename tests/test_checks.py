@@ -1,0 +1,290 @@
+"""System checks: each id for a bad setting, none for the test settings, and
+``manage.py check`` runs them."""
+
+from __future__ import annotations
+
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from django.core.asgi import get_asgi_application
+from django.core.checks import ERROR, WARNING, run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import modify_settings, override_settings
+from django.urls import re_path
+
+import django_notebooks.routing
+from tests.settings import NOTEBOOKS_DIR
+
+SQUARE = NOTEBOOKS_DIR / "square.py"
+LAB = NOTEBOOKS_DIR / "lab"
+
+
+def our_messages(*, include_silenced: bool = False):
+    silenced = () if include_silenced else settings.SILENCED_SYSTEM_CHECKS
+    return [
+        m
+        for m in run_checks(include_deployment_checks=True)
+        if (m.id or "").startswith("django_notebooks.") and m.id not in silenced
+    ]
+
+
+def ids() -> list[str]:
+    return sorted(m.id for m in our_messages())
+
+
+def only(check_id: str):
+    [message] = [m for m in our_messages(include_silenced=True) if m.id == check_id]
+    assert message.hint, f"{check_id} has no hint"
+    return message
+
+
+# ASGI applications for the websocket-stack checks (ASGI_APPLICATION names
+# them by dotted path).
+_http = get_asgi_application()
+_kernel_routes = URLRouter(django_notebooks.routing.websocket_urlpatterns)
+no_websocket_application = ProtocolTypeRouter({"http": _http})
+unrouted_application = ProtocolTypeRouter(
+    {
+        "http": _http,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([]))),
+    }
+)
+unvalidated_application = ProtocolTypeRouter(
+    {"http": _http, "websocket": AuthMiddlewareStack(_kernel_routes)}
+)
+nested_application = ProtocolTypeRouter(
+    {
+        "http": _http,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(
+                URLRouter(
+                    [
+                        re_path(
+                            r"^",
+                            URLRouter(django_notebooks.routing.websocket_urlpatterns),
+                        )
+                    ]
+                )
+            )
+        ),
+    }
+)
+
+
+def test_the_test_settings_pass_every_check():
+    assert our_messages() == []
+
+
+@modify_settings(INSTALLED_APPS={"remove": ["channels"]})
+def test_e001_channels_not_installed():
+    message = only("django_notebooks.E001")
+    assert message.level == ERROR
+    assert "channels" in message.msg and "INSTALLED_APPS" in message.msg
+
+
+@override_settings(ASGI_APPLICATION=None)
+def test_e002_no_asgi_application():
+    message = only("django_notebooks.E002")
+    assert message.level == ERROR
+    assert "ASGI_APPLICATION" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("setting", "text"),
+    [
+        ({"NOTEBOOKS": {"sq": {"path": SQUARE, "premissions": ["x"]}}}, "premissions"),
+        ({"NOTEBOOKS": {"sq": {"title": "no path"}}}, "'path'"),
+        ({"NOTEBOOKS": {"sq": 3}}, "int"),
+        (
+            {
+                "DIRECTORIES": {
+                    "lab": {"path": LAB, "title": "not for directories", "bogus": 1}
+                }
+            },
+            "bogus",
+        ),
+    ],
+)
+def test_e003_malformed_entries(setting, text):
+    with override_settings(DJANGO_NOTEBOOKS=setting):
+        message = only("django_notebooks.E003")
+    assert message.level == ERROR
+    assert text in message.msg
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"NOTEBOOKS": {"bad.slug": SQUARE}},
+        {"NOTEBOOKS": {"_private": SQUARE}},
+        {"NOTEBOOKS": {"a/b": SQUARE}},
+        {"NOTEBOOKS": {"": SQUARE}},
+        {"DIRECTORIES": {"la b": LAB}},
+        {"DIRECTORIES": {".lab": LAB}},
+    ],
+)
+def test_e004_invalid_slug_or_directory_key(setting):
+    with override_settings(DJANGO_NOTEBOOKS=setting):
+        message = only("django_notebooks.E004")
+    assert message.level == ERROR
+    name = next(iter(setting.get("NOTEBOOKS") or setting["DIRECTORIES"]))
+    assert repr(name) in message.msg
+
+
+@override_settings(DJANGO_NOTEBOOKS={"NOTEBOOKS": {"gone": NOTEBOOKS_DIR / "gone.py"}})
+def test_e005_missing_file():
+    message = only("django_notebooks.E005")
+    assert "gone.py" in message.msg and "'gone'" in message.msg
+
+
+@override_settings(DJANGO_NOTEBOOKS={"NOTEBOOKS": {"dir": LAB}})
+def test_e005_a_directory_is_not_a_notebook_file():
+    assert "django_notebooks.E005" in ids()
+
+
+@override_settings(DJANGO_NOTEBOOKS={"NOTEBOOKS": {"helpers": LAB / "helpers.py"}})
+def test_e006_not_a_marimo_notebook():
+    message = only("django_notebooks.E006")
+    assert "helpers.py" in message.msg
+    assert "marimo" in message.hint
+
+
+@override_settings(
+    DJANGO_NOTEBOOKS={"NOTEBOOKS": {"lab": SQUARE}, "DIRECTORIES": {"lab": LAB}}
+)
+def test_e007_notebook_and_directory_share_a_name():
+    message = only("django_notebooks.E007")
+    assert message.level == ERROR
+    assert "'lab'" in message.msg
+    # The hint names the URL they would share.
+    assert "lab/" in message.hint
+    assert "{key}" not in message.hint
+
+
+@pytest.mark.parametrize("path", [NOTEBOOKS_DIR / "nowhere", SQUARE])
+def test_e008_directory_is_not_a_directory(path):
+    with override_settings(DJANGO_NOTEBOOKS={"DIRECTORIES": {"lab": path}}):
+        message = only("django_notebooks.E008")
+    assert str(path) in message.msg
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"groups": ["sales"]},
+        {"permissions": ["auth.view_user"]},
+        {"access": "tests.access_rules.is_ops"},
+    ],
+)
+def test_w001_public_notebook_with_access_rules(rule):
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            "NOTEBOOKS": {"hello": {"path": SQUARE, "public": True, **rule}}
+        }
+    ):
+        message = only("django_notebooks.W001")
+    assert message.level == WARNING
+    assert "'hello'" in message.msg
+
+
+@override_settings(
+    DJANGO_NOTEBOOKS={"NOTEBOOKS": {"hello": {"path": SQUARE, "public": True}}}
+)
+def test_public_notebook_without_rules_is_fine():
+    assert ids() == []
+
+
+@override_settings(ASGI_APPLICATION="tests.nowhere.application")
+def test_e009_asgi_application_cannot_be_imported():
+    message = only("django_notebooks.E009")
+    assert message.level == ERROR
+    assert "tests.nowhere.application" in message.msg
+
+
+@override_settings(ASGI_APPLICATION="tests.test_checks.unrouted_application")
+def test_w002_kernel_websocket_not_routed():
+    assert only("django_notebooks.W002").level == WARNING
+    assert "django_notebooks.W003" not in ids()
+
+
+@override_settings(ASGI_APPLICATION="tests.test_checks.no_websocket_application")
+def test_w002_no_websocket_protocol_at_all():
+    assert "django_notebooks.W002" in ids()
+
+
+@override_settings(ASGI_APPLICATION="tests.test_checks.unvalidated_application")
+def test_w003_no_origin_validator():
+    message = only("django_notebooks.W003")
+    assert "AllowedHostsOriginValidator" in message.hint
+    assert "django_notebooks.W002" not in ids()
+
+
+@override_settings(ASGI_APPLICATION="tests.test_checks.nested_application")
+def test_kernel_routes_nested_in_another_router_are_found():
+    assert ids() == []
+
+
+@override_settings(CHANNEL_LAYERS={})
+def test_w004_no_channel_layer():
+    assert only("django_notebooks.W004").level == WARNING
+
+
+def test_w005_in_memory_channel_layer_outside_debug():
+    assert only("django_notebooks.W005").level == WARNING
+    with override_settings(DEBUG=True):
+        assert "django_notebooks.W005" not in [
+            m.id for m in our_messages(include_silenced=True)
+        ]
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    ):
+        assert "django_notebooks.W005" not in [
+            m.id for m in our_messages(include_silenced=True)
+        ]
+
+
+@override_settings(DJANGO_NOTEBOOKS={"NOTEBOOK": {"sq": SQUARE}, "ALLOWED_COOKIE": []})
+def test_e010_unknown_setting_keys():
+    message = only("django_notebooks.E010")
+    assert message.level == ERROR
+    assert "'ALLOWED_COOKIE'" in message.msg and "'NOTEBOOK'" in message.msg
+    assert "NOTEBOOKS" in message.hint
+
+
+@override_settings(DJANGO_NOTEBOOKS={"MARIMO": {"session_ttl": 5, "sesion_ttl": 5}})
+def test_e011_marimo_options_marimo_does_not_take():
+    message = only("django_notebooks.E011")
+    assert message.level == ERROR
+    assert "sesion_ttl" in message.msg
+    assert "'session_ttl'" not in message.msg
+    assert "session_ttl" in message.hint
+
+
+def test_check_command_runs_the_checks():
+    call_command("check")  # the test settings are clean
+    with override_settings(
+        DJANGO_NOTEBOOKS={"NOTEBOOKS": {"gone": NOTEBOOKS_DIR / "gone.py"}}
+    ):
+        with pytest.raises(SystemCheckError, match=r"django_notebooks\.E005"):
+            call_command("check")
+
+
+def test_check_command_reports_warnings_without_failing(capsys):
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            "NOTEBOOKS": {"hello": {"path": SQUARE, "public": True, "groups": ["x"]}}
+        }
+    ):
+        call_command("check")
+    assert "django_notebooks.W001" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["NOTEBOOKS", "DIRECTORIES"])
+def test_a_list_instead_of_a_dict_is_reported_not_a_crash(key):
+    with override_settings(DJANGO_NOTEBOOKS={key: [SQUARE]}):
+        messages = our_messages()
+    assert [m.level for m in messages] == [ERROR]
+    assert key in messages[0].msg

@@ -1,0 +1,431 @@
+"""The kernel websocket through Channels' real stack (session cookie ->
+AuthMiddlewareStack -> URLRouter -> KernelConsumer -> marimo, in process)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import Client, override_settings
+
+import django_notebooks.routing
+from django_notebooks import consumers, sessions
+from django_notebooks.server import notebook_apps
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# No AllowedHostsOriginValidator on purpose: the consumer must refuse other
+# sites by itself, for projects that forgot the validator.
+application = AuthMiddlewareStack(
+    URLRouter(django_notebooks.routing.websocket_urlpatterns)
+)
+ORIGIN = "http://testserver"
+FIRST_RUN_TIMEOUT = 60
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_hex(4)
+
+
+@sync_to_async
+def login(username: str, *, groups: tuple[str, ...] = ()) -> str:
+    """Create ``username`` and a Django login for it; the session cookie value."""
+    user = User.objects.create_user(
+        username, password=None, first_name=username.title()
+    )
+    for name in groups:
+        user.groups.add(Group.objects.get_or_create(name=name)[0])
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+@sync_to_async
+def another_login(username: str) -> str:
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return client.cookies["sessionid"].value
+
+
+def communicator(
+    path: str,
+    *,
+    sessionid: str | None = None,
+    origin: str | None = ORIGIN,
+    app=application,
+) -> WebsocketCommunicator:
+    headers = [(b"host", b"testserver")]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    if sessionid is not None:
+        headers.append((b"cookie", f"sessionid={sessionid}".encode()))
+    return WebsocketCommunicator(app, path, headers=headers)
+
+
+async def frames_until_completed(ws: WebsocketCommunicator) -> list[dict]:
+    frames = []
+    while True:
+        frame = json.loads(await ws.receive_from(timeout=FIRST_RUN_TIMEOUT))
+        frames.append(frame)
+        if frame["op"] == "completed-run":
+            return frames
+
+
+def outputs(frames: list[dict]) -> str:
+    texts = []
+    for frame in frames:
+        output = (frame.get("data") or {}).get("output") or {}
+        if isinstance(output.get("data"), str):
+            texts.append(output["data"])
+    return " ".join(texts)
+
+
+@pytest.fixture
+async def close_marimo_sessions():
+    """Stop the kernels a test opened while its event loop still runs."""
+    yield
+    notebook_apps.close_all_sessions()
+
+
+async def refused(ws: WebsocketCommunicator) -> int:
+    """Connect; assert the handshake is refused; the close code."""
+    try:
+        connected, code = await ws.connect(timeout=10)
+    finally:
+        await ws.disconnect()
+    assert connected is False, "the websocket was accepted"
+    return code
+
+
+async def test_unknown_notebook_is_refused_before_accept():
+    sessionid = await login("alice")
+    for path in (
+        "/notebooks/nope/ws",
+        "/notebooks/lab/nope/ws",
+        "/notebooks/lab/helpers/ws",
+        "/notebooks/lab/escape/ws",
+        "/elsewhere/square/ws",
+        "/notebooks/square/assets/ws",
+    ):
+        code = await refused(
+            communicator(f"{path}?session_id={new_session_id()}", sessionid=sessionid)
+        )
+        assert code == consumers.CLOSE_NOT_FOUND, path
+
+
+async def test_anonymous_is_refused():
+    code = await refused(
+        communicator(f"/notebooks/square/ws?session_id={new_session_id()}")
+    )
+    assert code == consumers.CLOSE_REFUSED
+
+
+async def test_missing_session_id_is_refused():
+    sessionid = await login("alice")
+    for path in ("/notebooks/square/ws", "/notebooks/square/ws?session_id="):
+        code = await refused(communicator(path, sessionid=sessionid))
+        assert code == consumers.CLOSE_BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "http://testserver.evil.example"]
+)
+async def test_foreign_origin_is_refused_without_origin_validator(origin):
+    sessionid = await login("alice")
+    path = f"/notebooks/square/ws?session_id={new_session_id()}"
+    code = await refused(communicator(path, sessionid=sessionid, origin=origin))
+    assert code == consumers.CLOSE_REFUSED
+
+
+@override_settings(CSRF_TRUSTED_ORIGINS=["https://*.trusted.example"])
+async def test_trusted_origin_passes_the_origin_check():
+    # Refused only for the missing session id: the origin check was passed.
+    sessionid = await login("alice")
+    ws = communicator(
+        "/notebooks/square/ws",
+        sessionid=sessionid,
+        origin="https://app.trusted.example",
+    )
+    assert await refused(ws) == consumers.CLOSE_BAD_REQUEST
+
+
+async def test_forbidden_user_is_refused():
+    sessionid = await login("bob")
+    path = f"/notebooks/sales/ws?session_id={new_session_id()}"
+    assert (
+        await refused(communicator(path, sessionid=sessionid))
+        == consumers.CLOSE_REFUSED
+    )
+
+
+async def test_allowed_user_runs_the_notebook(close_marimo_sessions):
+    sessionid = await login("alice", groups=("sales",))
+    session_id = new_session_id()
+    ws = communicator(
+        f"/notebooks/whoami/ws?session_id={session_id}", sessionid=sessionid
+    )
+    try:
+        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected
+        frames = await frames_until_completed(ws)
+    finally:
+        await ws.disconnect()
+    ops = [frame["op"] for frame in frames]
+    assert ops[0] == "kernel-ready"
+    assert ops[-1] == "completed-run"
+    seen = json.loads(
+        outputs(frames).replace("&quot;", '"').split("WHOAMI ", 1)[1].split("</")[0]
+    )
+    assert seen["user"]["username"] == "alice"
+    assert seen["user"]["groups"] == ["sales"]
+    assert seen["user"]["is_authenticated"] is True
+    assert seen["meta"] == {"site": "tests"}
+    assert seen["cookies"] == []
+    assert "cookie" not in seen["headers"]
+    assert seen["path"] == "/notebooks/whoami/ws"
+
+
+async def test_allowed_user_through_the_projects_full_stack(close_marimo_sessions):
+    sessionid = await login("alice")
+    full_stack = AllowedHostsOriginValidator(application)
+    ws = communicator(
+        f"/notebooks/lab/demo/ws?session_id={new_session_id()}",
+        sessionid=sessionid,
+        app=full_stack,
+    )
+    try:
+        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected
+        frames = await frames_until_completed(ws)
+    finally:
+        await ws.disconnect()
+    assert "lab demo notebook" in outputs(frames)
+
+
+async def test_session_id_owned_by_someone_else_is_refused(close_marimo_sessions):
+    alice = await login("alice")
+    bob = await login("bob")
+    alice_elsewhere = await another_login("alice")
+    session_id = new_session_id()
+    path = f"/notebooks/square/ws?session_id={session_id}"
+    owner = communicator(path, sessionid=alice)
+    try:
+        connected, _ = await owner.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected
+        await frames_until_completed(owner)
+        assert (
+            await refused(communicator(path, sessionid=bob)) == consumers.CLOSE_REFUSED
+        )
+        # The same user from another login (another browser) does not own it either.
+        assert (
+            await refused(communicator(path, sessionid=alice_elsewhere))
+            == consumers.CLOSE_REFUSED
+        )
+        # Nor may alice reuse the id for another notebook.
+        other = f"/notebooks/whoami/ws?session_id={session_id}"
+        assert (
+            await refused(communicator(other, sessionid=alice))
+            == consumers.CLOSE_REFUSED
+        )
+    finally:
+        await owner.disconnect()
+
+
+async def test_session_binding_is_recorded_for_the_opener(close_marimo_sessions):
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
+    )
+    try:
+        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected
+        await frames_until_completed(ws)
+    finally:
+        await ws.disconnect()
+    # Kernel calls from this login find the session, with the user the
+    # notebook saw; another login does not.
+    binding = sessions.bindings.get_for_login(
+        session_id, notebook="square", session_key=sessionid, visitor=None
+    )
+    assert binding is not None
+    assert binding.user_context["username"] == "alice"
+    other = await another_login("alice")
+    assert (
+        sessions.bindings.get_for_login(
+            session_id, notebook="square", session_key=other, visitor=None
+        )
+        is None
+    )
+
+
+@override_settings(ROOT_URLCONF="tests.urls_prefix")
+async def test_websocket_follows_a_different_include_prefix(close_marimo_sessions):
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    assert (
+        await refused(
+            communicator(
+                f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
+            )
+        )
+        == consumers.CLOSE_NOT_FOUND
+    )
+    ws = communicator(
+        f"/deep/under/here/square/ws?session_id={session_id}", sessionid=sessionid
+    )
+    try:
+        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected
+        frames = await frames_until_completed(ws)
+    finally:
+        await ws.disconnect()
+    assert "square=9 user=alice" in outputs(frames)
+
+
+async def messages_until_close(ws: WebsocketCommunicator) -> tuple[list[dict], dict]:
+    """Frames sent before the server closed the socket, and the close."""
+    frames = []
+    while True:
+        message = await ws.receive_output(timeout=10)
+        if message["type"] == "websocket.close":
+            return frames, message
+        frames.append(json.loads(message["text"]))
+
+
+@override_settings(
+    DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, "MAX_SESSIONS_PER_USER": 1}
+)
+async def test_sessions_per_user_are_capped_with_a_reason_the_page_shows(
+    close_marimo_sessions,
+):
+    sessionid = await login("alice")
+    other_login = await another_login("alice")
+    first = communicator(
+        f"/notebooks/lab/demo/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        assert (await first.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        await frames_until_completed(first)
+        # Also from another browser: the cap is per user, not per login.
+        for cookie in (sessionid, other_login):
+            extra = communicator(
+                f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=cookie
+            )
+            try:
+                connected, _ = await extra.connect(timeout=10)
+                assert connected  # accepted, so that the page can say why it closes
+                frames, close = await messages_until_close(extra)
+            finally:
+                await extra.disconnect()
+            assert [frame["op"] for frame in frames] == ["alert"]
+            assert frames[0]["data"]["title"] == "Too many open notebook sessions"
+            assert close["code"] == consumers.CLOSE_TOO_MANY
+    finally:
+        await first.disconnect()
+    # Closing the first session frees its place.
+    again = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        assert (await again.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        await frames_until_completed(again)
+    finally:
+        await again.disconnect()
+
+
+@override_settings(
+    DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, "MAX_WEBSOCKET_MESSAGE_BYTES": 1000}
+)
+async def test_oversized_client_message_closes_the_socket(close_marimo_sessions):
+    sessionid = await login("alice")
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        await frames_until_completed(ws)
+        await ws.send_to(
+            text_data="{}"
+        )  # small client frames are fine (marimo ignores them)
+        assert await ws.receive_nothing(timeout=0.2)
+        await ws.send_to(text_data="x" * 1001)
+        _frames, close = await messages_until_close(ws)
+    finally:
+        await ws.disconnect()
+    assert close["code"] == consumers.CLOSE_TOO_BIG
+
+
+async def test_logout_closes_the_sessions_of_that_login(close_marimo_sessions):
+    sessionid = await login("alice")
+    other_login = await another_login("alice")
+    session_id = new_session_id()
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
+    )
+    untouched = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=other_login
+    )
+    try:
+        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        assert (await untouched.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        await frames_until_completed(ws)
+        await frames_until_completed(untouched)
+        await logout(sessionid)
+        frames, close = await messages_until_close(ws)
+        assert frames[-1]["op"] == "alert"
+        assert close["code"] == consumers.CLOSE_REVOKED
+        # The user's other login keeps its session.
+        assert await untouched.receive_nothing(timeout=0.5)
+    finally:
+        await ws.disconnect()
+        await untouched.disconnect()
+    # Kernel calls for the revoked session are refused from now on.
+    assert (
+        sessions.bindings.get_for_login(
+            session_id, notebook="square", session_key=sessionid, visitor=None
+        )
+        is None
+    )
+
+
+async def test_losing_the_group_closes_the_session(close_marimo_sessions):
+    sessionid = await login("alice", groups=("sales",))
+    ws = communicator(
+        f"/notebooks/sales/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    still_allowed = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        assert (await still_allowed.connect(timeout=FIRST_RUN_TIMEOUT))[0]
+        await frames_until_completed(ws)
+        await frames_until_completed(still_allowed)
+        await remove_from_group("alice", "sales")
+        _frames, close = await messages_until_close(ws)
+        assert close["code"] == consumers.CLOSE_REVOKED
+        assert await still_allowed.receive_nothing(timeout=0.5)
+    finally:
+        await ws.disconnect()
+        await still_allowed.disconnect()
+
+
+@sync_to_async
+def logout(sessionid: str) -> None:
+    client = Client()
+    client.cookies[settings.SESSION_COOKIE_NAME] = sessionid
+    client.logout()
+
+
+@sync_to_async
+def remove_from_group(username: str, group: str) -> None:
+    User.objects.get(username=username).groups.remove(Group.objects.get(name=group))

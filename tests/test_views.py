@@ -1,0 +1,523 @@
+"""The index and the forwarding view, through Django's in-process ASGI client
+(marimo's apps really answer: the notebooks are tiny)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import urljoin
+
+import marimo
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import AsyncClient, override_settings
+from django.urls import reverse
+
+import django_notebooks.routing
+from django_notebooks import sessions
+from django_notebooks.server import notebook_apps
+from tests.settings import NOTEBOOKS_DIR
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = "http://testserver"
+KERNEL_CALL = "/notebooks/square/api/kernel/set_ui_element_value"
+PREFIX = "/deep/under/here/"
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_hex(4)
+
+
+async def logged_in(username: str, *, groups: tuple[str, ...] = ()) -> AsyncClient:
+    user = await User.objects.acreate(username=username, first_name=username.title())
+    for name in groups:
+        group, _ = await Group.objects.aget_or_create(name=name)
+        await user.groups.aadd(group)
+    client = AsyncClient()
+    await client.aforce_login(user)
+    client.user = user
+    return client
+
+
+async def bound_session(client: AsyncClient, notebook: str = "square") -> str:
+    """A marimo session id this client's login owns, as if its kernel
+    websocket had opened it."""
+    session_id = new_session_id()
+    session = await client.asession()
+    owner = sessions.owner_of(client.user, session.session_key, None)
+    claim = sessions.bindings.claim(
+        session_id,
+        owner=owner,
+        notebook=notebook,
+        user_context={},
+        user_id=client.user.pk,
+    )
+    assert claim is sessions.Claim.CLAIMED
+    return session_id
+
+
+def kernel_headers(session_id: str | None = None, **extra: str) -> dict[str, str]:
+    headers = {"Origin": ORIGIN, **extra}
+    if session_id is not None:
+        headers["Marimo-Session-Id"] = session_id
+    return headers
+
+
+def notebooks_with(**options):
+    return override_settings(DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, **options})
+
+
+def hrefs(html: str) -> list[str]:
+    return re.findall(r'href="([^"]+)"', html)
+
+
+# Logged out, forbidden, unknown
+
+
+async def test_anonymous_page_redirects_to_login():
+    response = await AsyncClient().get("/notebooks/square/")
+    assert response.status_code == 302
+    assert response["Location"] == f"{settings.LOGIN_URL}?next=/notebooks/square/"
+
+
+@override_settings(LOGIN_URL="/sign-in/")
+async def test_login_redirect_follows_login_url_and_keeps_the_query():
+    response = await AsyncClient().get("/notebooks/lab/demo/?n=3")
+    assert response.status_code == 302
+    assert response["Location"] == "/sign-in/?next=/notebooks/lab/demo/%3Fn%3D3"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/notebooks/square/health"),
+        ("get", "/notebooks/square/assets/index.js"),
+        ("get", "/notebooks/lab/demo/health"),
+        ("post", KERNEL_CALL),
+    ],
+)
+async def test_anonymous_sub_paths_get_401_json(method, path):
+    response = await getattr(AsyncClient(), method)(
+        path, headers=kernel_headers(new_session_id())
+    )
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/json"
+    assert "Log in" in response.json()["error"]
+
+
+async def test_forbidden_user_gets_403_everywhere():
+    client = await logged_in("bob")
+    assert (await client.get("/notebooks/sales/")).status_code == 403
+    assert (await client.get("/notebooks/report/")).status_code == 403
+    assert (await client.get("/notebooks/ops/")).status_code == 403
+    health = await client.get("/notebooks/sales/health")
+    assert health.status_code == 403
+    assert health.json() == {"error": "You may not use this notebook."}
+    post = await client.post(
+        "/notebooks/sales/api/kernel/set_ui_element_value",
+        {"objectIds": [], "values": []},
+        content_type="application/json",
+        headers=kernel_headers(new_session_id()),
+    )
+    assert post.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/notebooks/nope/",
+        "/notebooks/nope/health",
+        "/notebooks/lab/nope/",
+        "/notebooks/lab/",
+        "/notebooks/lab/helpers/",
+        "/notebooks/lab/_private/",
+        "/notebooks/lab/escape/",
+        "/notebooks/lab/notes.txt/",
+        "/notebooks/lab/../square/",
+        "/notebooks/square/assets/../../whoami/",
+    ],
+)
+async def test_unknown_notebooks_are_404(path):
+    client = await logged_in("alice")
+    assert (await client.get(path)).status_code == 404
+
+
+async def test_unknown_notebook_is_404_for_anonymous_too():
+    assert (await AsyncClient().get("/notebooks/nope/")).status_code == 404
+
+
+# Pages and sub-paths
+
+
+async def test_allowed_user_gets_the_marimo_page():
+    client = await logged_in("alice", groups=("sales",))
+    for path in ("/notebooks/square/", "/notebooks/sales/", "/notebooks/lab/demo/"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response["Content-Type"].startswith("text/html")
+        assert (
+            "<marimo-" in response.content.decode()
+            or "marimo" in response.content.decode()
+        )
+        assert response["X-Frame-Options"] == "SAMEORIGIN"
+        assert "Cookie" in response["Vary"]
+        assert "Access-Control-Allow-Origin" not in response
+
+
+async def main_script(client: AsyncClient, page_url: str) -> bytes:
+    """Load a notebook page and the main script it names, as a browser would."""
+    page = await client.get(page_url)
+    assert page.status_code == 200
+    src = re.search(
+        r'<script[^>]+src="([^"]+/index-[^"]+\.js)"', page.content.decode()
+    ).group(1)
+    response = await client.get(urljoin(page_url, src))
+    assert response.status_code == 200, src
+    assert "javascript" in response["Content-Type"]
+    body = (
+        b"".join([c async for c in response.streaming_content])
+        if response.streaming
+        else response.content
+    )
+    if response.get("Content-Length"):
+        assert len(body) == int(response["Content-Length"])
+    return body
+
+
+@pytest.mark.parametrize("frontend", ["bridge", "marimo"])
+async def test_the_pages_script_and_sub_paths_load(frontend):
+    client = await logged_in("alice")
+    with notebooks_with(FRONTEND=frontend):
+        assert len(await main_script(client, "/notebooks/square/")) > 1000
+        health = await client.get("/notebooks/square/health")
+    assert health.status_code == 200
+    assert "Access-Control-Allow-Origin" not in health
+
+
+@notebooks_with(FRONTEND="marimo")
+async def test_assets_below_a_notebook_are_streamed_whole():
+    client = await logged_in("alice")
+    page = (await client.get("/notebooks/square/")).content.decode()
+    asset = re.search(r'src="\./(assets/[^"]+\.js)"', page).group(1)
+    response = await client.get(f"/notebooks/square/{asset}")
+    assert response.status_code == 200
+    body = (
+        b"".join([c async for c in response.streaming_content])
+        if response.streaming
+        else response.content
+    )
+    on_disk = (Path(marimo.__file__).parent / "_static" / asset).read_bytes()
+    assert body == on_disk
+
+
+async def test_public_notebook_is_open_to_anonymous_visitors():
+    client = AsyncClient()
+    response = await client.get("/notebooks/hello/")
+    assert response.status_code == 200
+    # Anonymous visitors get a signed id, so their kernel sessions are theirs.
+    cookie = response.cookies[sessions.VISITOR_COOKIE]
+    assert sessions.visitor_from_cookie(cookie.value)
+    assert cookie["httponly"]
+    assert (await client.get("/notebooks/hello/health")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/notebooks/square?x=1&y=two", "/notebooks/square/?x=1&y=two"),
+        ("/notebooks/square", "/notebooks/square/"),
+        ("/notebooks/lab/demo?n=3", "/notebooks/lab/demo/?n=3"),
+    ],
+)
+async def test_missing_slash_redirects_and_keeps_the_query(path, location):
+    client = await logged_in("alice")
+    response = await client.get(path)
+    assert response.status_code in (301, 302)
+    assert response["Location"] == location
+
+
+def test_reverse_notebook_urls():
+    assert reverse("django_notebooks:notebook", args=["square"]) == "/notebooks/square/"
+    assert (
+        reverse("django_notebooks:notebook", args=["lab/demo"])
+        == "/notebooks/lab/demo/"
+    )
+    assert reverse("django_notebooks:index") == "/notebooks/"
+
+
+# The index
+
+
+async def test_index_lists_only_the_notebooks_the_user_may_open():
+    client = await logged_in("alice", groups=("sales",))
+    response = await client.get("/notebooks/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    listed = [href for href in hrefs(html) if href.startswith("/notebooks/")]
+    assert listed == [
+        "/notebooks/square/",
+        "/notebooks/hello/",
+        "/notebooks/sales/",
+        "/notebooks/whoami/",
+        "/notebooks/files/",
+        "/notebooks/lab/demo/",
+    ]
+    for title in ("Square", "Hello", "Sales", "Whoami", "Files", "Demo"):
+        assert f">{title}</a>" in html, title
+
+
+async def test_index_for_other_users():
+    bob = await logged_in("bob")
+    listed = hrefs((await bob.get("/notebooks/")).content.decode())
+    assert "/notebooks/sales/" not in listed
+    assert "/notebooks/ops/" not in listed
+    assert "/notebooks/square/" in listed
+    ops = await logged_in("ops-dan")
+    assert "/notebooks/ops/" in hrefs((await ops.get("/notebooks/")).content.decode())
+
+
+async def test_index_for_anonymous_lists_public_notebooks():
+    html = (await AsyncClient().get("/notebooks/")).content.decode()
+    assert [h for h in hrefs(html) if h.startswith("/notebooks/")] == [
+        "/notebooks/hello/"
+    ]
+
+
+# Another include prefix
+
+
+@pytest.mark.parametrize("frontend", ["bridge", "marimo"])
+@override_settings(ROOT_URLCONF="tests.urls_prefix")
+async def test_a_different_include_prefix_serves_pages_and_assets(frontend):
+    assert (
+        reverse("django_notebooks:notebook", args=["lab/demo"]) == f"{PREFIX}lab/demo/"
+    )
+    client = await logged_in("alice")
+    assert (await client.get("/notebooks/square/")).status_code == 404
+    with notebooks_with(FRONTEND=frontend):
+        assert len(await main_script(client, f"{PREFIX}square/")) > 1000
+        assert (await client.get(f"{PREFIX}lab/demo/health")).status_code == 200
+    redirect = await client.get(f"{PREFIX}lab/demo?n=1")
+    assert redirect["Location"] == f"{PREFIX}lab/demo/?n=1"
+    index = (await client.get(PREFIX)).content.decode()
+    assert f"{PREFIX}square/" in hrefs(index)
+    anonymous = await AsyncClient().get(f"{PREFIX}square/")
+    assert anonymous["Location"] == f"/accounts/login/?next={PREFIX}square/"
+
+
+# Kernel calls
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
+async def test_body_over_the_upload_limit_is_413():
+    client = await logged_in("alice")
+    session_id = await bound_session(client)
+    body = json.dumps({"objectIds": ["x"], "values": ["y" * 500]})
+    response = await client.post(
+        KERNEL_CALL,
+        body,
+        content_type="application/json",
+        headers=kernel_headers(session_id),
+    )
+    assert response.status_code == 413
+    assert "too large" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+async def test_malformed_kernel_call_body_is_400(body, message):
+    client = await logged_in("alice")
+    session_id = await bound_session(client)
+    response = await client.post(
+        KERNEL_CALL,
+        body,
+        content_type="application/json",
+        headers=kernel_headers(session_id),
+    )
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+async def test_kernel_call_without_marimo_session_id_is_400():
+    client = await logged_in("alice")
+    response = await client.post(
+        KERNEL_CALL,
+        {"objectIds": [], "values": []},
+        content_type="application/json",
+        headers=kernel_headers(),
+    )
+    assert response.status_code == 400
+    assert "Marimo-Session-Id" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://testserver.evil.example"},
+        {"Referer": "https://evil.example/page"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+async def test_cross_origin_kernel_call_is_403(headers):
+    client = await logged_in("alice")
+    session_id = await bound_session(client)
+    response = await client.post(
+        KERNEL_CALL,
+        json.dumps({"objectIds": [], "values": []}),
+        content_type="text/plain",
+        headers={"Marimo-Session-Id": session_id, **headers},
+    )
+    assert response.status_code == 403
+    assert "Cross-site" in response.json()["error"]
+
+
+async def test_kernel_call_for_a_session_this_login_did_not_open_is_403():
+    alice = await logged_in("alice")
+    bob = await logged_in("bob")
+    alices_session = await bound_session(alice)
+    body = {"objectIds": [], "values": []}
+    for client, session_id in ((bob, alices_session), (alice, new_session_id())):
+        response = await client.post(
+            KERNEL_CALL,
+            body,
+            content_type="application/json",
+            headers=kernel_headers(session_id),
+        )
+        assert response.status_code == 403
+        assert "not yours" in response.json()["error"]
+    # A session opened for one notebook does not drive another.
+    other = await alice.post(
+        "/notebooks/whoami/api/kernel/set_ui_element_value",
+        body,
+        content_type="application/json",
+        headers=kernel_headers(alices_session),
+    )
+    assert other.status_code == 403
+
+
+async def test_kernel_call_after_the_websocket_closed_is_410():
+    client = await logged_in("alice")
+    session_id = await bound_session(client)
+    session = await client.asession()
+    sessions.bindings.release(
+        session_id, sessions.owner_of(client.user, session.session_key, None)
+    )
+    response = await client.post(
+        KERNEL_CALL,
+        {"objectIds": [], "values": []},
+        content_type="application/json",
+        headers=kernel_headers(session_id),
+    )
+    assert response.status_code == 410
+    assert "reload" in response.json()["error"]
+
+
+@pytest.fixture
+async def close_marimo_sessions():
+    yield
+    notebook_apps.close_all_sessions()
+
+
+async def test_widget_change_reaches_the_kernel_opened_over_the_websocket(
+    close_marimo_sessions,
+):
+    """The whole in-process path: the websocket opens a kernel, a kernel
+    call through the view changes a slider, the websocket streams the rerun."""
+    client = await logged_in("alice")
+    sessionid = client.cookies[settings.SESSION_COOKIE_NAME].value
+    session_id = new_session_id()
+    ws = WebsocketCommunicator(
+        AuthMiddlewareStack(URLRouter(django_notebooks.routing.websocket_urlpatterns)),
+        f"/notebooks/square/ws?session_id={session_id}",
+        headers=[
+            (b"host", b"testserver"),
+            (b"origin", ORIGIN.encode()),
+            (b"cookie", f"sessionid={sessionid}".encode()),
+        ],
+    )
+
+    async def read_until_completed() -> str:
+        texts = []
+        while True:
+            frame = json.loads(await ws.receive_from(timeout=60))
+            output = (frame.get("data") or {}).get("output") or {}
+            if isinstance(output.get("data"), str):
+                texts.append(output["data"])
+            if frame["op"] == "completed-run":
+                return " ".join(texts)
+
+    try:
+        connected, _ = await ws.connect(timeout=60)
+        assert connected
+        first = await read_until_completed()
+        assert "square=9 user=alice" in first
+        [slider] = re.findall(r"object-id=(?:\\?['\"])([^'\"\\]+)", first)
+        response = await client.post(
+            KERNEL_CALL,
+            {"objectIds": [slider], "values": [7]},
+            content_type="application/json",
+            headers=kernel_headers(session_id),
+        )
+        assert response.status_code == 200, response.content
+        assert response.json() == {"success": True}
+        assert "square=49 user=alice" in await read_until_completed()
+    finally:
+        await ws.disconnect()
+
+
+# Settings that change what users see
+
+
+@notebooks_with(CONCEAL_FORBIDDEN=True)
+async def test_conceal_forbidden_answers_404_for_notebooks_the_user_may_not_open():
+    bob = await logged_in("bob")
+    assert (await bob.get("/notebooks/sales/")).status_code == 404
+    health = await bob.get("/notebooks/sales/health")
+    assert health.status_code == 404
+    assert health["Content-Type"] == "application/json"
+    assert (await bob.get("/notebooks/square/")).status_code == 200
+    # Anonymous users cannot tell unknown notebooks from private ones.
+    anonymous = AsyncClient()
+    for path in ("/notebooks/square/", "/notebooks/nope/", "/notebooks/lab/nope/"):
+        response = await anonymous.get(path)
+        assert response.status_code == 302, path
+        assert response["Location"] == f"{settings.LOGIN_URL}?next={path}"
+    assert (await anonymous.get("/notebooks/nope/health")).status_code == 401
+    assert (await anonymous.get("/notebooks/square/health")).status_code == 401
+
+
+async def test_without_conceal_forbidden_users_see_403_and_404():
+    bob = await logged_in("bob")
+    assert (await bob.get("/notebooks/sales/")).status_code == 403
+    assert (await AsyncClient().get("/notebooks/nope/")).status_code == 404
+
+
+async def test_page_hides_server_file_paths():
+    client = await logged_in("alice")
+    page = (await client.get("/notebooks/square/")).content.decode()
+    assert "square.py" in page
+    assert str(NOTEBOOKS_DIR) not in page
+    assert os.getcwd() not in page
+
+
+@notebooks_with(EXPOSE_FILE_PATHS=True)
+async def test_expose_file_paths_keeps_marimos_page():
+    client = await logged_in("alice")
+    page = (await client.get("/notebooks/square/")).content.decode()
+    assert str(NOTEBOOKS_DIR / "square.py") in page
