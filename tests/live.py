@@ -251,3 +251,16 @@ class NotebookClient:
             ws_url, additional_headers=headers, max_size=None, open_timeout=30
         ) as websocket:
             yield KernelSession(self, page, session_id, websocket)
+
+
+def whoami(outputs: list[str]) -> dict:
+    """What the whoami notebook printed about its request."""
+    for text in outputs:
+        match = re.search(r"WHOAMI (\{.*\})", text.replace("&quot;", '"'))
+        if match:
+            return json.loads(match.group(1).split("</")[0])
+    raise AssertionError(f"no WHOAMI output in {outputs!r}")
+
+
+def square_output(outputs: list[str]) -> list[str]:
+    return re.findall(r"square=\d+ user=[\w-]+", " ".join(outputs))
