@@ -8,10 +8,13 @@ name, so visitors learn nothing about the server's file system.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import get_conditional_response
+from django.utils.http import quote_etag
 
 from . import conf
 
@@ -31,16 +34,18 @@ def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:
     return [(old.encode(), new.encode()) for old, new in pairs]
 
 
-def hide_file_paths(response: HttpResponse, notebook_file: Path) -> None:
-    """Remove server paths from a notebook page (in place)."""
-    if conf.get("EXPOSE_FILE_PATHS") or response.streaming:
-        return
+def prepare_page(request: HttpRequest, response: HttpResponse, notebook_file: Path) -> HttpResponse:
+    """The page as the browser gets it: server paths removed (unless
+    ``EXPOSE_FILE_PATHS``), with an ETag of what is sent, so that a repeat
+    visit gets a 304 instead of the page again."""
+    if response.streaming or response.status_code != 200:
+        return response
     if not response.get("Content-Type", "").startswith("text/html"):
-        return
-    content = response.content
-    for old, new in _replacements(notebook_file):
-        content = content.replace(old, new)
-    response.content = content
-    # The ETag marimo computed was for the page with the paths.
-    if "ETag" in response:
-        del response["ETag"]
+        return response
+    if not conf.get("EXPOSE_FILE_PATHS"):
+        content = response.content
+        for old, new in _replacements(notebook_file):
+            content = content.replace(old, new)
+        response.content = content
+    response["ETag"] = quote_etag(hashlib.blake2b(response.content, digest_size=16).hexdigest())
+    return get_conditional_response(request, etag=response["ETag"], response=response)

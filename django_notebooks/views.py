@@ -109,7 +109,7 @@ async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpRes
 
     response = await _forward(request, found, _identity(user), b"", with_meta=False)
     if is_page:
-        pages.hide_file_paths(response, notebook.path)
+        response = pages.prepare_page(request, response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
         if notebook.public and not user.is_authenticated and _visitor(request) is None:
             # Anonymous visitors of public notebooks own their sessions

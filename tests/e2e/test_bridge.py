@@ -188,3 +188,13 @@ async def test_new_notebook_in_a_directory_appears_without_restart(notebook_serv
         finally:
             (notebook_server.dropbox / "fresh.py").unlink()
         assert (await client.http.get("/notebooks/dropbox/fresh/")).status_code == 404
+
+
+async def test_repeat_visit_gets_the_page_as_not_modified(notebook_server):
+    async with NotebookClient(notebook_server.url) as client:
+        await client.login("alice")
+        first = await client.http.get("/notebooks/square/")
+        again = await client.http.get("/notebooks/square/", headers={"If-None-Match": first.headers["etag"]})
+    assert first.status_code == 200
+    assert again.status_code == 304
+    assert again.content == b""
