@@ -83,5 +83,8 @@ def alert_frame(title: str, description: str) -> str:
     them), so the bridge says why it closes a socket with this message first.
     """
     return json.dumps(
-        {"op": "alert", "data": {"title": title, "description": description, "variant": "danger"}}
+        {
+            "op": "alert",
+            "data": {"title": title, "description": description, "variant": "danger"},
+        }
     )

@@ -51,7 +51,11 @@ def decide(user: Any, notebook: Notebook) -> Access:
         if notebook.permissions and not user.has_perms(notebook.permissions):
             return Access.FORBIDDEN
     if notebook.access:
-        rule = notebook.access if callable(notebook.access) else import_string(notebook.access)
+        rule = (
+            notebook.access
+            if callable(notebook.access)
+            else import_string(notebook.access)
+        )
         if not rule(user, notebook):
             return Access.FORBIDDEN
     return Access.ALLOWED
@@ -64,7 +68,11 @@ async def adecide(user: Any, notebook: Notebook) -> Access:
     if not getattr(user, "is_authenticated", False):
         return Access.LOGIN_REQUIRED
     if not (notebook.groups or notebook.permissions or notebook.access):
-        return Access.ALLOWED if getattr(user, "is_active", True) else Access.LOGIN_REQUIRED
+        return (
+            Access.ALLOWED
+            if getattr(user, "is_active", True)
+            else Access.LOGIN_REQUIRED
+        )
     return await sync_to_async(decide)(user, notebook)
 
 

@@ -43,7 +43,10 @@ KERNEL_API = "/api/kernel/"
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
     # Later duplicates win, which is harmless for the headers read here.
-    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in scope["headers"]
+    }
 
 
 def _allowed_host(host: str) -> bool:
@@ -60,7 +63,10 @@ async def _send_json(send: Any, status: int, message: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -116,14 +122,19 @@ class FastPathMiddleware:
             {
                 "type": "http.response.start",
                 "status": answer.status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers],
+                "headers": [
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in answer.headers
+                ],
             }
         )
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
         return True
 
-    async def _kernel_call(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+    async def _kernel_call(
+        self, scope: dict[str, Any], receive: Any, send: Any
+    ) -> bool:
         match = self._match(scope)
         if match is None or match.url_name != "notebook_location":
             return False
@@ -161,7 +172,9 @@ class FastPathMiddleware:
             body += message.get("body", b"")
             more_body = message.get("more_body", False)
             if limit is not None and len(body) > limit:
-                await _send_json(send, kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
+                await _send_json(
+                    send, kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message
+                )
                 return True
         refusal = kernel_calls.check_body(body)
         if refusal is not None:
@@ -181,7 +194,9 @@ class FastPathMiddleware:
             meta=meta,
             notebook_file=str(notebook.path),
         )
-        await self._forward(notebook_apps.app_for(notebook.path), marimo_scope, body, send)
+        await self._forward(
+            notebook_apps.app_for(notebook.path), marimo_scope, body, send
+        )
         return True
 
     @staticmethod
@@ -205,7 +220,8 @@ class FastPathMiddleware:
                     "headers": [
                         (name, value)
                         for name, value in message.get("headers", [])
-                        if name.decode("latin-1").lower() not in DROPPED_RESPONSE_HEADERS
+                        if name.decode("latin-1").lower()
+                        not in DROPPED_RESPONSE_HEADERS
                         and name.lower() != b"set-cookie"
                     ],
                 }

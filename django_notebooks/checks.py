@@ -84,7 +84,9 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="django_notebooks.E006",
                 )
             )
-        if notebook.public and (notebook.groups or notebook.permissions or notebook.access):
+        if notebook.public and (
+            notebook.groups or notebook.permissions or notebook.access
+        ):
             errors.append(
                 Warning(
                     f"Notebook {slug!r} is public, so its groups, permissions "

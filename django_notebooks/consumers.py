@@ -166,7 +166,10 @@ class KernelConsumer(AsyncConsumer):
             limit = conf.get("MAX_SESSIONS_PER_USER")
             return await self._close(
                 CLOSE_TOO_MANY,
-                alert=("Too many open notebook sessions", f"You have {limit} open already: close one, then reload this page."),
+                alert=(
+                    "Too many open notebook sessions",
+                    f"You have {limit} open already: close one, then reload this page.",
+                ),
             )
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
         await self._join_revocation_groups(user, session)
@@ -189,10 +192,14 @@ class KernelConsumer(AsyncConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.marimo_task is None or self.closed:
             return
-        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+        size = len(message.get("bytes") or b"") + len(
+            (message.get("text") or "").encode()
+        )
         if size > conf.get("MAX_WEBSOCKET_MESSAGE_BYTES"):
             await self._close(CLOSE_TOO_BIG)
-            await self.inbox.put({"type": "websocket.disconnect", "code": CLOSE_TOO_BIG})
+            await self.inbox.put(
+                {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
+            )
             return
         await self.inbox.put(message)
 
@@ -294,7 +301,9 @@ class KernelConsumer(AsyncConsumer):
             return
         self.closed = True
         if alert and self.accepted:
-            await self.send({"type": "websocket.send", "text": _marimo.alert_frame(*alert)})
+            await self.send(
+                {"type": "websocket.send", "text": _marimo.alert_frame(*alert)}
+            )
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
         if reason and self.accepted:
             message["reason"] = reason

@@ -141,7 +141,9 @@ def marimo_scope(
     without its trailing slash: marimo's Starlette routing matches the path
     below ``root_path``, and its frontend computes every URL from the page.
     """
-    forwarded = {key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS}
+    forwarded = {
+        key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS
+    }
     forwarded["path"] = path
     query_string = scope.get("query_string", b"")
     if isinstance(query_string, str):  # Django's test client sends a str
@@ -151,7 +153,11 @@ def marimo_scope(
     # header (for public/ files); the bridge knows the file, the browser need
     # not, so the header is always set here.
     forwarded["headers"] = [
-        *(h for h in safe_headers(scope.get("headers", ())) if h[0].lower() != NOTEBOOK_ID_HEADER),
+        *(
+            h
+            for h in safe_headers(scope.get("headers", ()))
+            if h[0].lower() != NOTEBOOK_ID_HEADER
+        ),
         (NOTEBOOK_ID_HEADER, quote(notebook_file).encode("latin-1")),
     ]
     forwarded["user"] = user

@@ -52,7 +52,9 @@ def _response_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[str,
     return headers
 
 
-def _apply_headers(response: HttpResponse | StreamingHttpResponse, headers: list[tuple[str, str]]) -> None:
+def _apply_headers(
+    response: HttpResponse | StreamingHttpResponse, headers: list[tuple[str, str]]
+) -> None:
     seen: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
@@ -65,7 +67,9 @@ def _apply_headers(response: HttpResponse | StreamingHttpResponse, headers: list
         response.headers[name] = seen[key]
 
 
-async def forward_http(app: Callable[..., Any], scope: dict[str, Any], body: bytes) -> HttpResponse | StreamingHttpResponse:
+async def forward_http(
+    app: Callable[..., Any], scope: dict[str, Any], body: bytes
+) -> HttpResponse | StreamingHttpResponse:
     """Run ``app`` on one HTTP request and return Django's response for it."""
     start: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
@@ -120,7 +124,9 @@ async def forward_http(app: Callable[..., Any], scope: dict[str, Any], body: byt
         finished.set()
         await _quietly(task)
         content = b"" if first is _END else first.get("body", b"")
-        response: HttpResponse | StreamingHttpResponse = HttpResponse(content, status=status)
+        response: HttpResponse | StreamingHttpResponse = HttpResponse(
+            content, status=status
+        )
         # Django adds its own; marimo's must not override a rewritten body.
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
         _apply_headers(response, headers)

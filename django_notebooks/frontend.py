@@ -44,7 +44,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 STATIC_PREFIX = "django_notebooks/marimo"
 IMMUTABLE = "public, max-age=31536000, immutable"
-COMPRESSIBLE = (".js", ".css", ".svg", ".json", ".html", ".txt", ".map", ".wasm", ".ttf", ".md")
+COMPRESSIBLE = (
+    ".js",
+    ".css",
+    ".svg",
+    ".json",
+    ".html",
+    ".txt",
+    ".map",
+    ".wasm",
+    ".ttf",
+    ".md",
+)
 # Compressing on the fly, once per file: quick levels, the result is cached.
 BROTLI_QUALITY = 6
 GZIP_LEVEL = 6
@@ -150,7 +161,10 @@ def answer(
     if if_none_match == encoded.etag:
         return Answer(304, headers, b"")
     content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
-    headers += [("Content-Type", content_type), ("Content-Length", str(len(encoded.body)))]
+    headers += [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(encoded.body))),
+    ]
     if encoding != "identity":
         headers.append(("Content-Encoding", encoding))
     return Answer(200, headers, encoded.body)

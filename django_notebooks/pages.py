@@ -34,7 +34,9 @@ def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:
     return [(old.encode(), new.encode()) for old, new in pairs]
 
 
-def prepare_page(request: HttpRequest, response: HttpResponse, notebook_file: Path) -> HttpResponse:
+def prepare_page(
+    request: HttpRequest, response: HttpResponse, notebook_file: Path
+) -> HttpResponse:
     """The page as the browser gets it: server paths removed (unless
     ``EXPOSE_FILE_PATHS``), with an ETag of what is sent, so that a repeat
     visit gets a 304 instead of the page again."""
@@ -47,5 +49,7 @@ def prepare_page(request: HttpRequest, response: HttpResponse, notebook_file: Pa
         for old, new in _replacements(notebook_file):
             content = content.replace(old, new)
         response.content = content
-    response["ETag"] = quote_etag(hashlib.blake2b(response.content, digest_size=16).hexdigest())
+    response["ETag"] = quote_etag(
+        hashlib.blake2b(response.content, digest_size=16).hexdigest()
+    )
     return get_conditional_response(request, etag=response["ETag"], response=response)

@@ -174,7 +174,9 @@ def is_marimo_notebook(path: Path) -> bool:
     return answer
 
 
-def _directory_notebook(key: str, options: Mapping[str, Any], name: str) -> Notebook | None:
+def _directory_notebook(
+    key: str, options: Mapping[str, Any], name: str
+) -> Notebook | None:
     if not NAME_PATTERN.fullmatch(name):
         return None
     directory = Path(options["path"])

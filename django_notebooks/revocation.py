@@ -94,7 +94,9 @@ def _users_linked(through: Any, instance: Any) -> list[Any]:
     return list(links.values_list(user_fk.attname, flat=True))
 
 
-def _on_user_m2m_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+def _on_user_m2m_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
     """A user lost groups or permissions (from either side of the relation)."""
     if action == "pre_clear" and reverse:
         # pk_set is empty on clear: remember who was linked before.
@@ -109,7 +111,9 @@ def _on_user_m2m_changed(sender: Any, instance: Any, action: str, reverse: bool,
         recheck_users(pk_set)
 
 
-def _on_group_permissions_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+def _on_group_permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
     if action not in ("post_remove", "post_clear"):
         return
     group_ids = list(pk_set or ()) if reverse else [instance.pk]
@@ -124,7 +128,9 @@ def connect_signals() -> None:
     """Called from the app's ``ready()``, once the user model is known."""
     user_model = get_user_model()
     user_logged_out.connect(_on_logout, dispatch_uid="django_notebooks.logout")
-    post_save.connect(_on_user_saved, sender=user_model, dispatch_uid="django_notebooks.user_saved")
+    post_save.connect(
+        _on_user_saved, sender=user_model, dispatch_uid="django_notebooks.user_saved"
+    )
     for field_name in ("groups", "user_permissions"):
         field = getattr(user_model, field_name, None)
         if field is not None:
@@ -138,4 +144,6 @@ def connect_signals() -> None:
         sender=Group.permissions.through,
         dispatch_uid="django_notebooks.group_permissions",
     )
-    pre_delete.connect(_on_group_deleted, sender=Group, dispatch_uid="django_notebooks.group_deleted")
+    pre_delete.connect(
+        _on_group_deleted, sender=Group, dispatch_uid="django_notebooks.group_deleted"
+    )

@@ -70,7 +70,9 @@ class NotebookApps:
                 return manager
         return None
 
-    def _build(self, key: tuple[Path, tuple], path: Path, options: dict[str, Any]) -> ASGIApp:
+    def _build(
+        self, key: tuple[Path, tuple], path: Path, options: dict[str, Any]
+    ) -> ASGIApp:
         def remember_session_manager(notebook_app: ASGIApp) -> ASGIApp:
             self._session_managers[key] = _marimo.session_manager(notebook_app)
             return notebook_app

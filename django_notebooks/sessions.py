@@ -140,7 +140,12 @@ class SessionBindings:
                 binding.disconnected_at = time.time()
 
     def get_for_login(
-        self, session_id: str, *, notebook: str, session_key: str | None, visitor: str | None
+        self,
+        session_id: str,
+        *,
+        notebook: str,
+        session_key: str | None,
+        visitor: str | None,
     ) -> Binding | None:
         """The binding of ``session_id`` if the browser login presenting this
         session key (or visitor cookie) opened it for ``notebook``.

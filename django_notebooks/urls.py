@@ -15,7 +15,11 @@ app_name = "django_notebooks"
 urlpatterns = [
     path("", views.index, name="index"),
     # marimo's frontend files (no notebook slug starts with "_").
-    re_path(r"^_marimo/(?P<version>[^/]+)/(?P<path>.*)$", frontend.frontend_file, name="frontend"),
+    re_path(
+        r"^_marimo/(?P<version>[^/]+)/(?P<path>.*)$",
+        frontend.frontend_file,
+        name="frontend",
+    ),
     # A notebook's page: reverse("django_notebooks:notebook", args=["sales"])
     # or args=["lab/demo"] for a notebook in a directory.
     re_path(r"^(?P<slug>[^/]+(?:/[^/]+)?)/$", views.notebook, name="notebook"),

@@ -57,12 +57,16 @@ def index(request: HttpRequest) -> HttpResponse:
     )
 
 
-async def notebook(request: HttpRequest, slug: str) -> HttpResponse | StreamingHttpResponse:
+async def notebook(
+    request: HttpRequest, slug: str
+) -> HttpResponse | StreamingHttpResponse:
     """A notebook's page, at ``<slug>/`` (the URL ``reverse`` gives)."""
     return await serve(request, f"{slug}/")
 
 
-async def notebook_location(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+async def notebook_location(
+    request: HttpRequest, location: str
+) -> HttpResponse | StreamingHttpResponse:
     """Anything at or below a notebook's page: assets, kernel API, files."""
     return await serve(request, location)
 
@@ -74,7 +78,9 @@ notebook.csrf_exempt = True  # type: ignore[attr-defined]
 notebook_location.csrf_exempt = True  # type: ignore[attr-defined]
 
 
-async def serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+async def serve(
+    request: HttpRequest, location: str
+) -> HttpResponse | StreamingHttpResponse:
     """Answer one request at or below a notebook's page."""
     response = await _serve(request, location)
     # Framing by this site only: the embedding tag needs it, other sites may
@@ -83,10 +89,15 @@ async def serve(request: HttpRequest, location: str) -> HttpResponse | Streaming
     return response
 
 
-async def _serve(request: HttpRequest, location: str) -> HttpResponse | StreamingHttpResponse:
+async def _serve(
+    request: HttpRequest, location: str
+) -> HttpResponse | StreamingHttpResponse:
     found = registry.locate(location)
     if found is None:
-        if conf.get("CONCEAL_FORBIDDEN") and not (await get_user(request)).is_authenticated:
+        if (
+            conf.get("CONCEAL_FORBIDDEN")
+            and not (await get_user(request)).is_authenticated
+        ):
             is_page = request.method in SAFE_METHODS and _looks_like_page(location)
             return _refuse(request, Access.LOGIN_REQUIRED, is_page=is_page)
         raise Http404("No such notebook.")
@@ -95,7 +106,9 @@ async def _serve(request: HttpRequest, location: str) -> HttpResponse | Streamin
     return await _serve_kernel_call(request, found)
 
 
-async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpResponse | StreamingHttpResponse:
+async def _serve_read(
+    request: HttpRequest, found: registry.Location
+) -> HttpResponse | StreamingHttpResponse:
     """The page, its assets and files: the access decision, then marimo."""
     notebook = found.notebook
     is_page = found.subpath == ""
@@ -124,7 +137,9 @@ async def _serve_read(request: HttpRequest, found: registry.Location) -> HttpRes
     return response
 
 
-async def _serve_kernel_call(request: HttpRequest, found: registry.Location) -> HttpResponse | StreamingHttpResponse:
+async def _serve_kernel_call(
+    request: HttpRequest, found: registry.Location
+) -> HttpResponse | StreamingHttpResponse:
     """A kernel call (a POST); the rules are in kernel_calls.py."""
     session = getattr(request, "session", None)
     admitted = kernel_calls.admit(
@@ -238,7 +253,9 @@ def _asgi_scope(request: HttpRequest) -> dict[str, Any]:
         if key.startswith("HTTP_")
     ]
     if "CONTENT_TYPE" in request.META:
-        headers.append((b"content-type", request.META["CONTENT_TYPE"].encode("latin-1")))
+        headers.append(
+            (b"content-type", request.META["CONTENT_TYPE"].encode("latin-1"))
+        )
     return {
         "type": "http",
         "asgi": {"version": "3.0"},

@@ -20,7 +20,9 @@ application = ProtocolTypeRouter(
     {
         "http": FastPathMiddleware(django_asgi_app) if fast_path else django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(django_notebooks.routing.websocket_urlpatterns))
+            AuthMiddlewareStack(
+                URLRouter(django_notebooks.routing.websocket_urlpatterns)
+            )
         ),
     }
 )

@@ -80,11 +80,28 @@ def prepare_database(db_path: Path) -> Path:
 
 def server_command(kind: str, port: int) -> list[str]:
     if kind == "daphne":
-        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "tests.asgi:application"]
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "tests.asgi:application",
+        ]
     if kind == "uvicorn":
         return [
-            sys.executable, "-m", "uvicorn", "tests.asgi:application",
-            "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
         ]
     raise ValueError(kind)
 
@@ -180,7 +197,9 @@ class KernelSession:
 
     async def set_ui_value(self, object_id: str, value: Any) -> httpx.Response:
         return await self.client.post_kernel(
-            self.page, "set_ui_element_value", self.session_id,
+            self.page,
+            "set_ui_element_value",
+            self.session_id,
             {"objectIds": [object_id], "values": [value]},
         )
 
@@ -231,18 +250,30 @@ class NotebookClient:
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
 
     async def post_kernel(
-        self, page: str, endpoint: str, session_id: str | None, body: Any, **headers: str
+        self,
+        page: str,
+        endpoint: str,
+        session_id: str | None,
+        body: Any,
+        **headers: str,
     ) -> httpx.Response:
         sent = {"Origin": self.base_url, **headers}
         if session_id is not None:
             sent["Marimo-Session-Id"] = session_id
-        return await self.http.post(f"{page}api/kernel/{endpoint}", json=body, headers=sent)
+        return await self.http.post(
+            f"{page}api/kernel/{endpoint}", json=body, headers=sent
+        )
 
     @asynccontextmanager
-    async def kernel(self, page: str, session_id: str | None = None, origin: str | None = None):
+    async def kernel(
+        self, page: str, session_id: str | None = None, origin: str | None = None
+    ):
         """Open ``<page>ws?session_id=...`` as the frontend does."""
         session_id = session_id or new_session_id()
-        ws_url = self.base_url.replace("http://", "ws://") + f"{page}ws?session_id={session_id}"
+        ws_url = (
+            self.base_url.replace("http://", "ws://")
+            + f"{page}ws?session_id={session_id}"
+        )
         headers = {"Origin": origin or self.base_url}
         cookie = self.cookie_header()
         if cookie:

@@ -73,8 +73,14 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0")],
-                "prefix": os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests"),
+                "hosts": [
+                    os.environ.get(
+                        "DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0"
+                    )
+                ],
+                "prefix": os.environ.get(
+                    "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests"
+                ),
             },
         }
     }
@@ -92,22 +98,33 @@ STATIC_URL = "/static/"
 DJANGO_NOTEBOOKS = {
     "NOTEBOOKS": {
         "square": NOTEBOOKS_DIR / "square.py",
-        "hello": {"path": NOTEBOOKS_DIR / "whoami.py", "public": True, "title": "Hello"},
+        "hello": {
+            "path": NOTEBOOKS_DIR / "whoami.py",
+            "public": True,
+            "title": "Hello",
+        },
         "sales": {"path": NOTEBOOKS_DIR / "whoami.py", "groups": ["sales"]},
         "report": {
             "path": NOTEBOOKS_DIR / "whoami.py",
             "permissions": ["auth.view_user", "auth.change_user"],
         },
-        "ops": {"path": NOTEBOOKS_DIR / "whoami.py", "access": "tests.access_rules.is_ops"},
+        "ops": {
+            "path": NOTEBOOKS_DIR / "whoami.py",
+            "access": "tests.access_rules.is_ops",
+        },
         "whoami": NOTEBOOKS_DIR / "whoami.py",
         "files": NOTEBOOKS_DIR / "files.py",
     },
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
-    "MARIMO": {"session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))},
+    "MARIMO": {
+        "session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))
+    },
     "REQUEST_META": "tests.access_rules.request_meta",
     "MAX_SESSIONS_PER_USER": 5,
 }
 
 # A directory the end-to-end tests add notebooks to while the server runs.
 if os.environ.get("DJANGO_NOTEBOOKS_TEST_DROPBOX"):
-    DJANGO_NOTEBOOKS["DIRECTORIES"]["dropbox"] = Path(os.environ["DJANGO_NOTEBOOKS_TEST_DROPBOX"])
+    DJANGO_NOTEBOOKS["DIRECTORIES"]["dropbox"] = Path(
+        os.environ["DJANGO_NOTEBOOKS_TEST_DROPBOX"]
+    )

@@ -30,7 +30,9 @@ def test_unguarded_reloader_would_crash(monkeypatch):
         list(StatReloader().watched_files())
     except AttributeError:
         return
-    raise AssertionError("Django's reloader no longer trips on an emptied __main__: drop the guard?")
+    raise AssertionError(
+        "Django's reloader no longer trips on an emptied __main__: drop the guard?"
+    )
 
 
 def test_a_live_kernel_main_module_is_left_alone(monkeypatch):

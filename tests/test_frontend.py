@@ -39,7 +39,13 @@ def test_collectstatic_gathers_the_frontend_under_its_version(tmp_path):
     with override_settings(
         STATIC_ROOT=tmp_path,
         STATICFILES_FINDERS=["django_notebooks.finders.MarimoFrontendFinder"],
-        INSTALLED_APPS=["django.contrib.staticfiles", "django_notebooks", "channels", "django.contrib.auth", "django.contrib.contenttypes"],
+        INSTALLED_APPS=[
+            "django.contrib.staticfiles",
+            "django_notebooks",
+            "channels",
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+        ],
     ):
         call_command("collectstatic", interactive=False, verbosity=0)
     collected = tmp_path / "django_notebooks" / "marimo" / VERSION
@@ -59,4 +65,6 @@ def test_finder_finds_each_file_by_its_static_path():
     found = finder.find(f"django_notebooks/marimo/{VERSION}/{name}")
     assert found and Path(found).is_file()
     assert finder.find(f"django_notebooks/marimo/0.0.1/{name}") is None
-    assert finder.find(f"django_notebooks/marimo/{VERSION}/{name}", find_all=True) == [found]
+    assert finder.find(f"django_notebooks/marimo/{VERSION}/{name}", find_all=True) == [
+        found
+    ]

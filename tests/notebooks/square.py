@@ -21,7 +21,7 @@ def _(mo):
 def _(mo, slider):
     request = mo.app_meta().request
     user = request.user if request else None
-    mo.md(f"square={slider.value ** 2} user={user['username'] if user else None}")
+    mo.md(f"square={slider.value**2} user={user['username'] if user else None}")
     return
 
 

@@ -17,7 +17,12 @@ async def test_anonymous_is_sent_to_login_and_kept_out(notebook_server):
         assert page.status_code == 302
         assert page.headers["location"] == "/accounts/login/?next=/notebooks/square/"
 
-        post = await client.post_kernel("/notebooks/square/", "set_ui_element_value", new_session_id(), {"objectIds": [], "values": []})
+        post = await client.post_kernel(
+            "/notebooks/square/",
+            "set_ui_element_value",
+            new_session_id(),
+            {"objectIds": [], "values": []},
+        )
         assert post.status_code == 401
         assert post.headers["content-type"] == "application/json"
 
@@ -42,7 +47,9 @@ async def test_anonymous_is_sent_to_login_and_kept_out(notebook_server):
         ("bob", "lab/demo", True),
     ],
 )
-async def test_groups_permissions_and_rules_guard_every_path(notebook_server, username, slug, allowed):
+async def test_groups_permissions_and_rules_guard_every_path(
+    notebook_server, username, slug, allowed
+):
     async with NotebookClient(notebook_server.url) as client:
         await client.login(username)
         page = await client.http.get(f"/notebooks/{slug}/")
@@ -58,7 +65,12 @@ async def test_groups_permissions_and_rules_guard_every_path(notebook_server, us
             assert page.status_code == 403
             assert health.status_code == 403
             assert f'href="/notebooks/{slug}/"' not in index
-            post = await client.post_kernel(f"/notebooks/{slug}/", "set_ui_element_value", new_session_id(), {"objectIds": [], "values": []})
+            post = await client.post_kernel(
+                f"/notebooks/{slug}/",
+                "set_ui_element_value",
+                new_session_id(),
+                {"objectIds": [], "values": []},
+            )
             assert post.status_code == 403
             with pytest.raises(websockets.InvalidStatus):
                 async with client.kernel(f"/notebooks/{slug}/"):

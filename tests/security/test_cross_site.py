@@ -30,7 +30,11 @@ async def test_cross_site_kernel_posts_are_refused(notebook_server):
                 response = await client.http.post(
                     "/notebooks/square/api/kernel/set_ui_element_value",
                     content=json.dumps(body),
-                    headers={"Marimo-Session-Id": kernel.session_id, "Content-Type": "text/plain", **sent},
+                    headers={
+                        "Marimo-Session-Id": kernel.session_id,
+                        "Content-Type": "text/plain",
+                        **sent,
+                    },
                 )
                 assert response.status_code == 403, headers
             ok = await kernel.set_ui_value(slider, 5)
@@ -42,6 +46,8 @@ async def test_cross_site_websocket_is_refused(notebook_server):
     async with NotebookClient(notebook_server.url) as client:
         await client.login("alice")
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with client.kernel("/notebooks/square/", origin="https://evil.example"):
+            async with client.kernel(
+                "/notebooks/square/", origin="https://evil.example"
+            ):
                 pass
         assert refused.value.response.status_code == 403

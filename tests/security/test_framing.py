@@ -11,7 +11,10 @@ from tests.live import NotebookClient
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
-@pytest.mark.parametrize("path", ["/notebooks/square/", "/notebooks/square/health", "/notebooks/square/favicon.ico"])
+@pytest.mark.parametrize(
+    "path",
+    ["/notebooks/square/", "/notebooks/square/health", "/notebooks/square/favicon.ico"],
+)
 async def test_notebook_responses_allow_same_origin_framing_only(notebook_server, path):
     async with NotebookClient(notebook_server.url) as client:
         await client.login("alice")

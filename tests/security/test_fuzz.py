@@ -27,15 +27,53 @@ FUZZ = settings(
 )
 
 NOTEBOOK_PREFIXES = st.sampled_from(
-    ["square/", "hello/", "sales/", "lab/demo/", "lab/", "nope/", "", "square", "lab/_private/", "files/"]
+    [
+        "square/",
+        "hello/",
+        "sales/",
+        "lab/demo/",
+        "lab/",
+        "nope/",
+        "",
+        "square",
+        "lab/_private/",
+        "files/",
+    ]
 )
 SEGMENTS = st.one_of(
     st.sampled_from(
-        ["api", "kernel", "set_ui_element_value", "function_call", "set_model_value", "assets",
-         "@file", "public", "health", "ws", "..", ".", "%2e%2e", "%2f", "%00", "%ff", "~",
-         "favicon.ico", "12-x.txt", "og", "thumbnail", "version", "sse", "%5c", "interrupt"]
+        [
+            "api",
+            "kernel",
+            "set_ui_element_value",
+            "function_call",
+            "set_model_value",
+            "assets",
+            "@file",
+            "public",
+            "health",
+            "ws",
+            "..",
+            ".",
+            "%2e%2e",
+            "%2f",
+            "%00",
+            "%ff",
+            "~",
+            "favicon.ico",
+            "12-x.txt",
+            "og",
+            "thumbnail",
+            "version",
+            "sse",
+            "%5c",
+            "interrupt",
+        ]
     ),
-    st.text(alphabet=string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@", max_size=12),
+    st.text(
+        alphabet=string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@",
+        max_size=12,
+    ),
     st.text(max_size=6).map(lambda text: quote(text, safe="")),
 )
 PATHS = st.builds(
@@ -43,16 +81,28 @@ PATHS = st.builds(
     NOTEBOOK_PREFIXES,
     st.lists(SEGMENTS, max_size=4),
 )
-TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=20)
+TOKEN = st.text(
+    alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=20
+)
 HEADER_VALUE = st.text(alphabet="".join(chr(c) for c in range(32, 127)), max_size=40)
 BODIES = st.one_of(
     st.binary(max_size=300),
-    st.sampled_from([
-        b"", b"{}", b"[]", b"null", b'"x"', b'{"objectIds": [], "values": []}',
-        b'{"objectIds": ["x"], "values": [1, 2]}', b'{"objectIds": 5}', b'{"objectIds": [null], "values": [{}]}',
-        b'{"functionCallId": "x", "namespace": "y", "functionName": "z", "args": {}}',
-        b'{"modelId": "m", "message": {}, "buffers": []}', b'{"a": ' * 50 + b"1" + b"}" * 50,
-    ]),
+    st.sampled_from(
+        [
+            b"",
+            b"{}",
+            b"[]",
+            b"null",
+            b'"x"',
+            b'{"objectIds": [], "values": []}',
+            b'{"objectIds": ["x"], "values": [1, 2]}',
+            b'{"objectIds": 5}',
+            b'{"objectIds": [null], "values": [{}]}',
+            b'{"functionCallId": "x", "namespace": "y", "functionName": "z", "args": {}}',
+            b'{"modelId": "m", "message": {}, "buffers": []}',
+            b'{"a": ' * 50 + b"1" + b"}" * 50,
+        ]
+    ),
 )
 
 
@@ -63,8 +113,14 @@ class RawServer:
         host, port = base_url.removeprefix("http://").split(":")
         self.host, self.port, self.cookie = host, int(port), cookie
 
-    def request(self, method: str, target: str, headers: dict[str, str], body: bytes) -> int:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}", "Connection: close"]
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> int:
+        lines = [
+            f"{method} {target} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Connection: close",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -85,8 +141,15 @@ def open_session(notebook_server):
 
     cookie = asyncio.run(login())
     session_id = new_session_id()
-    ws_url = notebook_server.url.replace("http://", "ws://") + f"/notebooks/square/ws?session_id={session_id}"
-    with connect(ws_url, additional_headers={"Cookie": cookie, "Origin": notebook_server.url}, max_size=None) as websocket:
+    ws_url = (
+        notebook_server.url.replace("http://", "ws://")
+        + f"/notebooks/square/ws?session_id={session_id}"
+    )
+    with connect(
+        ws_url,
+        additional_headers={"Cookie": cookie, "Origin": notebook_server.url},
+        max_size=None,
+    ) as websocket:
         while json.loads(websocket.recv(timeout=60)).get("op") != "completed-run":
             pass
         yield RawServer(notebook_server.url, cookie), session_id, websocket
@@ -96,17 +159,56 @@ def open_session(notebook_server):
 @FUZZ
 @given(
     path=PATHS,
-    method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND"]),
-    query=st.text(alphabet=string.ascii_letters + string.digits + "=&%+;/?:@", max_size=30),
+    method=st.sampled_from(
+        ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND"]
+    ),
+    query=st.text(
+        alphabet=string.ascii_letters + string.digits + "=&%+;/?:@", max_size=30
+    ),
     body=BODIES,
-    content_type=st.sampled_from(["application/json", "text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", None]),
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "text/plain",
+            "multipart/form-data; boundary=x",
+            "application/x-www-form-urlencoded",
+            None,
+        ]
+    ),
     use_session=st.sampled_from(["own", "other", "garbage", None]),
     garbage=TOKEN,
     origin=st.sampled_from(["self", "evil", "null", None]),
-    extra=st.dictionaries(st.sampled_from(["Authorization", "Referer", "Sec-Fetch-Site", "Accept-Encoding", "Range", "X-Notebook-Id", "If-None-Match", "Content-Encoding"]), HEADER_VALUE, max_size=3),
+    extra=st.dictionaries(
+        st.sampled_from(
+            [
+                "Authorization",
+                "Referer",
+                "Sec-Fetch-Site",
+                "Accept-Encoding",
+                "Range",
+                "X-Notebook-Id",
+                "If-None-Match",
+                "Content-Encoding",
+            ]
+        ),
+        HEADER_VALUE,
+        max_size=3,
+    ),
     logged_in=st.booleans(),
 )
-def test_forwarding_view_never_errors(open_session, path, method, query, body, content_type, use_session, garbage, origin, extra, logged_in):
+def test_forwarding_view_never_errors(
+    open_session,
+    path,
+    method,
+    query,
+    body,
+    content_type,
+    use_session,
+    garbage,
+    origin,
+    extra,
+    logged_in,
+):
     server, own_session, _ = open_session
     headers = dict(extra)
     if logged_in:
@@ -114,9 +216,17 @@ def test_forwarding_view_never_errors(open_session, path, method, query, body, c
     if content_type:
         headers["Content-Type"] = content_type
     if use_session:
-        headers["Marimo-Session-Id"] = {"own": own_session, "other": "s_abcdef", "garbage": garbage}[use_session]
+        headers["Marimo-Session-Id"] = {
+            "own": own_session,
+            "other": "s_abcdef",
+            "garbage": garbage,
+        }[use_session]
     if origin:
-        headers["Origin"] = {"self": f"http://{server.host}:{server.port}", "evil": "https://evil.example", "null": "null"}[origin]
+        headers["Origin"] = {
+            "self": f"http://{server.host}:{server.port}",
+            "evil": "https://evil.example",
+            "null": "null",
+        }[origin]
     target = path + (f"?{query}" if query else "")
     status = server.request(method, target, headers, body)
     event(f"status {status}")
@@ -127,18 +237,29 @@ def test_forwarding_view_never_errors(open_session, path, method, query, body, c
 @settings(FUZZ, max_examples=300)
 @given(
     path=PATHS.map(lambda p: p.rstrip("/") + "/ws"),
-    query=st.one_of(st.just("session_id=s_fuzz01"), st.text(alphabet=string.ascii_letters + "=&%_", max_size=30)),
+    query=st.one_of(
+        st.just("session_id=s_fuzz01"),
+        st.text(alphabet=string.ascii_letters + "=&%_", max_size=30),
+    ),
     origin=st.sampled_from(["self", "evil", "null", None]),
     logged_in=st.booleans(),
 )
 def test_websocket_handshakes_never_error(open_session, path, query, origin, logged_in):
     server, _, _ = open_session
-    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     if logged_in:
         headers["Cookie"] = server.cookie
     if origin:
-        headers["Origin"] = {"self": f"http://{server.host}:{server.port}", "evil": "https://evil.example", "null": "null"}[origin]
+        headers["Origin"] = {
+            "self": f"http://{server.host}:{server.port}",
+            "evil": "https://evil.example",
+            "null": "null",
+        }[origin]
     status = server.request("GET", f"{path}?{query}", headers, b"")
     event(f"status {status}")
     assert status < 500 or status == 101, (path, query, headers, status)

@@ -15,10 +15,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 async def test_sessions_per_user_are_capped_with_a_clear_reason(notebook_server):
-    async with NotebookClient(notebook_server.url) as client, contextlib.AsyncExitStack() as stack:
+    async with (
+        NotebookClient(notebook_server.url) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
         await client.login("bob")
         for _ in range(5):  # MAX_SESSIONS_PER_USER in the test settings
-            kernel = await stack.enter_async_context(client.kernel("/notebooks/lab/demo/"))
+            kernel = await stack.enter_async_context(
+                client.kernel("/notebooks/lab/demo/")
+            )
             await kernel.read_until_completed()
         async with client.kernel("/notebooks/lab/demo/") as extra:
             alert = json.loads(await asyncio.wait_for(extra.websocket.recv(), 10))
@@ -54,11 +59,17 @@ async def test_request_body_over_djangos_limit_is_413(notebook_server):
         await client.login("alice")
         async with client.kernel("/notebooks/square/") as kernel:
             await kernel.read_until_completed()
-            too_big = b'{"objectIds": [], "values": [], "pad": "' + b"x" * 3_000_000 + b'"}'
+            too_big = (
+                b'{"objectIds": [], "values": [], "pad": "' + b"x" * 3_000_000 + b'"}'
+            )
             response = await client.http.post(
                 "/notebooks/square/api/kernel/set_ui_element_value",
                 content=too_big,
-                headers={"Marimo-Session-Id": kernel.session_id, "Origin": notebook_server.url, "Content-Type": "application/json"},
+                headers={
+                    "Marimo-Session-Id": kernel.session_id,
+                    "Origin": notebook_server.url,
+                    "Content-Type": "application/json",
+                },
             )
             assert response.status_code == 413
             # The session is unharmed.

@@ -62,8 +62,17 @@ async def test_logout_closes_open_sessions_and_refuses_later_calls(notebook_serv
 
 
 def run_in_other_process(db_path, env, code: str) -> None:
-    script = "import django\ndjango.setup()\nfrom django.contrib.auth.models import User, Group, Permission\n" + code
-    subprocess.run([sys.executable, "-c", script], env=server_env(db_path, **env), cwd=ROOT, check=True, timeout=60)
+    script = (
+        "import django\ndjango.setup()\nfrom django.contrib.auth.models import User, Group, Permission\n"
+        + code
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env=server_env(db_path, **env),
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
 
 
 def redis_is_up() -> bool:
@@ -99,16 +108,33 @@ def redis_server(live_db, tmp_path):
     ("username", "slug", "change"),
     [
         ("alice", "sales", "User.objects.get(username='alice').groups.clear()"),
-        ("alice", "sales", "Group.objects.get(name='sales').user_set.remove(User.objects.get(username='alice'))"),
+        (
+            "alice",
+            "sales",
+            "Group.objects.get(name='sales').user_set.remove(User.objects.get(username='alice'))",
+        ),
         ("alice", "sales", "Group.objects.get(name='sales').delete()"),
-        ("carol", "report", "User.objects.get(username='carol').user_permissions.remove(Permission.objects.get(codename='change_user'))"),
-        ("bob", "square", "u = User.objects.get(username='bob'); u.is_active = False; u.save()"),
+        (
+            "carol",
+            "report",
+            "User.objects.get(username='carol').user_permissions.remove(Permission.objects.get(codename='change_user'))",
+        ),
+        (
+            "bob",
+            "square",
+            "u = User.objects.get(username='bob'); u.is_active = False; u.save()",
+        ),
     ],
 )
-async def test_losing_access_in_another_process_closes_sessions(redis_server, username, slug, change):
+async def test_losing_access_in_another_process_closes_sessions(
+    redis_server, username, slug, change
+):
     async with NotebookClient(redis_server.url) as client:
         await client.login(username)
-        async with client.kernel(f"/notebooks/{slug}/") as kernel, client.kernel("/notebooks/lab/demo/") as unaffected:
+        async with (
+            client.kernel(f"/notebooks/{slug}/") as kernel,
+            client.kernel("/notebooks/lab/demo/") as unaffected,
+        ):
             await kernel.read_until_completed()
             await unaffected.read_until_completed()
             run_in_other_process(redis_server.db_path, redis_server.env, change)
@@ -117,5 +143,10 @@ async def test_losing_access_in_another_process_closes_sessions(redis_server, us
                 # Notebooks the user may still open stay open.
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(unaffected.websocket.recv(), 1.0)
-        response = await client.post_kernel(f"/notebooks/{slug}/", "set_ui_element_value", kernel.session_id, {"objectIds": [], "values": []})
+        response = await client.post_kernel(
+            f"/notebooks/{slug}/",
+            "set_ui_element_value",
+            kernel.session_id,
+            {"objectIds": [], "values": []},
+        )
         assert response.status_code in (401, 403)

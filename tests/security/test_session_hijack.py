@@ -12,23 +12,41 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 async def test_session_ids_belong_to_whoever_opened_them(notebook_server):
-    async with NotebookClient(notebook_server.url) as alice, NotebookClient(notebook_server.url) as bob:
+    async with (
+        NotebookClient(notebook_server.url) as alice,
+        NotebookClient(notebook_server.url) as bob,
+    ):
         await alice.login("alice")
         await bob.login("bob")
         async with alice.kernel("/notebooks/square/") as kernel:
             await kernel.read_until_completed()
             [slider] = kernel.ui_element_ids()
 
-            stolen = await bob.post_kernel("/notebooks/square/", "set_ui_element_value", kernel.session_id, {"objectIds": [slider], "values": [10]})
+            stolen = await bob.post_kernel(
+                "/notebooks/square/",
+                "set_ui_element_value",
+                kernel.session_id,
+                {"objectIds": [slider], "values": [10]},
+            )
             assert stolen.status_code == 403
             with pytest.raises(websockets.InvalidStatus):
-                async with bob.kernel("/notebooks/square/", session_id=kernel.session_id):
+                async with bob.kernel(
+                    "/notebooks/square/", session_id=kernel.session_id
+                ):
                     pass
-            guessed = await alice.post_kernel("/notebooks/square/", "set_ui_element_value", new_session_id(), {"objectIds": [slider], "values": [10]})
+            guessed = await alice.post_kernel(
+                "/notebooks/square/",
+                "set_ui_element_value",
+                new_session_id(),
+                {"objectIds": [slider], "values": [10]},
+            )
             assert guessed.status_code == 403
 
             # alice's session was not touched: her next change still starts from 3.
             own = await kernel.set_ui_value(slider, 2)
             assert own.status_code == 200
             await kernel.read_until_completed()
-            assert square_output(kernel.outputs) == ["square=9 user=alice", "square=4 user=alice"]
+            assert square_output(kernel.outputs) == [
+                "square=9 user=alice",
+                "square=4 user=alice",
+            ]

@@ -1,1 +1,1 @@
-print('not a notebook')
+print("not a notebook")
