@@ -33,7 +33,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
 from . import context, frontend, kernel_calls, registry, sessions
-from .forwarding import DROPPED_RESPONSE_HEADERS
+from .forwarding import passed_headers, single_body_receive
 from .server import notebook_apps
 
 logger = logging.getLogger(__name__)
@@ -201,30 +201,14 @@ class FastPathMiddleware:
 
     @staticmethod
     async def _forward(app: Any, scope: dict[str, Any], body: bytes, send: Any) -> None:
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            # The request has no more body: block, as a server does until
-            # the client goes (Starlette cancels this when it has answered).
-            await asyncio.Event().wait()
-            return {"type": "http.disconnect"}  # pragma: no cover
+        # Nothing sets this event: Starlette cancels its disconnect listener
+        # once it has answered.
+        receive = single_body_receive(body, until=asyncio.Event())
 
         async def filtered_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [
-                        (name, value)
-                        for name, value in message.get("headers", [])
-                        if name.decode("latin-1").lower()
-                        not in DROPPED_RESPONSE_HEADERS
-                        and name.lower() != b"set-cookie"
-                    ],
-                }
+                headers = passed_headers(message.get("headers", []))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -32,6 +32,9 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         "connection",
         "transfer-encoding",
         "keep-alive",
+        # marimo sets no cookies when Django does the auth; never let a
+        # notebook app write cookies on the project's domain.
+        "set-cookie",
     }
 )
 QUEUE_SIZE = 8
@@ -42,14 +45,40 @@ class UpstreamError(Exception):
     """marimo's app failed before it began its answer."""
 
 
+def passed_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """marimo's response headers without those the bridge must not pass on."""
+    return [
+        (name, value)
+        for name, value in raw_headers
+        if name.decode("latin-1").lower() not in DROPPED_RESPONSE_HEADERS
+    ]
+
+
+def single_body_receive(body: bytes, until: asyncio.Event) -> Callable[[], Any]:
+    """An ASGI ``receive`` for a request whose whole body is ``body``.
+
+    After the body it blocks until ``until`` is set, as a server does until
+    the client goes: Starlette's file and streaming responses listen for a
+    disconnect while they send, and answering at once would cut them short.
+    """
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await until.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def _response_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    headers = []
-    for raw_name, raw_value in raw_headers:
-        name = raw_name.decode("latin-1")
-        if name.lower() in DROPPED_RESPONSE_HEADERS:
-            continue
-        headers.append((name, raw_value.decode("latin-1")))
-    return headers
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in passed_headers(raw_headers)
+    ]
 
 
 def _apply_headers(
@@ -58,10 +87,6 @@ def _apply_headers(
     seen: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
-        if key == "set-cookie":
-            # marimo sets no cookies when Django does the auth; never let a
-            # notebook app write cookies on the project's domain.
-            continue
         # Repeated headers (Vary, Link) are folded, as HTTP allows.
         seen[key] = f"{seen[key]}, {value}" if key in seen else value
         response.headers[name] = seen[key]
@@ -74,17 +99,7 @@ async def forward_http(
     start: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
     finished = asyncio.Event()
-    request_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        # Starlette's file and streaming responses listen for a disconnect
-        # while they send; answering at once would cut them short.
-        await finished.wait()
-        return {"type": "http.disconnect"}
+    receive = single_body_receive(body, until=finished)
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
