@@ -127,7 +127,7 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def _layers(app: Any) -> list[Any]:
     """An ASGI app and the apps it wraps, outermost first (Channels'
     middleware keeps the wrapped app in ``inner``, routers in ``application``)."""
-    chain = []
+    chain: list[Any] = []
     while app is not None and len(chain) < 20:
         chain.append(app)
         app = getattr(app, "inner", None) or getattr(app, "application", None)

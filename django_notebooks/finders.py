@@ -18,14 +18,21 @@ from . import _marimo
 from .frontend import STATIC_PREFIX
 
 
+class _FrontendStorage(FileSystemStorage):
+    """marimo's frontend folder; ``prefix`` tells collectstatic where below
+    STATIC_ROOT its files go."""
+
+    prefix = ""
+
+
 class MarimoFrontendFinder(BaseFinder):
     """Finds marimo's frontend files under ``django_notebooks/marimo/<version>/``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prefix = f"{STATIC_PREFIX}/{marimo.__version__}"
-        self.storage = FileSystemStorage(location=str(_marimo.frontend_root()))
-        self.storage.prefix = self.prefix  # collectstatic copies below it
+        self.storage = _FrontendStorage(location=str(_marimo.frontend_root()))
+        self.storage.prefix = self.prefix
 
     def check(self, **kwargs: Any) -> list[Any]:
         return []
@@ -40,7 +47,7 @@ class MarimoFrontendFinder(BaseFinder):
         match = self.storage.path(relative)
         return [match] if find_all else match
 
-    def list(self, ignore_patterns: Any) -> Iterator[tuple[str, FileSystemStorage]]:
+    def list(self, ignore_patterns: Any) -> Iterator[tuple[str, _FrontendStorage]]:
         root = _marimo.frontend_root()
         for file in sorted(root.rglob("*")):
             if file.is_file() and file.suffix not in (".md", ".html"):

@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 
@@ -35,12 +35,14 @@ def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:
 
 
 def prepare_page(
-    request: HttpRequest, response: HttpResponse, notebook_file: Path
-) -> HttpResponse:
+    request: HttpRequest,
+    response: HttpResponse | StreamingHttpResponse,
+    notebook_file: Path,
+) -> HttpResponse | StreamingHttpResponse:
     """The page as the browser gets it: server paths removed (unless
     ``EXPOSE_FILE_PATHS``), with an ETag of what is sent, so that a repeat
     visit gets a 304 instead of the page again."""
-    if response.streaming or response.status_code != 200:
+    if not isinstance(response, HttpResponse) or response.status_code != 200:
         return response
     if not response.get("Content-Type", "").startswith("text/html"):
         return response
@@ -52,4 +54,7 @@ def prepare_page(
     response["ETag"] = quote_etag(
         hashlib.blake2b(response.content, digest_size=16).hexdigest()
     )
-    return get_conditional_response(request, etag=response["ETag"], response=response)
+    not_modified = get_conditional_response(
+        request, etag=response["ETag"], response=response
+    )
+    return not_modified or response

@@ -245,10 +245,10 @@ def locate(location: str) -> Location | None:
         options = directories().get(first)
         if options is None or len(segments) < 2:
             return None
-        notebook = _directory_notebook(first, options, segments[1])
-        if notebook is None:
+        in_directory = _directory_notebook(first, options, segments[1])
+        if in_directory is None:
             return None
-        rest = segments[2:]
+        notebook, rest = in_directory, segments[2:]
     if not rest:
         return Location(notebook, "", has_slash=False)
     return Location(notebook, "/".join(rest))

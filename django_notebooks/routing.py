@@ -15,5 +15,7 @@ from django.urls import re_path
 from .consumers import KernelConsumer
 
 websocket_urlpatterns = [
-    re_path(r"^.+/ws$", KernelConsumer.as_asgi(), name="django_notebooks_kernel"),
+    # (?s): a path with an encoded newline must reach the consumer (which
+    # refuses it) rather than match no route (which Channels answers with 500).
+    re_path(r"(?s)^.+/ws\Z", KernelConsumer.as_asgi(), name="django_notebooks_kernel"),
 ]

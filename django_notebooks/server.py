@@ -73,9 +73,10 @@ class NotebookApps:
     def _build(
         self, key: tuple[Path, tuple], path: Path, options: dict[str, Any]
     ) -> ASGIApp:
-        def remember_session_manager(notebook_app: ASGIApp) -> ASGIApp:
-            self._session_managers[key] = _marimo.session_manager(notebook_app)
-            return notebook_app
+        def remember_session_manager(app: Any) -> Any:
+            # marimo calls this with the notebook's own Starlette app.
+            self._session_managers[key] = _marimo.session_manager(app)
+            return app
 
         app = (
             marimo.create_asgi_app(**options)
@@ -111,7 +112,9 @@ class NotebookApps:
         if "twisted.internet.reactor" in sys.modules:
             from twisted.internet import reactor
 
-            reactor.addSystemEventTrigger("before", "shutdown", self.close_all_sessions)
+            # (twisted's interface stubs omit ``self``, confusing mypy.)
+            trigger = reactor.addSystemEventTrigger
+            trigger("before", "shutdown", self.close_all_sessions)  # type: ignore[arg-type]
 
 
 notebook_apps = NotebookApps()

@@ -148,7 +148,7 @@ async def _serve_kernel_call(
         referer=request.headers.get("Referer"),
         fetch_site=request.headers.get("Sec-Fetch-Site"),
         host=request.get_host(),
-        scheme=request.scheme,
+        scheme=request.scheme or "http",
         session_id=request.headers.get(kernel_calls.SESSION_HEADER),
         session_key=session.session_key if session is not None else None,
         visitor=_visitor(request),

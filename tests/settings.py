@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 TESTS_DIR = Path(__file__).resolve().parent
 NOTEBOOKS_DIR = TESTS_DIR / "notebooks"
@@ -95,7 +96,7 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "/static/"
 
-DJANGO_NOTEBOOKS = {
+DJANGO_NOTEBOOKS: dict[str, Any] = {
     "NOTEBOOKS": {
         "square": NOTEBOOKS_DIR / "square.py",
         "hello": {
