@@ -1,0 +1,154 @@
+"""FastPathMiddleware, in process: what it answers itself (owner kernel calls,
+frontend files) and what it leaves to Django (everything else)."""
+
+from __future__ import annotations
+
+import httpx
+import marimo
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient, override_settings
+
+from django_notebooks import _marimo
+from django_notebooks.asgi import FastPathMiddleware
+from django_notebooks.server import notebook_apps
+from tests.asgi import django_asgi_app
+from tests.live import UI_ELEMENT, new_session_id
+from tests.settings import DJANGO_NOTEBOOKS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = "http://testserver"
+CALL = "/notebooks/square/api/kernel/set_ui_element_value"
+
+
+@pytest.fixture
+async def kernel(django_user_model):
+    """alice's cookie, an open square-notebook session, its slider id, and an
+    HTTP client for the fast path (all on this test's event loop)."""
+    user = await django_user_model.objects.acreate_user("alice", password="pw")
+    login = AsyncClient()
+    await login.aforce_login(user)
+    cookie = f"sessionid={login.cookies['sessionid'].value}"
+    session_id = new_session_id()
+
+    from tests.asgi import application
+
+    communicator = WebsocketCommunicator(
+        application.application_mapping["websocket"],
+        f"/notebooks/square/ws?session_id={session_id}",
+        headers=[
+            (b"host", b"testserver"),
+            (b"origin", ORIGIN.encode()),
+            (b"cookie", cookie.encode()),
+        ],
+    )
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    outputs = await read_until_completed(communicator)
+    [slider] = UI_ELEMENT.findall(" ".join(outputs))
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        http.headers.update({"Cookie": cookie, "Origin": ORIGIN})
+        yield http, session_id, slider, communicator
+    await communicator.disconnect()
+    manager = notebook_apps.session_manager_for(DJANGO_NOTEBOOKS["NOTEBOOKS"]["square"])
+    if manager is not None:
+        manager.close_all_sessions()
+
+
+async def read_until_completed(communicator) -> list[str]:
+    outputs = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=30)
+        if frame["op"] == "cell-op":
+            data = ((frame.get("data") or {}).get("output") or {}).get("data")
+            if isinstance(data, str):
+                outputs.append(data)
+        if frame["op"] == "completed-run":
+            return outputs
+
+
+async def test_owner_kernel_call_is_answered_before_django(kernel):
+    http, session_id, slider, communicator = kernel
+    response = await http.post(
+        CALL,
+        json={"objectIds": [slider], "values": [7]},
+        headers={"Marimo-Session-Id": session_id},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    assert "x-frame-options" not in response.headers  # no Django view ran
+    assert "access-control-allow-origin" not in response.headers
+    assert "square=49 user=alice" in " ".join(await read_until_completed(communicator))
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Marimo-Session-Id": "s_notmine"}, 403),
+        ({"Host": "evil.example"}, 400),
+        ({"Cookie": ""}, 401),
+    ],
+)
+async def test_calls_it_cannot_admit_go_to_django(kernel, headers, status):
+    http, session_id, slider, _ = kernel
+    sent = {"Marimo-Session-Id": session_id, **headers}
+    response = await http.post(
+        CALL, json={"objectIds": [slider], "values": [2]}, headers=sent
+    )
+    assert response.status_code == status
+    assert "x-content-type-options" in response.headers  # Django answered
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"{not json", 400), (b"[1, 2]", 400), (b"{}" + b" " * 3_000_000, 413)],
+)
+async def test_bad_bodies_are_refused_by_the_fast_path(kernel, body, status):
+    http, session_id, _, _ = kernel
+    response = await http.post(
+        CALL,
+        content=body,
+        headers={"Marimo-Session-Id": session_id, "Content-Type": "application/json"},
+    )
+    assert response.status_code == status
+    assert "error" in response.json()
+
+
+async def test_frontend_files_come_compressed_from_the_fast_path():
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        version = marimo.__version__
+        icon = await http.get(f"/notebooks/_marimo/{version}/favicon.ico")
+        assert icon.status_code == 200
+        name = next(_marimo.frontend_root().glob("assets/*.js")).name
+        url = f"/notebooks/_marimo/{version}/assets/{name}"
+        response = await http.get(url, headers={"Accept-Encoding": "gzip"})
+        assert response.status_code == 200
+        assert response.headers["content-encoding"] == "gzip"
+        assert (
+            response.headers["cache-control"] == "public, max-age=31536000, immutable"
+        )
+        assert "x-frame-options" not in response.headers  # no Django view ran
+        head = await http.head(url, headers={"Accept-Encoding": "gzip"})
+        assert head.status_code == 200 and head.content == b""
+        again = await http.get(
+            url,
+            headers={
+                "Accept-Encoding": "gzip",
+                "If-None-Match": response.headers["etag"],
+            },
+        )
+        assert again.status_code == 304
+        missing = await http.get(f"/notebooks/_marimo/{version}/assets/nope.js")
+        assert missing.status_code == 404  # Django's 404
+
+
+@override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": "marimo"})
+async def test_everything_else_passes_through_untouched():
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.get("/notebooks/square/")
+    assert response.status_code == 302  # Django's login redirect
