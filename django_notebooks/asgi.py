@@ -181,9 +181,6 @@ class FastPathMiddleware:
             await _send_json(send, refusal.status, refusal.message)
             return True
 
-        meta = {}
-        if registry.conf.get("REQUEST_META"):
-            meta = context.request_meta(scope)
         notebook = found.notebook
         mount = scope["path"][: len(scope["path"]) - len(found.subpath)]
         marimo_scope = context.marimo_scope(
@@ -191,7 +188,7 @@ class FastPathMiddleware:
             path=scope["path"],
             root_path=mount.rstrip("/"),
             user=admitted.user_context,
-            meta=meta,
+            meta=admitted.meta,
             notebook_file=str(notebook.path),
         )
         await self._forward(

@@ -244,3 +244,34 @@ def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+FRONTEND_MODES = ("bridge", "staticfiles", "marimo")
+FRONTEND_FINDER = "django_notebooks.finders.MarimoFrontendFinder"
+
+
+@register(Tags.staticfiles)
+def check_frontend(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    mode = conf.get("FRONTEND")
+    if mode not in FRONTEND_MODES and not (
+        isinstance(mode, str) and ("://" in mode or mode.startswith("/"))
+    ):
+        return [
+            Error(
+                f"DJANGO_NOTEBOOKS['FRONTEND'] is {mode!r}.",
+                hint=f"Use one of {list(FRONTEND_MODES)} or the URL of a copy of "
+                "marimo's frontend (it may contain {version}).",
+                id="django_notebooks.E012",
+            )
+        ]
+    finders = getattr(settings, "STATICFILES_FINDERS", [])
+    if mode == "staticfiles" and FRONTEND_FINDER not in finders:
+        return [
+            Warning(
+                "FRONTEND is 'staticfiles' but collectstatic will not find "
+                "marimo's frontend.",
+                hint=f"Add {FRONTEND_FINDER!r} to STATICFILES_FINDERS.",
+                id="django_notebooks.W006",
+            )
+        ]
+    return []

@@ -149,11 +149,18 @@ class KernelConsumer(AsyncConsumer):
         if owner is None:
             return await self._refuse(CLOSE_REFUSED)
         user_context = await database_sync_to_async(context.user_context)(user)
+        # REQUEST_META runs once per session, here, where the project's hook
+        # sees the websocket's scope with its user and session; the session's
+        # kernel calls reuse the result.
+        meta = {}
+        if conf.get("REQUEST_META"):
+            meta = await database_sync_to_async(context.request_meta)(self.scope)
         claim = sessions.bindings.claim(
             session_id,
             owner=owner,
             notebook=notebook.slug,
             user_context=user_context,
+            meta=meta,
             user_id=getattr(user, "pk", None),
             limit=conf.get("MAX_SESSIONS_PER_USER"),
         )
@@ -174,9 +181,6 @@ class KernelConsumer(AsyncConsumer):
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
         await self._join_revocation_groups(user, session)
 
-        meta = {}
-        if conf.get("REQUEST_META"):
-            meta = await database_sync_to_async(context.request_meta)(self.scope)
         scope = context.marimo_scope(
             {**self.scope, "path": path},
             path=self.scope["path"],

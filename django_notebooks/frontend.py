@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import marimo
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
-from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
@@ -68,7 +68,9 @@ def asset_url() -> str | None:
     if mode == "bridge":
         return reverse("django_notebooks:frontend", args=[version, ""]).rstrip("/")
     if mode == "staticfiles":
-        return static(f"{STATIC_PREFIX}/{version}")
+        # Not static(): manifest storages know files, not this folder, and
+        # marimo's files load each other by their original names anyway.
+        return f"{(settings.STATIC_URL or '/').rstrip('/')}/{STATIC_PREFIX}/{version}"
     if mode == "marimo":
         return None
     return str(mode)
@@ -148,6 +150,8 @@ def answer(
 
     Shared by the Django view and the ASGI fast path.
     """
+    if conf.get("FRONTEND") != "bridge":
+        return None  # the frontend is served elsewhere: nothing here
     file_path = _file_for(version, path)
     if file_path is None:
         return None

@@ -77,6 +77,8 @@ class Binding:
     owner: str
     notebook: str
     user_context: dict[str, Any]
+    # What REQUEST_META returned when the websocket opened.
+    meta: dict[str, Any] = field(default_factory=dict)
     user_id: Any = None
     opened_at: float = field(default_factory=time.time)
     connections: int = 0
@@ -97,6 +99,7 @@ class SessionBindings:
         owner: str,
         notebook: str,
         user_context: dict[str, Any],
+        meta: dict[str, Any] | None = None,
         user_id: Any = None,
         limit: int | None = None,
     ) -> Claim:
@@ -122,9 +125,10 @@ class SessionBindings:
                 if open_sessions >= limit:
                     return Claim.OVER_LIMIT
             if binding is None:
-                binding = Binding(owner, notebook, user_context, user_id)
+                binding = Binding(owner, notebook, user_context, user_id=user_id)
                 self._bindings[session_id] = binding
             binding.user_context = user_context
+            binding.meta = meta or {}
             binding.connections += 1
             binding.disconnected_at = None
             return Claim.CLAIMED

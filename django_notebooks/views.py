@@ -120,7 +120,7 @@ async def _serve_read(
         query = request.META.get("QUERY_STRING", "")
         return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
 
-    response = await _forward(request, found, _identity(user), b"", with_meta=False)
+    response = await _forward(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
@@ -169,27 +169,23 @@ async def _serve_kernel_call(
     refusal = kernel_calls.check_body(body)
     if refusal is not None:
         return json_error(refusal.status, refusal.message)
-    return await _forward(request, found, admitted.user_context, body, with_meta=True)
+    return await _forward(request, found, admitted.user_context, admitted.meta, body)
 
 
 async def _forward(
     request: HttpRequest,
     found: registry.Location,
     user_context: dict[str, Any],
+    meta: dict[str, Any],
     body: bytes,
-    *,
-    with_meta: bool,
 ) -> HttpResponse | StreamingHttpResponse:
     """Hand the request to the notebook's marimo app.
 
-    ``REQUEST_META`` runs only for kernel calls: notebook code sees the
-    request of its websocket and of widget changes, never of an asset.
+    Notebook code sees the request of its websocket and of its kernel calls
+    (never of an asset); those carry the session's user context and meta.
     """
     notebook = found.notebook
     mount = request.path[: len(request.path) - len(found.subpath)]
-    meta = {}
-    if with_meta and conf.get("REQUEST_META"):
-        meta = await sync_to_async(context.request_meta)(request)
     scope = context.marimo_scope(
         _asgi_scope(request),
         path=request.path,

@@ -3,7 +3,8 @@
 No timing is asserted: the machine is shared and noisy, and the benchmark's
 numbers only mean something as ratios against bare marimo measured in the
 same run. This test only checks that the benchmark starts its servers,
-drives both, prints its table and stops cleanly.
+drives both, prints its table (with the token churn of ``--quick``) and the
+targets, and stops cleanly.
 """
 
 from __future__ import annotations
@@ -43,3 +44,9 @@ def test_quick_benchmark_prints_a_ratio_table():
     assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
     assert "ratio" in stdout
     assert "| interaction, 1 session: median" in stdout
+    # The churn ran on its own servers, every session rendered, and the
+    # server was read after it.
+    assert "| churn 20 (10 at a time, ttl 2 s): rendered | 20 | 20 |" in stdout
+    assert "| churn 20 (10 at a time, ttl 2 s): errors | 0 | 0 |" in stdout
+    assert "open DB connections, after" in stdout
+    assert "| target | bridge uvicorn |" in stdout

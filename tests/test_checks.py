@@ -16,7 +16,8 @@ from django.test import modify_settings, override_settings
 from django.urls import re_path
 
 import django_notebooks.routing
-from tests.settings import NOTEBOOKS_DIR
+from django_notebooks import checks
+from tests.settings import DJANGO_NOTEBOOKS, NOTEBOOKS_DIR
 
 SQUARE = NOTEBOOKS_DIR / "square.py"
 LAB = NOTEBOOKS_DIR / "lab"
@@ -288,3 +289,29 @@ def test_a_list_instead_of_a_dict_is_reported_not_a_crash(key):
         messages = our_messages()
     assert [m.level for m in messages] == [ERROR]
     assert key in messages[0].msg
+
+
+@pytest.mark.parametrize("value", ["static", "", None, 3])
+def test_e012_frontend_must_be_a_mode_or_a_url(value):
+    with override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": value}):
+        ids = [m.id for m in checks.check_frontend()]
+    assert ids == ["django_notebooks.E012"]
+
+
+@pytest.mark.parametrize(
+    "value", ["bridge", "marimo", "https://cdn.example/{version}", "/assets/marimo"]
+)
+def test_frontend_modes_and_urls_pass(value):
+    with override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": value}):
+        assert checks.check_frontend() == []
+
+
+def test_w006_staticfiles_mode_needs_the_finder():
+    with override_settings(
+        DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": "staticfiles"}
+    ):
+        assert [m.id for m in checks.check_frontend()] == ["django_notebooks.W006"]
+        with override_settings(
+            STATICFILES_FINDERS=["django_notebooks.finders.MarimoFrontendFinder"]
+        ):
+            assert checks.check_frontend() == []

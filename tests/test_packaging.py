@@ -30,4 +30,8 @@ def test_wheel_and_sdist_build_and_hold_the_right_files(tmp_path):
     assert "django_notebooks/templates/django_notebooks/index.html" in names
     assert "django_notebooks/py.typed" in names
     assert "django_notebooks/asgi.py" in names
-    assert not [n for n in names if n.startswith(("tests/", "example_project/", "bench/", "docs/"))]
+    assert not [
+        n
+        for n in names
+        if n.startswith(("tests/", "example_project/", "bench/", "docs/"))
+    ]

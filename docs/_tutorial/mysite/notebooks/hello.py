@@ -31,7 +31,7 @@ def _(mo):
 
 @app.cell
 def _(mo, number):
-    mo.md(f"{number.value} squared is {number.value ** 2}.")
+    mo.md(f"{number.value} squared is {number.value**2}.")
     return
 
 
