@@ -13,6 +13,7 @@ from django_notebooks import _marimo
 from django_notebooks.asgi import FastPathMiddleware
 from django_notebooks.server import notebook_apps
 from tests.asgi import django_asgi_app
+from tests.compat import create_user, force_login
 from tests.live import UI_ELEMENT, new_session_id
 from tests.settings import DJANGO_NOTEBOOKS
 
@@ -26,9 +27,9 @@ CALL = "/notebooks/square/api/kernel/set_ui_element_value"
 async def kernel(django_user_model):
     """alice's cookie, an open square-notebook session, its slider id, and an
     HTTP client for the fast path (all on this test's event loop)."""
-    user = await django_user_model.objects.acreate_user("alice", password="pw")
+    user = await create_user(django_user_model, "alice", "pw")
     login = AsyncClient()
-    await login.aforce_login(user)
+    await force_login(login, user)
     cookie = f"sessionid={login.cookies['sessionid'].value}"
     session_id = new_session_id()
 
@@ -105,6 +106,7 @@ async def test_calls_it_cannot_admit_go_to_django(kernel, headers, status):
 @pytest.mark.parametrize(
     ("body", "status"),
     [(b"{not json", 400), (b"[1, 2]", 400), (b"{}" + b" " * 3_000_000, 413)],
+    ids=["not-json", "not-an-object", "too-large"],
 )
 async def test_bad_bodies_are_refused_by_the_fast_path(kernel, body, status):
     http, session_id, _, _ = kernel

@@ -23,6 +23,7 @@ from django.urls import reverse
 import django_notebooks.routing
 from django_notebooks import sessions
 from django_notebooks.server import notebook_apps
+from tests.compat import force_login, session_key
 from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +43,7 @@ async def logged_in(username: str, *, groups: tuple[str, ...] = ()) -> AsyncClie
         group, _ = await Group.objects.aget_or_create(name=name)
         await user.groups.aadd(group)
     client = AsyncClient()
-    await client.aforce_login(user)
+    await force_login(client, user)
     client.user = user
     return client
 
@@ -51,8 +52,7 @@ async def bound_session(client: AsyncClient, notebook: str = "square") -> str:
     """A marimo session id this client's login owns, as if its kernel
     websocket had opened it."""
     session_id = new_session_id()
-    session = await client.asession()
-    owner = sessions.owner_of(client.user, session.session_key, None)
+    owner = sessions.owner_of(client.user, session_key(client), None)
     claim = sessions.bindings.claim(
         session_id,
         owner=owner,
@@ -414,9 +414,8 @@ async def test_kernel_call_for_a_session_this_login_did_not_open_is_403():
 async def test_kernel_call_after_the_websocket_closed_is_410():
     client = await logged_in("alice")
     session_id = await bound_session(client)
-    session = await client.asession()
     sessions.bindings.release(
-        session_id, sessions.owner_of(client.user, session.session_key, None)
+        session_id, sessions.owner_of(client.user, session_key(client), None)
     )
     response = await client.post(
         KERNEL_CALL,
