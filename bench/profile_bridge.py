@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Where does the bridge's extra time per interaction go?
+"""Where does the bridge's extra time per interaction (or per session
+open) go?
 
     pip install py-spy
     python bench/profile_bridge.py [--seconds 20] [--servers uvicorn] [--keep DIR]
+    python bench/profile_bridge.py --opens 25     # session opens, 25 at once
 
 Starts bare marimo and the bridge (as bench/run.py does), opens one session
 on each, and for each server in turn samples the server process with
@@ -10,6 +12,13 @@ on each, and for each server in turn samples the server process with
 prints the CPU the server spends per interaction (milliseconds of samples,
 all threads) split by who is on the stack, for bare marimo and for the bridge,
 then the bridge's top functions by inclusive CPU per interaction.
+
+With ``--opens N`` the client instead opens N sessions at once (page GET,
+websocket, first ``completed-run``), closes them and starts over, for the
+whole sampling window: the numbers are then per session opened, which is
+what the "100 sessions at once" measure of bench/run.py is made of. The
+report then also shows the busiest single worker thread: a thread that is
+busy most of the window is a queue every session waits in.
 
 py-spy samples every thread that is active (on a CPU, or runnable and
 waiting for one) at ``--rate`` Hz without pausing the server
@@ -115,14 +124,29 @@ async def drive(session: run.Session, stop_at: float) -> int:
     return count
 
 
+async def drive_opens(target: run.Target, at_once: int, stop_at: float) -> int:
+    """Open ``at_once`` sessions together, close them, again, until ``stop_at``."""
+    count = 0
+    while time.monotonic() < stop_at:
+        sessions = [run.Session(target, run.burst_person(i)) for i in range(at_once)]
+        try:
+            await asyncio.gather(*(s.open() for s in sessions))
+            count += at_once
+        finally:
+            await asyncio.gather(*(s.close() for s in sessions))
+    return count
+
+
 async def profile_target(
-    target: run.Target, seconds: float, rate: int, out: Path
-) -> tuple[int, Path]:
+    target: run.Target, seconds: float, rate: int, out: Path, opens: int = 0
+) -> tuple[int, Path, float]:
     session = run.Session(target)
     await session.open()
     try:
         for _ in range(20):  # warm-up
             await session.interact()
+        if opens:
+            await drive_opens(target, opens, time.monotonic() + 2)  # warm-up
         raw = (
             out
             / f"{target.name.replace(' ', '-').replace('(', '').replace(')', '')}.txt"
@@ -146,24 +170,36 @@ async def profile_target(
             stderr=subprocess.PIPE,
         )
         await asyncio.sleep(1.0)  # py-spy attaches
-        count = await drive(session, time.monotonic() + seconds - 1.5)
+        started = time.monotonic()
+        if opens:
+            count = await drive_opens(target, opens, started + seconds - 1.5)
+        else:
+            count = await drive(session, started + seconds - 1.5)
+        driven = time.monotonic() - started
         _, err = await asyncio.wait_for(spy.communicate(), seconds + 30)
         if spy.returncode != 0 or not raw.exists():
             raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
-        return count, raw
+        return count, raw, driven
     finally:
         await session.close()
 
 
-def report(results: dict[str, tuple[int, Path]], rate: int, top: int) -> str:
+def report(
+    results: dict[str, tuple[int, Path, float]],
+    rate: int,
+    top: int,
+    unit: str = "interaction",
+) -> str:
     per_sample_ms = 1000 / rate
     cells: dict[str, collections.Counter] = {}
     functions: dict[str, collections.Counter] = {}
     counts: dict[str, int] = {}
-    for name, (count, raw) in results.items():
+    busiest: dict[str, tuple[str, float]] = {}  # worker thread, share of the window
+    for name, (count, raw, driven) in results.items():
         counts[name] = count
         cells[name] = collections.Counter()
         functions[name] = collections.Counter()
+        per_thread: collections.Counter = collections.Counter()
         for frames, samples in parse_raw(raw):
             thread = (
                 frames[0]
@@ -175,12 +211,15 @@ def report(results: dict[str, tuple[int, Path]], rate: int, top: int) -> str:
             cells[name][(thread_group(thread), package_of(code))] += ms
             for fn in {function_name(f) for f in code if not GENERIC.search(f)}:
                 functions[name][fn] += ms
+            if thread_group(thread).startswith("worker"):
+                per_thread[thread] += samples
+        if per_thread:
+            thread, samples = per_thread.most_common(1)[0]
+            busiest[name] = (thread, samples / rate / max(driven, 1e-9))
 
     names = list(results)
     lines = [
-        "| server CPU per interaction, ms (thread: package) | "
-        + " | ".join(names)
-        + " |",
+        f"| server CPU per {unit}, ms (thread: package) | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
     keys = sorted(
@@ -201,7 +240,17 @@ def report(results: dict[str, tuple[int, Path]], rate: int, top: int) -> str:
         + " |"
     )
     lines.append(
-        "| interactions sampled | " + " | ".join(str(counts[n]) for n in names) + " |"
+        f"| {unit}s sampled | " + " | ".join(str(counts[n]) for n in names) + " |"
+    )
+    lines.append(
+        "| busiest single worker thread, share of the window | "
+        + " | ".join(
+            f"{busiest[n][1] * 100:.0f} % ({busiest[n][0].split(': ', 1)[-1]})"
+            if n in busiest
+            else "–"
+            for n in names
+        )
+        + " |"
     )
 
     bare = names[0]
@@ -211,7 +260,7 @@ def report(results: dict[str, tuple[int, Path]], rate: int, top: int) -> str:
         )
         lines += [
             "",
-            "Functions with the most extra inclusive CPU per interaction, "
+            f"Functions with the most extra inclusive CPU per {unit}, "
             f"{name} minus {bare} (ms):",
             "",
             f"| function | {name} | {bare} | extra |",
@@ -228,7 +277,7 @@ def report(results: dict[str, tuple[int, Path]], rate: int, top: int) -> str:
 async def main_async(
     args: argparse.Namespace, targets: list[run.Target], out: Path
 ) -> dict:
-    await run.log_in(targets, 1)
+    await run.log_in(targets, people(args))
     results = {}
     for target in targets:
         print(
@@ -237,9 +286,14 @@ async def main_async(
             flush=True,
         )
         results[target.name] = await profile_target(
-            target, args.seconds, args.rate, out
+            target, args.seconds, args.rate, out, args.opens
         )
     return results
+
+
+def people(args: argparse.Namespace) -> int:
+    """Logins needed: alice, plus bench users for the opens (up to the cap each)."""
+    return 1 + (run.burst_person(args.opens - 1) if args.opens else 0)
 
 
 def main() -> int:
@@ -250,6 +304,12 @@ def main() -> int:
         "--servers", default="uvicorn", help="bridge servers: uvicorn,daphne"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--opens",
+        type=int,
+        default=0,
+        help="profile session opens, this many at once (default: interactions)",
+    )
     parser.add_argument(
         "--keep", type=Path, help="keep py-spy's raw stacks in this directory"
     )
@@ -263,14 +323,19 @@ def main() -> int:
     targets: list[run.Target] = []
     try:
         try:
+            db = run.prepare_users(workdir, people(args))
             targets = run.start_servers(
-                [k for k in args.servers.split(",") if k], workdir, 10, 1
+                [k for k in args.servers.split(",") if k],
+                workdir,
+                db,
+                2 if args.opens else 10,
             )
             results = asyncio.run(main_async(args, targets, out))
         finally:
             if targets:
                 run.stop_servers([t.server for t in targets])
-        print(report(results, args.rate, args.top))
+        unit = "session open" if args.opens else "interaction"
+        print(report(results, args.rate, args.top, unit))
     finally:
         # Server logs and the database; py-spy's stacks too unless --keep.
         shutil.rmtree(workdir, ignore_errors=True)

@@ -106,7 +106,12 @@ class Plan:
     requests: int  # measured plain GETs per kind and server
     browser_rounds: int  # cold + warm page loads per server
     burst: int  # sessions opened at once (0: skipped)
+    burst_rounds: int  # how often, per server
     phase_seconds: float  # time limit of each measured phase
+    churn: int  # sessions opened and closed in the churn phase (0: skipped)
+    churn_batch: int  # of which open at the same time
+    churn_ttl: int  # session_ttl of the churn servers, seconds
+    churn_settle: float  # seconds waited after TTL before reading the server
     concurrency: tuple[int, ...] = (1, 8)
 
     @classmethod
@@ -120,7 +125,13 @@ class Plan:
                 requests=10,
                 browser_rounds=args.browser_rounds or 1,
                 burst=0,
+                burst_rounds=0,
                 phase_seconds=12,
+                # A token churn: it proves the phase works, measures little.
+                churn=args.churn if args.churn is not None else 20,
+                churn_batch=min(args.churn_batch, 10),
+                churn_ttl=args.churn_ttl or 2,
+                churn_settle=3,
             )
         return cls(
             quick=False,
@@ -130,7 +141,12 @@ class Plan:
             requests=100,
             browser_rounds=args.browser_rounds or 5,
             burst=args.burst,
+            burst_rounds=args.burst_rounds,
             phase_seconds=300,
+            churn=args.churn if args.churn is not None else 500,
+            churn_batch=args.churn_batch,
+            churn_ttl=args.churn_ttl or 5,
+            churn_settle=5,
         )
 
 
@@ -187,6 +203,7 @@ class Target:
     login: bool
     # One logged-in browser per person: alice first, then bench-01, ...
     cookies: list[httpx.Cookies] = field(default_factory=list)
+    db_path: Path | None = None  # the bridge's SQLite database
 
     @property
     def url(self) -> str:
@@ -210,11 +227,24 @@ class Target:
         except psutil.Error:
             return 0
 
+    def db_connections(self) -> int | None:
+        """Open file descriptors of the SQLite database file in the server
+        process: one per open database connection (None: not a bridge)."""
+        if self.db_path is None:
+            return None
+        try:
+            wanted = os.path.realpath(self.db_path)
+            return sum(
+                1
+                for f in psutil.Process(self.server.process.pid).open_files()
+                if os.path.realpath(f.path) == wanted
+            )
+        except psutil.Error:
+            return -1
 
-def start_servers(
-    kinds: list[str], workdir: Path, session_ttl: int, users: int
-) -> list[Target]:
-    """Start bare marimo and the bridge servers in parallel; all or none."""
+
+def prepare_users(workdir: Path, users: int) -> Path:
+    """A fresh SQLite database with the test users and ``bench-01`` ..."""
     db = prepare_database(workdir / "db.sqlite3")
     subprocess.run(
         [
@@ -227,12 +257,19 @@ def start_servers(
         check=True,
         timeout=120,
     )
-    starters = {"bare": lambda: BareServer(workdir / "bare.log", session_ttl)}
+    return db
+
+
+def start_servers(
+    kinds: list[str], workdir: Path, db: Path, session_ttl: int, tag: str = ""
+) -> list[Target]:
+    """Start bare marimo and the bridge servers in parallel; all or none."""
+    starters = {"bare": lambda: BareServer(workdir / f"bare{tag}.log", session_ttl)}
     for kind in kinds:
         starters[kind] = lambda kind=kind: LiveServer(
             kind,
             db,
-            workdir / f"bridge-{kind}.log",
+            workdir / f"bridge-{kind}{tag}.log",
             DJANGO_NOTEBOOKS_TEST_SESSION_TTL=str(session_ttl),
         )
     started: dict[str, Any] = {}
@@ -254,7 +291,9 @@ def start_servers(
         raise errors[0]
     targets = [Target("bare marimo (uvicorn)", started["bare"], BARE_PAGE, login=False)]
     for kind in kinds:
-        targets.append(Target(f"bridge {kind}", started[kind], BRIDGE_PAGE, login=True))
+        targets.append(
+            Target(f"bridge {kind}", started[kind], BRIDGE_PAGE, login=True, db_path=db)
+        )
     return targets
 
 
@@ -275,6 +314,21 @@ def stop_servers(servers: list[Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------
 # Driving a notebook as marimo's frontend does
+
+
+def describe(frames: list[dict[str, Any]], limit: int = 600) -> str:
+    """A short account of websocket frames, for an error message: each
+    frame's op and, for cell outputs, their type and the start of their data."""
+    parts = []
+    for frame in frames:
+        data = frame.get("data") or {}
+        part = str(frame.get("op"))
+        output = data.get("output") if isinstance(data, dict) else None
+        if isinstance(output, dict):
+            part += f"({output.get('mimetype')}: {str(output.get('data'))[:80]!r})"
+        parts.append(part)
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 class Session:
@@ -300,11 +354,12 @@ class Session:
         self.kernel = await self.stack.enter_async_context(
             self.client.kernel(self.target.page)
         )
-        await self.kernel.read_until_completed(FRAME_TIMEOUT)
+        frames = await self.kernel.read_until_completed(FRAME_TIMEOUT)
         took = time.perf_counter() - started
         if not any(f"square={self.value**2} " in text for text in self.kernel.outputs):
             raise RuntimeError(
-                f"{self.target.name}: first run did not render {RENDERED_TEXT}"
+                f"{self.target.name}: first run did not render {RENDERED_TEXT}; "
+                f"received {describe(frames)}"
             )
         [self.slider] = self.kernel.ui_element_ids()
         return took
@@ -322,11 +377,12 @@ class Session:
                 f"{self.target.name}: POST answered {response.status_code}: "
                 f"{response.text[:200]}"
             )
-        await self.kernel.read_until_completed(FRAME_TIMEOUT)
+        frames = await self.kernel.read_until_completed(FRAME_TIMEOUT)
         took = time.perf_counter() - started
         if not any(f"square={self.value**2} " in text for text in self.kernel.outputs):
             raise RuntimeError(
-                f"{self.target.name}: re-run did not render square={self.value**2}"
+                f"{self.target.name}: re-run did not render square={self.value**2}; "
+                f"received {describe(frames)}"
             )
         return took
 
@@ -356,9 +412,39 @@ async def log_in(targets: list[Target], people: int) -> None:
         target.cookies = list(cookies)
 
 
+def sessions_per_user() -> int:
+    """The test settings' cap on open notebook sessions per user."""
+    from tests.settings import DJANGO_NOTEBOOKS  # plain module constants
+
+    return int(DJANGO_NOTEBOOKS.get("MAX_SESSIONS_PER_USER") or 10**6)
+
+
 def people(plan: Plan) -> int:
-    """How many different users the run needs: one per concurrent session."""
-    return max(*plan.concurrency, plan.burst)
+    """How many different users the run needs (alice counts as one).
+
+    The interaction runs give each session its own user; the burst fills
+    bench users up to the cap (100 sessions, cap 5: bench-01 ... bench-20);
+    a churn batch spreads over the bench users so that nobody has more than
+    half the cap open at once, which leaves room for the previous batch's
+    websockets still being closed on the server."""
+    cap = sessions_per_user()
+    return max(
+        *plan.concurrency,
+        1 + math.ceil(plan.burst / cap),
+        1 + math.ceil(plan.churn_batch / max(1, cap // 2)) if plan.churn else 1,
+    )
+
+
+def burst_person(index: int) -> int:
+    """Whose login the burst's session number ``index`` uses: bench users,
+    each up to the cap (alice stays out: her warm-up session may still be
+    closing)."""
+    return 1 + index // sessions_per_user()
+
+
+def churn_person(index: int, count: int) -> int:
+    """Whose login a churn session uses: the bench users in turn."""
+    return 1 + index % max(1, count - 1)
 
 
 def rotated(items: list[Any], round_number: int) -> list[Any]:
@@ -388,12 +474,23 @@ def percentile(values: list[float], q: float) -> float:
 class Row:
     label: str
     unit: str  # "ms", "s", "MB", "KB", "" (count)
-    values: dict[str, float]  # target name -> value
+    values: dict[str, Any]  # target name -> value (a number, or a short text)
     ratio: bool = True  # show bridge/bare ratios
     note: str = ""
+    key: str = ""  # how the targets find the row
 
 
-def fmt(value: float, unit: str) -> str:
+def is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+    )
+
+
+def fmt(value: Any, unit: str) -> str:
+    if isinstance(value, str):
+        return value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if unit == "ms":
@@ -422,13 +519,7 @@ def render_table(targets: list[Target], rows: list[Row]) -> str:
         for target in targets[1:]:
             value = row.values.get(target.name)
             cells.append(fmt(value, row.unit))
-            if (
-                row.ratio
-                and value is not None
-                and base
-                and not math.isnan(base)
-                and not math.isnan(value)
-            ):
+            if row.ratio and is_number(value) and is_number(base) and base:
                 cells.append(f"{value / base:.2f}x")
             else:
                 cells.append("–")
@@ -520,6 +611,16 @@ async def measure_session_open(
 ENTRY_SCRIPT = re.compile(r'src="([^"]*assets/index-[^"]+\.js)"')
 
 
+def is_frontend(path: str) -> bool:
+    """A file of marimo's frontend: below marimo's ``assets/`` (bare marimo)
+    or the bridge's ``_marimo/<version>/`` URL, or any static file type."""
+    return (
+        "/assets/" in path
+        or "/_marimo/" in path
+        or path.endswith((".js", ".css", ".woff2", ".png", ".svg", ".ttf"))
+    )
+
+
 async def measure_requests(
     targets: list[Target], plan: Plan, notes: list[str]
 ) -> dict[str, dict[str, list[float]]]:
@@ -585,6 +686,21 @@ class Load:
     failed: int = 0
     render_seconds: float = math.nan  # navigation start -> "square=9" visible
     network_paths: list[str] = field(default_factory=list)  # answered by the server
+    # bytes received by kind of content (js, css, font, image, other)
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def content_kind(mime: str, url: str) -> str:
+    mime = mime.lower()
+    if "javascript" in mime or url.endswith(".js"):
+        return "js"
+    if "css" in mime:
+        return "css"
+    if mime.startswith("font/") or url.endswith((".woff2", ".woff", ".ttf")):
+        return "font"
+    if mime.startswith("image/"):
+        return "image"
+    return "other"
 
 
 async def visit(
@@ -597,6 +713,7 @@ async def visit(
     in_flight: set[str] = set()
     urls: dict[str, str] = {}
     cached: set[str] = set()
+    kinds: dict[str, str] = {}
     last_event = [time.monotonic()]
     try:
         cdp = await context.new_cdp_session(page)
@@ -616,11 +733,17 @@ async def visit(
 
         def on_response(event: dict[str, Any]) -> None:
             response = event.get("response", {})
+            kinds[event["requestId"]] = content_kind(
+                response.get("mimeType", ""), urlsplit(response.get("url", "")).path
+            )
             if response.get("fromDiskCache") or response.get("fromPrefetchCache"):
                 on_cached(event)
 
         def on_finished(event: dict[str, Any]) -> None:
-            load.bytes += int(event.get("encodedDataLength") or 0)
+            received = int(event.get("encodedDataLength") or 0)
+            load.bytes += received
+            kind = kinds.get(event["requestId"], "other")
+            load.bytes_by_kind[kind] = load.bytes_by_kind.get(kind, 0) + received
             in_flight.discard(event["requestId"])
             last_event[0] = time.monotonic()
 
@@ -745,7 +868,7 @@ class Burst:
 
 async def measure_burst(target: Target, count: int, limit: float = 120) -> Burst:
     burst = Burst()
-    sessions = [Session(target, person) for person in range(count)]
+    sessions = [Session(target, burst_person(index)) for index in range(count)]
     await asyncio.sleep(1)
     burst.rss_before = target.rss()
     threads_before = target.threads()
@@ -778,6 +901,223 @@ async def measure_burst(target: Target, count: int, limit: float = 120) -> Burst
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
     return burst
+
+
+# --------------------------------------------------------------------------
+# 5. Churn: many sessions opened and closed; does the server come back?
+
+
+@dataclass
+class Snapshot:
+    threads: int
+    rss: int  # bytes
+    db_connections: int | None  # bridge only
+
+    @classmethod
+    def of(cls, target: Target) -> Snapshot:
+        return cls(target.threads(), target.rss(), target.db_connections())
+
+
+@dataclass
+class Churn:
+    fresh: Snapshot | None = None  # before anything of this phase
+    baseline: Snapshot | None = None  # after the warm-up batch expired
+    half: Snapshot | None = None  # the same, after the first half of the churn
+    after: Snapshot | None = None  # TTL + settle after the last close
+    peak_threads: int = 0  # with a batch open
+    peak_rss: int = 0
+    rendered: int = 0
+    errors: int = 0
+    seconds: float = 0.0  # sum of the batches' open-to-closed wall times
+    first_error: str = ""
+
+
+async def churn_batch(
+    target: Target, start: int, size: int, people_count: int, churn: Churn | None
+) -> None:
+    """Open ``size`` sessions at once, wait until each rendered, close them
+    all (client side: websocket and HTTP connection), and count."""
+    sessions = [
+        Session(target, churn_person(start + i, people_count)) for i in range(size)
+    ]
+    started = time.perf_counter()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(s.open() for s in sessions), return_exceptions=True),
+            FRAME_TIMEOUT * 2,
+        )
+    except TimeoutError:
+        results = [TimeoutError("batch did not render in time")] * size
+    if churn is not None:
+        churn.peak_threads = max(churn.peak_threads, target.threads())
+        churn.peak_rss = max(churn.peak_rss, target.rss())
+    await asyncio.gather(*(s.close() for s in sessions))
+    if churn is None:
+        return
+    churn.seconds += time.perf_counter() - started
+    for result in results:
+        if isinstance(result, BaseException):
+            churn.errors += 1
+            churn.first_error = (
+                churn.first_error or f"{type(result).__name__}: {result}"
+            )
+        else:
+            churn.rendered += 1
+
+
+async def measure_churn(
+    targets: list[Target], plan: Plan, people_count: int, notes: list[str]
+) -> dict[str, Churn]:
+    """``plan.churn`` sessions per server, ``plan.churn_batch`` open at a
+    time, batches alternating between the servers; then wait until marimo's
+    session_ttl has closed every kernel and compare the server with its
+    baseline.
+
+    The baseline is read after one unmeasured batch has been opened, closed
+    and expired: what a server keeps after its first concurrent sessions
+    (thread pools grown to their size, allocator arenas, imports) is a
+    one-time cost; what the churn measures is whether sessions leave
+    something behind."""
+    churns = {target.name: Churn() for target in targets}
+    settle = plan.churn_ttl + plan.churn_settle
+    for target in targets:
+        churns[target.name].fresh = Snapshot.of(target)
+    for target in targets:
+        await churn_batch(target, 0, plan.churn_batch, people_count, None)
+    await asyncio.sleep(settle)
+    for target in targets:
+        churns[target.name].baseline = Snapshot.of(target)
+    batches = math.ceil(plan.churn / plan.churn_batch)
+    halfway = batches // 2 if batches >= 4 else 0  # no halfway in a token churn
+    deadline = time.monotonic() + plan.phase_seconds
+    for number in range(batches):
+        if time.monotonic() > deadline:
+            notes.append(
+                f"churn stopped at the {plan.phase_seconds:.0f} s limit after "
+                f"{number} of {batches} batches"
+            )
+            break
+        if number == halfway and halfway:
+            # Halfway, the same reading: growth that continues in the second
+            # half grows with the number of sessions (a leak); growth that
+            # stops is paid once (the allocator keeping its high-water mark).
+            await asyncio.sleep(settle)
+            for target in targets:
+                churns[target.name].half = Snapshot.of(target)
+        start = number * plan.churn_batch
+        size = min(plan.churn_batch, plan.churn - start)
+        for target in rotated(targets, number):
+            await churn_batch(target, start, size, people_count, churns[target.name])
+    await asyncio.sleep(settle)
+    for target in targets:
+        churns[target.name].after = Snapshot.of(target)
+    return churns
+
+
+def within(after: float, baseline: float, tolerance: float = 0.05) -> str:
+    """``yes (+1.2 %)`` when ``after`` is at most ``tolerance`` above ``baseline``."""
+    if not baseline:
+        return "yes" if after <= baseline else "no"
+    change = (after - baseline) / baseline
+    return f"{'yes' if change <= tolerance else 'no'} ({change * 100:+.1f} %)"
+
+
+def churn_rows(plan: Plan, churns: dict[str, Churn]) -> list[Row]:
+    n = plan.churn
+    mb = 2**20
+    label = f"churn {n} ({plan.churn_batch} at a time, ttl {plan.churn_ttl} s)"
+
+    def each(get: Any) -> dict[str, Any]:
+        return {name: get(c) for name, c in churns.items()}
+
+    def db(c: Churn, which: str) -> Any:
+        snapshot = getattr(c, which)
+        return "–" if snapshot.db_connections is None else snapshot.db_connections
+
+    batches = math.ceil(n / plan.churn_batch)
+    half = (batches // 2 if batches >= 4 else 0) * plan.churn_batch
+    when = f"{plan.churn_ttl}+{plan.churn_settle:g} s after"
+    return [
+        Row(f"{label}: rendered", "", each(lambda c: c.rendered), ratio=False),
+        Row(f"{label}: errors", "", each(lambda c: c.errors), ratio=False),
+        Row(
+            f"{label}: wall time, sum of batches",
+            "s",
+            each(lambda c: c.seconds),
+        ),
+        Row(
+            f"{label}: threads, baseline",
+            "",
+            each(lambda c: c.baseline.threads),
+            ratio=False,
+        ),
+        Row(f"{label}: threads, peak", "", each(lambda c: c.peak_threads), ratio=False),
+        Row(
+            f"{label}: threads, {when}",
+            "",
+            each(lambda c: c.after.threads),
+            ratio=False,
+        ),
+        Row(
+            f"{label}: threads back within 5 % of baseline",
+            "",
+            each(lambda c: within(c.after.threads, c.baseline.threads)),
+            ratio=False,
+            key="churn-threads",
+        ),
+        Row(
+            f"{label}: RSS, baseline",
+            "MB",
+            each(lambda c: c.baseline.rss / mb),
+            ratio=False,
+        ),
+        Row(f"{label}: RSS, peak", "MB", each(lambda c: c.peak_rss / mb), ratio=False),
+        Row(
+            f"{label}: RSS, halfway ({half} sessions), {when}",
+            "MB",
+            each(lambda c: c.half.rss / mb if c.half else math.nan),
+            ratio=False,
+        ),
+        Row(
+            f"{label}: RSS, {when}",
+            "MB",
+            each(lambda c: c.after.rss / mb),
+            ratio=False,
+        ),
+        Row(
+            f"{label}: RSS growth in the second half, per session",
+            "KB",
+            each(
+                lambda c: (
+                    (c.after.rss - c.half.rss) / (n - half) / 1024
+                    if c.half and n > half
+                    else math.nan
+                )
+            ),
+            ratio=False,
+        ),
+        Row(
+            f"{label}: RSS back within 5 % of baseline",
+            "",
+            each(lambda c: within(c.after.rss, c.baseline.rss)),
+            ratio=False,
+            key="churn-rss",
+        ),
+        Row(
+            f"{label}: open DB connections, baseline",
+            "",
+            each(lambda c: db(c, "baseline")),
+            ratio=False,
+            key="churn-db-baseline",
+        ),
+        Row(
+            f"{label}: open DB connections, after",
+            "",
+            each(lambda c: db(c, "after")),
+            ratio=False,
+            key="churn-db",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -869,51 +1209,73 @@ async def run(
         finally:
             await session.close()
 
-    if plan.burst:
+    if plan.burst and plan.burst_rounds:
         progress(f"{plan.burst} sessions opened at once")
-        bursts: dict[str, Burst] = {}
-        for target in targets:
-            bursts[target.name] = await measure_burst(target, plan.burst)
-            await asyncio.sleep(2)
+        rounds: dict[str, list[Burst]] = {target.name: [] for target in targets}
+        for round_number in range(plan.burst_rounds):
+            for target in rotated(targets, round_number):
+                rounds[target.name].append(await measure_burst(target, plan.burst))
+                # marimo ends closed sessions session_ttl after their websocket
+                # closed: wait for that here, or the teardown of 100 kernels
+                # would run during the next server's burst.
+                await asyncio.sleep(args.session_ttl + 3)
+        # Memory and threads from each server's first round: later rounds
+        # reuse memory the first one freed and would show less growth.
+        first = {name: r[0] for name, r in rounds.items()}
+        label = f"{plan.burst} sessions at once"
+        n = plan.burst_rounds
         rows += [
             Row(
-                f"{plan.burst} sessions at once: rendered",
+                f"{label}: rendered, fewest of a round",
                 "",
-                {k: b.rendered for k, b in bursts.items()},
+                {k: min(b.rendered for b in r) for k, r in rounds.items()},
                 ratio=False,
+                note=f"{n} rounds",
+                key="burst-rendered",
             ),
             Row(
-                f"{plan.burst} sessions at once: errors",
+                f"{label}: errors, all rounds",
                 "",
-                {k: b.errors for k, b in bursts.items()},
+                {k: sum(b.errors for b in r) for k, r in rounds.items()},
                 ratio=False,
+                key="burst-errors",
             ),
             Row(
-                f"{plan.burst} sessions at once: wall time until all rendered",
+                f"{label}: wall time until all rendered, median",
                 "s",
-                {k: b.wall_seconds for k, b in bursts.items()},
+                {k: median([b.wall_seconds for b in r]) for k, r in rounds.items()},
+                key="burst-seconds",
             ),
             Row(
-                f"{plan.burst} sessions at once: server RSS growth per session",
+                f"{label}: server RSS growth per session",
                 "MB",
-                {k: b.rss_per_session / 2**20 for k, b in bursts.items()},
+                {k: b.rss_per_session / 2**20 for k, b in first.items()},
+                note="first round",
+                key="burst-rss",
             ),
             Row(
-                f"{plan.burst} sessions at once: server RSS with them open",
+                f"{label}: server RSS with them open",
                 "MB",
-                {k: b.rss_after / 2**20 for k, b in bursts.items()},
+                {k: b.rss_after / 2**20 for k, b in first.items()},
+                note="first round",
             ),
             Row(
-                f"{plan.burst} sessions at once: server threads per session",
+                f"{label}: server threads per session",
                 "",
-                {k: round(b.threads_per_session, 2) for k, b in bursts.items()},
+                {k: round(b.threads_per_session, 2) for k, b in first.items()},
+                note="first round",
             ),
         ]
-        for name, b in bursts.items():
-            if b.first_error:
-                notes.append(f"{name}: first burst error: {b.first_error}")
+        for name, r in rounds.items():
+            notes.append(
+                f"{name}: {label}, wall time per round: "
+                + ", ".join(f"{b.wall_seconds:.2f} s" for b in r)
+            )
+            errors = [b.first_error for b in r if b.first_error]
+            if errors:
+                notes.append(f"{name}: first burst error: {errors[0]}")
     else:
-        notes.append("many sessions at once: skipped in --quick")
+        notes.append("many sessions at once: skipped (--quick, or --burst 0)")
     burst_rows, rows = rows, []
 
     for concurrency in plan.concurrency:
@@ -927,6 +1289,7 @@ async def run(
                 "ms",
                 {k: median(v) * 1000 for k, v in samples.items()},
                 note=f"n={n}",
+                key=f"interaction-{concurrency}-median",
             )
         )
         rows.append(
@@ -934,6 +1297,7 @@ async def run(
                 f"{label}: p95",
                 "ms",
                 {k: percentile(v, 95) * 1000 for k, v in samples.items()},
+                key=f"interaction-{concurrency}-p95",
             )
         )
 
@@ -995,17 +1359,34 @@ async def run(
                     "cold page load: bytes received",
                     "MB",
                     stat("cold", "bytes", 1 / 1e6),
+                    key="cold-bytes",
                 ),
                 Row(
                     "cold page load: time to `square=9` visible",
                     "ms",
                     stat("cold", "render_seconds", 1000),
+                    key="cold-render",
                 ),
                 Row("warm page load: requests", "", stat("warm", "requests")),
                 Row(
                     "warm page load: requests to the server",
                     "",
                     stat("warm", "network_requests"),
+                    key="warm-network",
+                ),
+                Row(
+                    "warm page load: frontend files asked of the server",
+                    "",
+                    {
+                        k: max(
+                            sum(1 for path in x.network_paths if is_frontend(path))
+                            for x in loads[k]["warm"]
+                        )
+                        for k in names
+                    },
+                    ratio=False,
+                    note="most of any visit",
+                    key="warm-frontend",
                 ),
                 Row(
                     "warm page load: bytes received",
@@ -1018,6 +1399,17 @@ async def run(
                     stat("warm", "render_seconds", 1000),
                 ),
             ]
+            for name in names:
+                cold = loads[name]["cold"]
+                if cold:
+                    by_kind = {
+                        kind: median([x.bytes_by_kind.get(kind, 0) for x in cold])
+                        for kind in ("js", "css", "font", "image", "other")
+                    }
+                    notes.append(
+                        f"{name}: cold visit bytes by type: "
+                        + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in by_kind.items())
+                    )
             for name in names:
                 paths = (
                     loads[name]["warm"][0].network_paths if loads[name]["warm"] else []
@@ -1034,6 +1426,168 @@ async def run(
                 notes.append(f"failed requests during page loads: {failed}")
 
     return rows + burst_rows, notes
+
+
+async def run_churn(targets: list[Target], plan: Plan) -> tuple[list[Row], list[str]]:
+    """The churn phase, on servers of its own (see main)."""
+    notes: list[str] = []
+    print(
+        f"[bench] churn: {plan.churn} sessions opened and closed, "
+        f"{plan.churn_batch} at a time, session_ttl {plan.churn_ttl} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    count = people(plan)
+    await log_in(targets, count)
+    # Warm every server once (first notebook build, imports), as in run().
+    for target in targets:
+        session = Session(target)
+        try:
+            await session.open()
+        finally:
+            await session.close()
+    churns = await measure_churn(targets, plan, count, notes)
+    for name, churn in churns.items():
+        fresh = churn.fresh
+        notes.append(
+            f"{name}: churn servers before their warm-up batch: {fresh.threads} "
+            f"threads, RSS {fresh.rss / 2**20:.1f} MB"
+            + (
+                ""
+                if fresh.db_connections is None
+                else f", {fresh.db_connections} open DB connections"
+            )
+        )
+        if churn.first_error:
+            notes.append(f"{name}: first churn error: {churn.first_error}")
+    return churn_rows(plan, churns), notes
+
+
+# --------------------------------------------------------------------------
+# Targets (the project's performance goals), checked per bridge server
+
+
+def ratio_at_most(limit: float) -> Any:
+    def check(value: Any, base: Any, row: Row, rows: dict[str, Row], name: str):
+        if not (is_number(value) and is_number(base) and base):
+            return None, "n/a"
+        ratio = value / base
+        shown = f"{ratio:.2f}x"
+        if (round(ratio, 2) <= limit) != (ratio <= limit):
+            shown = f"{ratio:.3f}x"  # rounding would hide why
+        return ratio <= limit, shown
+
+    return check
+
+
+def value_check(test: Any, show: Any = None) -> Any:
+    def check(value: Any, base: Any, row: Row, rows: dict[str, Row], name: str):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None, "n/a"
+        return bool(test(value, rows, name)), (show or fmt)(value, row.unit)
+
+    return check
+
+
+def change_only(value: str, unit: str) -> str:
+    """``+1.2 %`` out of ``yes (+1.2 %)``."""
+    return value[value.find("(") + 1 : -1] if "(" in value else value
+
+
+TARGETS: list[tuple[str, str, Any]] = [
+    (
+        "interaction, 1 session: median ≤ 1.05x",
+        "interaction-1-median",
+        ratio_at_most(1.05),
+    ),
+    ("interaction, 1 session: p95 ≤ 1.10x", "interaction-1-p95", ratio_at_most(1.10)),
+    (
+        "interaction, 8 sessions: median ≤ 1.05x",
+        "interaction-8-median",
+        ratio_at_most(1.05),
+    ),
+    ("interaction, 8 sessions: p95 ≤ 1.10x", "interaction-8-p95", ratio_at_most(1.10)),
+    ("cold page load: bytes ≤ 0.35x", "cold-bytes", ratio_at_most(0.35)),
+    ("cold page load: time to first output ≤ 1.00x", "cold-render", ratio_at_most(1.0)),
+    (
+        "repeat visit: frontend from the cache, not revalidated",
+        "warm-frontend",
+        value_check(lambda v, rows, name: v == 0, lambda v, u: f"{v:g} asked"),
+    ),
+    (
+        "repeat visit: ≤ 10 requests to the server",
+        "warm-network",
+        value_check(lambda v, rows, name: v <= 10),
+    ),
+    (
+        "{burst} sessions at once: all rendered",
+        "burst-rendered",
+        value_check(
+            lambda v, rows, name: v > 0 and rows["burst-errors"].values[name] == 0,
+            lambda v, u: f"{v:g} rendered",
+        ),
+    ),
+    (
+        "{burst} sessions at once: 0 errors",
+        "burst-errors",
+        value_check(lambda v, rows, name: v == 0),
+    ),
+    ("{burst} sessions at once: time ≤ 1.10x", "burst-seconds", ratio_at_most(1.10)),
+    ("{burst} sessions at once: RSS/session ≤ 1.05x", "burst-rss", ratio_at_most(1.05)),
+    (
+        "churn: threads back within 5 %",
+        "churn-threads",
+        value_check(
+            lambda v, rows, name: str(v).startswith("yes"),
+            change_only,
+        ),
+    ),
+    (
+        "churn: RSS back within 5 %",
+        "churn-rss",
+        value_check(
+            lambda v, rows, name: str(v).startswith("yes"),
+            change_only,
+        ),
+    ),
+    (
+        "churn: no DB connection left",
+        "churn-db",
+        value_check(
+            lambda v, rows, name: (
+                is_number(v) and v <= rows["churn-db-baseline"].values[name]
+            ),
+            lambda v, u: f"{v} open after",
+        ),
+    ),
+]
+
+
+def render_targets(targets: list[Target], rows: list[Row], plan: Plan) -> str:
+    by_key = {row.key: row for row in rows if row.key}
+    bare = targets[0].name
+    bridges = [t.name for t in targets[1:]]
+    lines = [
+        "| target | " + " | ".join(bridges) + " |",
+        "|---|" + "---|" * len(bridges),
+    ]
+    for label, key, check in TARGETS:
+        row = by_key.get(key)
+        cells = []
+        for name in bridges:
+            if row is None:
+                cells.append("not measured")
+                continue
+            met, shown = check(
+                row.values.get(name), row.values.get(bare), row, by_key, name
+            )
+            verdict = (
+                "not measured" if met is None else ("met" if met else "**not met**")
+            )
+            cells.append(f"{verdict} ({shown})")
+        label = label.format(burst=plan.burst or "many")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1066,7 +1620,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cold + warm page loads per server (default 5, quick 1)",
     )
     parser.add_argument(
-        "--burst", type=int, default=30, help="sessions opened at once (full run)"
+        "--burst", type=int, default=100, help="sessions opened at once (full run)"
+    )
+    parser.add_argument(
+        "--burst-rounds",
+        type=int,
+        default=2,
+        help="rounds of the burst per server, alternating (default 2)",
+    )
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=None,
+        help="sessions opened and closed per server in the churn phase "
+        "(default 500, quick 20; 0 skips it)",
+    )
+    parser.add_argument(
+        "--churn-batch",
+        type=int,
+        default=25,
+        help="churn sessions open at the same time (default 25, quick 10)",
+    )
+    parser.add_argument(
+        "--churn-ttl",
+        type=int,
+        default=0,
+        help="session_ttl of the churn servers, seconds (default 5, quick 2)",
     )
     parser.add_argument(
         "--session-ttl",
@@ -1091,26 +1670,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    plan = Plan.for_args(args)
-    started_at = datetime.datetime.now().astimezone()
-    clock = time.monotonic()
-
-    # A SIGTERM to this script stops its servers too (via the finally below).
-    def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-
-    workdir = Path(tempfile.mkdtemp(prefix="dn-bench-"))
+def run_phase(
+    phase: Any,
+    kinds: list[str],
+    workdir: Path,
+    db: Path,
+    session_ttl: int,
+    tag: str,
+    stop_times: dict[str, float],
+) -> tuple[list[Target], list[Row], list[str]]:
+    """Start the servers, run ``phase(targets)`` (a coroutine function) and
+    stop the servers, also when it fails or is interrupted."""
     targets: list[Target] = []
-    stop_times: dict[str, float] = {}
     try:
-        print("[bench] starting servers", file=sys.stderr, flush=True)
-        targets = start_servers(args.kinds, workdir, args.session_ttl, people(plan))
-        rows, notes = asyncio.run(run(args, targets, plan))
-    except Exception:
+        print(f"[bench] starting servers{tag}", file=sys.stderr, flush=True)
+        targets = start_servers(kinds, workdir, db, session_ttl, tag)
+        rows, notes = asyncio.run(phase(targets))
+    except BaseException:
         for target in targets:
             with contextlib.suppress(Exception):
                 tail = target.server.log()[-3000:]
@@ -1122,7 +1698,52 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         if targets:
-            stop_times = stop_servers([t.server for t in targets])
+            stop_times.update(stop_servers([t.server for t in targets]))
+    return targets, rows, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.for_args(args)
+    started_at = datetime.datetime.now().astimezone()
+    clock = time.monotonic()
+
+    # A SIGTERM to this script stops its servers too (via the finally blocks).
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+    workdir = Path(tempfile.mkdtemp(prefix="dn-bench-"))
+    stop_times: dict[str, float] = {}
+    try:
+        db = prepare_users(workdir, people(plan))
+        targets, rows, notes = run_phase(
+            lambda targets: run(args, targets, plan),
+            args.kinds,
+            workdir,
+            db,
+            args.session_ttl,
+            "",
+            stop_times,
+        )
+        if plan.churn:
+            # Fresh servers with a short session_ttl: the churn's baseline is
+            # then not the high-water mark of the phases before it.
+            _, churn, churn_notes = run_phase(
+                lambda targets: run_churn(targets, plan),
+                args.kinds,
+                workdir,
+                db,
+                plan.churn_ttl,
+                " for the churn",
+                stop_times,
+            )
+            rows += churn
+            notes += churn_notes
+        else:
+            notes.append("churn: skipped (--churn 0)")
+    finally:
         if args.keep_logs:
             print(f"[bench] server logs kept in {workdir}", file=sys.stderr)
         else:
@@ -1139,6 +1760,18 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"servers slow to stop on SIGTERM (s): {slow_stops}")
     if notes:
         report += ["", "Notes:", *(f"- {note}" for note in notes)]
+    report += [
+        "",
+        "Targets (the project's performance goals; ratios are bridge / bare marimo):",
+        "",
+        render_targets(targets, rows, plan),
+    ]
+    if plan.quick:
+        report.append("")
+        report.append(
+            "(--quick: too few samples for the verdicts to mean much; "
+            "run the full benchmark.)"
+        )
     report.append("")
     report.append(f"Total run time: {time.monotonic() - clock:.1f} s.")
     text = "\n".join(report) + "\n"
