@@ -41,14 +41,6 @@ logger = logging.getLogger(__name__)
 KERNEL_API = "/api/kernel/"
 
 
-def _headers(scope: dict[str, Any]) -> dict[str, str]:
-    # Later duplicates win, which is harmless for the headers read here.
-    return {
-        name.decode("latin-1").lower(): value.decode("latin-1")
-        for name, value in scope["headers"]
-    }
-
-
 def _allowed_host(host: str) -> bool:
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
@@ -109,7 +101,7 @@ class FastPathMiddleware:
         match = self._match(scope)
         if match is None or match.url_name != "frontend":
             return False
-        headers = _headers(scope)
+        headers = context.scope_headers(scope)
         answer = frontend.answer(
             match.kwargs["version"],
             match.kwargs["path"],
@@ -141,7 +133,7 @@ class FastPathMiddleware:
         found = registry.locate(match.kwargs["location"])
         if found is None or not found.subpath.startswith("api/kernel/"):
             return False
-        headers = _headers(scope)
+        headers = context.scope_headers(scope)
         host = headers.get("host", "")
         if not _allowed_host(host):
             return False  # Django answers 400 for a disallowed host

@@ -56,21 +56,15 @@ def locate_kernel(path: str) -> tuple[registry.Location, str] | None:
     return found, path[: -len("ws")]
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _comes_from_this_site(scope: dict[str, Any]) -> bool:
     """Browsers always send Origin on a websocket handshake; refuse other
     sites even if the project forgot AllowedHostsOriginValidator. Either
     scheme is accepted: behind a TLS proxy the server sees plain ws."""
-    origin = _header(scope, b"origin")
+    headers = context.scope_headers(scope)
+    origin = headers.get("origin")
     if origin is None:
         return True
-    host = _header(scope, b"host") or ""
+    host = headers.get("host", "")
     return any(
         origins.is_trusted_origin(origin, host=host, scheme=scheme)
         for scheme in ("https", "http")
@@ -148,13 +142,12 @@ class KernelConsumer(AsyncConsumer):
         )
         if owner is None:
             return await self._refuse(CLOSE_REFUSED)
-        user_context = await database_sync_to_async(context.user_context)(user)
         # REQUEST_META runs once per session, here, where the project's hook
         # sees the websocket's scope with its user and session; the session's
         # kernel calls reuse the result.
-        meta = {}
-        if conf.get("REQUEST_META"):
-            meta = await database_sync_to_async(context.request_meta)(self.scope)
+        user_context, meta = await database_sync_to_async(context.session_context)(
+            user, self.scope
+        )
         claim = sessions.bindings.claim(
             session_id,
             owner=owner,

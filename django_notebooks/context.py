@@ -38,6 +38,24 @@ def _display_name(user: Any) -> str:
     return full_name or user.get_username()
 
 
+def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
+    """An ASGI scope's headers by lower-case name (a repeated header keeps
+    its last value, which is harmless for the headers the bridge reads)."""
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+    }
+
+
+def session_context(
+    user: Any, scope: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``request.user`` and ``request.meta`` for a new notebook session, made
+    together in one worker-thread hop (both hooks may query the database)."""
+    meta = request_meta(scope) if conf.get("REQUEST_META") else {}
+    return user_context(user), meta
+
+
 def default_user_context(user: Any) -> dict[str, Any]:
     """The dict notebooks see as ``request.user``, for a Django user.
 
