@@ -1,0 +1,100 @@
+"""What django_notebooks keeps in the project's database.
+
+- :class:`NotebookSession`: one row per open kernel websocket, written when it
+  opens and deleted when it closes. Every server process can read it, so it
+  says which process holds a session's kernel (kernel calls that land
+  elsewhere are forwarded there over the channel layer), and it is the admin's
+  page of live sessions.
+- :class:`NotebookGrant`: access to one notebook given to a user or a group
+  from the admin, on top of the rules in ``DJANGO_NOTEBOOKS``.
+"""
+
+from __future__ import annotations
+
+import django
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+# Django 5.1 renamed CheckConstraint's ``check`` to ``condition`` (and 6.0
+# dropped ``check``); 4.2 knows only ``check``.
+_CHECK_ARGUMENT = "condition" if django.VERSION >= (5, 1) else "check"
+_USER_XOR_GROUP = Q(user__isnull=False, group__isnull=True) | Q(
+    user__isnull=True, group__isnull=False
+)
+
+
+class NotebookSession(models.Model):
+    """A marimo session whose kernel websocket is open in some server process."""
+
+    session_id = models.CharField(_("session id"), max_length=128, unique=True)
+    notebook = models.CharField(_("notebook"), max_length=255, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # The kernel websocket consumer's channel-layer name: where forwarded
+    # kernel calls and "terminate" messages for this session are sent.
+    channel_name = models.CharField(_("channel"), max_length=255, blank=True)
+    # host:pid of the server process that holds the kernel.
+    process = models.CharField(_("server process"), max_length=255, blank=True)
+    opened_at = models.DateTimeField(_("opened"), default=timezone.now)
+    last_activity = models.DateTimeField(_("last activity"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("notebook session")
+        verbose_name_plural = _("notebook sessions")
+        ordering = ["-opened_at"]
+
+    def __str__(self) -> str:
+        return f"{self.notebook} ({self.session_id})"
+
+
+class NotebookGrant(models.Model):
+    """Lets one user, or every member of one group, open one notebook."""
+
+    notebook = models.CharField(
+        _("notebook"),
+        max_length=255,
+        db_index=True,
+        help_text=_("The notebook's slug, e.g. sales or lab/demo."),
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notebook_grants",
+    )
+    group = models.ForeignKey(
+        "auth.Group",
+        verbose_name=_("group"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notebook_grants",
+    )
+    created_at = models.DateTimeField(_("granted"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("notebook grant")
+        verbose_name_plural = _("notebook grants")
+        ordering = ["notebook"]
+        constraints = [
+            models.CheckConstraint(
+                **{_CHECK_ARGUMENT: _USER_XOR_GROUP},
+                name="django_notebooks_grant_user_xor_group",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = self.user if self.user_id else self.group
+        return f"{self.notebook}: {who}"
