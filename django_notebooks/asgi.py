@@ -32,7 +32,7 @@ from django.http import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from . import context, frontend, kernel_calls, registry, sessions
+from . import context, frontend, kernel_calls, registry, relay, sessions
 from .forwarding import passed_headers, single_body_receive
 from .server import notebook_apps
 
@@ -149,32 +149,46 @@ class FastPathMiddleware:
             session_key=cookies.get(settings.SESSION_COOKIE_NAME),
             visitor=sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
         )
+        notebook = found.notebook
+        mount = scope["path"][: len(scope["path"]) - len(found.subpath)]
+        session_id = headers.get(kernel_calls.SESSION_HEADER.lower())
+        if admitted is None and session_id and await relay.held_elsewhere(session_id):
+            # Another server process holds this session: it checks the owner.
+            body = await self._read_body(receive, send)
+            if body is None:
+                return True
+            reply = await relay.forward(
+                session_id,
+                relay.request_message(
+                    scope,
+                    kind="kernel",
+                    notebook=notebook,
+                    mount=mount,
+                    session_id=session_id,
+                    session_key=cookies.get(settings.SESSION_COOKIE_NAME),
+                    visitor=sessions.visitor_from_cookie(
+                        cookies.get(sessions.VISITOR_COOKIE)
+                    ),
+                    body=body,
+                ),
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": reply.headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": reply.body})
+            return True
         if not isinstance(admitted, sessions.Binding):
             # Refusals that need the access decision, and all others, are
             # answered by the view, with the project's middleware.
             return False
 
-        body = b""
-        more_body = True
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        while more_body:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return True
-            body += message.get("body", b"")
-            more_body = message.get("more_body", False)
-            if limit is not None and len(body) > limit:
-                await _send_json(
-                    send, kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message
-                )
-                return True
-        refusal = kernel_calls.check_body(body)
-        if refusal is not None:
-            await _send_json(send, refusal.status, refusal.message)
+        body = await self._read_body(receive, send)
+        if body is None:
             return True
-
-        notebook = found.notebook
-        mount = scope["path"][: len(scope["path"]) - len(found.subpath)]
         marimo_scope = context.marimo_scope(
             scope,
             path=scope["path"],
@@ -187,6 +201,29 @@ class FastPathMiddleware:
             notebook_apps.app_for(notebook.path), marimo_scope, body, send
         )
         return True
+
+    @staticmethod
+    async def _read_body(receive: Any, send: Any) -> bytes | None:
+        """The request's body; ``None`` if the client left or it was refused
+        (the refusal is sent)."""
+        body = b""
+        more_body = True
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if limit is not None and len(body) > limit:
+                refusal: kernel_calls.Refusal | None = kernel_calls.TOO_LARGE
+                break
+        else:
+            refusal = kernel_calls.check_body(body)
+        if refusal is not None:
+            await _send_json(send, refusal.status, refusal.message)
+            return None
+        return body
 
     @staticmethod
     async def _forward(app: Any, scope: dict[str, Any], body: bytes, send: Any) -> None:

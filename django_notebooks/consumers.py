@@ -14,7 +14,19 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.urls import Resolver404, resolve
 
-from . import _marimo, access, conf, context, origins, registry, revocation, sessions
+from . import (
+    _marimo,
+    access,
+    conf,
+    context,
+    origins,
+    records,
+    registry,
+    relay,
+    revocation,
+    sessions,
+    signals,
+)
 from .access import Access
 from .server import notebook_apps
 
@@ -29,9 +41,13 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
 CLOSE_TOO_MANY = 4429
-# marimo's frontend stops reconnecting on this close reason (where the
-# server passes reasons on) and says the user is not authorised.
+CLOSE_GONE = 4410
+# marimo's frontend stops reconnecting on these close reasons (where the
+# server passes reasons on) and says the user is not authorised, or that the
+# kernel is not found.
 REASON_UNAUTHORIZED = "MARIMO_UNAUTHORIZED"
+REASON_NO_SESSION = "MARIMO_NO_SESSION"
+REASON_SHUTDOWN = "MARIMO_SHUTDOWN"
 # How long a disconnect waits for marimo's handler to finish.
 DISCONNECT_TIMEOUT = 5.0
 VIEW_NAMES = frozenset({"notebook_location", "notebook"})
@@ -80,6 +96,42 @@ def _fresh_user(user: Any) -> Any:
     return user._meta.model._default_manager.filter(pk=user.pk).first()
 
 
+def _session_opened(
+    session_id: str,
+    *,
+    notebook: registry.Notebook,
+    user: Any,
+    owner: str,
+    channel_name: str,
+) -> records.Elsewhere | None:
+    _record, elsewhere = records.opened(
+        session_id,
+        notebook=notebook.slug,
+        user=user,
+        owner=owner,
+        channel_name=channel_name,
+    )
+    if elsewhere is None:
+        signals.notebook_session_started.send(
+            sender=KernelConsumer, user=user, notebook=notebook, session_id=session_id
+        )
+    return elsewhere
+
+
+def _session_closed(
+    session_id: str, *, notebook: registry.Notebook, user: Any, channel_name: str
+) -> None:
+    duration = records.closed(session_id, channel_name)
+    if duration is not None:
+        signals.notebook_session_ended.send(
+            sender=KernelConsumer,
+            user=user,
+            notebook=notebook,
+            session_id=session_id,
+            duration=duration,
+        )
+
+
 class KernelConsumer(AsyncConsumer):
     """Relays a notebook's kernel websocket to marimo, after the same access
     decision as the notebook's page and a check that the session id belongs
@@ -92,6 +144,10 @@ class KernelConsumer(AsyncConsumer):
     accepted = False
     closed = False
     revocation_groups: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.forwarded_calls: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -172,6 +228,24 @@ class KernelConsumer(AsyncConsumer):
                 ),
             )
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
+        elsewhere = await self._record_opened(user)
+        if elsewhere is not None:
+            # The browser reconnected to another server process than the one
+            # holding its kernel (which may have stopped): kernels cannot
+            # move, so the page must start a new session.
+            sessions.bindings.release(session_id, owner)
+            self.session_id = None
+            await self.send({"type": "websocket.accept"})
+            self.accepted = True
+            return await self._close(
+                CLOSE_GONE,
+                REASON_NO_SESSION,
+                alert=(
+                    "Notebook session lost",
+                    "The server process running this session stopped or "
+                    "cannot be reached. Reload the page to start again.",
+                ),
+            )
         await self._join_revocation_groups(user, session)
 
         scope = context.marimo_scope(
@@ -206,9 +280,55 @@ class KernelConsumer(AsyncConsumer):
         await self._stop_marimo(code=message.get("code", 1000), close_session=False)
         if self.session_id and self.owner:
             sessions.bindings.release(self.session_id, self.owner)
+            await self._record_closed()
         for group in self.revocation_groups:
             await self.channel_layer.group_discard(group, self.channel_name)
         raise StopConsumer()
+
+    # The session's database record, its signals and its channel-layer group.
+
+    async def _record_opened(self, user: Any) -> records.Elsewhere | None:
+        assert self.session_id and self.owner and self.notebook
+        elsewhere = await database_sync_to_async(_session_opened)(
+            self.session_id,
+            notebook=self.notebook,
+            user=user,
+            owner=self.owner,
+            channel_name=getattr(self, "channel_name", "") or "",
+        )
+        if elsewhere is None and self.channel_layer is not None:
+            self.revocation_groups += (relay.session_group(self.session_id),)
+            await self.channel_layer.group_add(
+                relay.session_group(self.session_id), self.channel_name
+            )
+        return elsewhere
+
+    async def _record_closed(self) -> None:
+        assert self.session_id and self.notebook
+        await database_sync_to_async(_session_closed)(
+            self.session_id,
+            notebook=self.notebook,
+            user=self.scope["user"],
+            channel_name=getattr(self, "channel_name", "") or "",
+        )
+
+    async def notebooks_kernel_call(self, message: dict[str, Any]) -> None:
+        """A kernel call for this session that reached another process."""
+        # Run it beside the consumer: one slow call must not hold up the
+        # websocket's frames or the next call.
+        task = asyncio.create_task(relay.answer(message))
+        self.forwarded_calls.add(task)
+        task.add_done_callback(self.forwarded_calls.discard)
+
+    async def notebooks_terminate(self, message: dict[str, Any]) -> None:
+        """An administrator ended this session."""
+        await self._end_session(
+            reason=REASON_SHUTDOWN,
+            alert=(
+                "Notebook session ended",
+                message.get("message") or "An administrator ended this session.",
+            ),
+        )
 
     # Revocation: messages sent to this consumer's channel-layer groups.
 
@@ -230,11 +350,19 @@ class KernelConsumer(AsyncConsumer):
         groups = [revocation.user_group(user.pk)]
         if session is not None and session.session_key:
             groups.append(revocation.login_group(session.session_key))
-        self.revocation_groups = tuple(groups)
+        self.revocation_groups += tuple(groups)
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
 
-    async def _end_session(self) -> None:
+    async def _end_session(
+        self,
+        *,
+        reason: str = REASON_UNAUTHORIZED,
+        alert: tuple[str, str] = (
+            "Notebook closed",
+            "Your access to this notebook has ended.",
+        ),
+    ) -> None:
         """Close the websocket and the marimo session behind it; later calls
         with this session id are refused."""
         if self.session_id is None or self.notebook is None:
@@ -243,11 +371,7 @@ class KernelConsumer(AsyncConsumer):
         manager = notebook_apps.session_manager_for(self.notebook.path)
         if manager is not None:
             _marimo.close_session(manager, self.session_id)
-        await self._close(
-            CLOSE_REVOKED,
-            REASON_UNAUTHORIZED,
-            alert=("Notebook closed", "Your access to this notebook has ended."),
-        )
+        await self._close(CLOSE_REVOKED, reason, alert=alert)
 
     # Relaying.
 

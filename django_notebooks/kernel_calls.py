@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import origins, sessions
+from . import origins, records, sessions
 from .registry import Notebook
 
 SESSION_HEADER = "Marimo-Session-Id"
@@ -71,6 +71,8 @@ def admit(
         # marimo refuses calls for a session without its websocket, and
         # forgets the session after its TTL (then answers 500): say so.
         return SESSION_ENDED
+    if binding.activity_due():
+        records.touch_later(session_id)
     return binding
 
 

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import django
 from django.conf import settings
 from django.db import models
@@ -18,13 +20,13 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-
 # Django 5.1 renamed CheckConstraint's ``check`` to ``condition`` (and 6.0
 # dropped ``check``); 4.2 knows only ``check``.
 _CHECK_ARGUMENT = "condition" if django.VERSION >= (5, 1) else "check"
-_USER_XOR_GROUP = Q(user__isnull=False, group__isnull=True) | Q(
-    user__isnull=True, group__isnull=False
-)
+_USER_XOR_GROUP_CHECK: dict[str, Any] = {
+    _CHECK_ARGUMENT: Q(user__isnull=False, group__isnull=True)
+    | Q(user__isnull=True, group__isnull=False)
+}
 
 
 class NotebookSession(models.Model):
@@ -40,6 +42,9 @@ class NotebookSession(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
+    # A hash of the browser login (or anonymous visitor) that owns the
+    # session, to find a login's sessions without storing its session key.
+    owner_hash = models.CharField(_("owner"), max_length=64, blank=True, db_index=True)
     # The kernel websocket consumer's channel-layer name: where forwarded
     # kernel calls and "terminate" messages for this session are sent.
     channel_name = models.CharField(_("channel"), max_length=255, blank=True)
@@ -90,7 +95,7 @@ class NotebookGrant(models.Model):
         ordering = ["notebook"]
         constraints = [
             models.CheckConstraint(
-                **{_CHECK_ARGUMENT: _USER_XOR_GROUP},
+                **_USER_XOR_GROUP_CHECK,
                 name="django_notebooks_grant_user_xor_group",
             ),
         ]

@@ -14,6 +14,8 @@ would otherwise keep the process alive after the server has stopped.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -25,6 +27,7 @@ import marimo
 from . import _marimo, conf, frontend
 
 ASGIApp = Callable[..., Any]
+logger = logging.getLogger(__name__)
 
 
 class NotebookApps:
@@ -88,9 +91,15 @@ class NotebookApps:
         return app
 
     def close_all_sessions(self) -> None:
-        """Close every marimo session of this process."""
+        """Close every marimo session of this process, and delete their
+        records (other processes would forward calls to them)."""
         for manager in list(self._session_managers.values()):
             _marimo.close_all_sessions(manager)
+        try:
+            _forget_records()
+        except Exception:  # the database may be gone by now: rows of a
+            # stopped process are also deleted when a call to them times out.
+            logger.warning("Could not delete this process's session records")
 
     def _install_exit_hook(self) -> None:
         if self._exit_hook_installed:
@@ -115,6 +124,21 @@ class NotebookApps:
             # (twisted's interface stubs omit ``self``, confusing mypy.)
             trigger = reactor.addSystemEventTrigger
             trigger("before", "shutdown", self.close_all_sessions)  # type: ignore[arg-type]
+
+
+def _forget_records() -> None:
+    from .records import forget_this_process
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        forget_this_process()
+        return
+    # Under daphne this runs on the event loop's thread, where Django
+    # refuses synchronous database calls.
+    thread = threading.Thread(target=forget_this_process)
+    thread.start()
+    thread.join(timeout=5)
 
 
 notebook_apps = NotebookApps()

@@ -28,6 +28,8 @@ VISITOR_SALT = "django_notebooks.visitor"
 # Records of sessions whose websocket closed are kept this long beyond
 # marimo's session TTL, so that a reconnect within the TTL is still accepted.
 GRACE_SECONDS = 60
+# How often, at most, a session's "last activity" is written to the database.
+ACTIVITY_EVERY = 30.0
 
 
 def _user_owner(user_id: Any, session_key: str) -> str:
@@ -83,6 +85,18 @@ class Binding:
     opened_at: float = field(default_factory=time.time)
     connections: int = 0
     disconnected_at: float | None = None
+    # When the session's last activity was written to its database record.
+    activity_recorded_at: float = field(default_factory=time.time)
+
+    def activity_due(self) -> bool:
+        """Whether a kernel call now should update the record's last
+        activity (at most every ACTIVITY_EVERY seconds: not one write per
+        widget change)."""
+        now = time.time()
+        if now - self.activity_recorded_at < ACTIVITY_EVERY:
+            return False
+        self.activity_recorded_at = now
+        return True
 
 
 class SessionBindings:
@@ -165,6 +179,14 @@ class SessionBindings:
         if visitor and binding.owner == _visitor_owner(visitor):
             return binding
         return None
+
+    def has_open_session(self, owner: str, notebook: str) -> bool:
+        """Whether ``owner`` has a websocket of ``notebook`` open here."""
+        return any(
+            binding.owner == owner and binding.notebook == notebook
+            for binding in list(self._bindings.values())
+            if binding.connections
+        )
 
     def forget(self, session_id: str) -> None:
         with self._lock:

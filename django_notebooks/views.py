@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
@@ -20,7 +22,17 @@ from django.http import (
 from django.shortcuts import render, resolve_url
 from django.utils.cache import patch_vary_headers
 
-from . import access, conf, context, kernel_calls, pages, registry, sessions
+from . import (
+    access,
+    conf,
+    context,
+    kernel_calls,
+    pages,
+    records,
+    registry,
+    relay,
+    sessions,
+)
 from .access import Access
 from .forwarding import forward_http
 from .server import notebook_apps
@@ -120,6 +132,13 @@ async def _serve_read(
         query = request.META.get("QUERY_STRING", "")
         return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
 
+    if found.subpath.startswith("@file/"):
+        # marimo keeps a kernel's downloads in the memory of its process.
+        elsewhere = await _session_elsewhere(request, found.notebook)
+        if elsewhere is not None:
+            return await _forward_elsewhere(
+                request, found, elsewhere, kind="file", user=_identity(user)
+            )
     response = await _forward(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
@@ -153,6 +172,12 @@ async def _serve_kernel_call(
         session_key=session.session_key if session is not None else None,
         visitor=_visitor(request),
     )
+    session_id = request.headers.get(kernel_calls.SESSION_HEADER)
+    if admitted is None and session_id and await relay.held_elsewhere(session_id):
+        # Another server process holds this session: it checks the owner.
+        return await _forward_elsewhere(
+            request, found, session_id, kind="kernel", user=None
+        )
     if admitted is None:
         # Not the owner: say whether logging in would help, as pages do.
         user = await get_user(request)
@@ -195,6 +220,64 @@ async def _forward(
         notebook_file=str(notebook.path),
     )
     return await forward_http(notebook_apps.app_for(notebook.path), scope, body)
+
+
+async def _session_elsewhere(
+    request: HttpRequest, notebook: registry.Notebook
+) -> str | None:
+    """A session of this notebook that this browser login has open in
+    another server process, if it has none in this one."""
+    if get_channel_layer() is None:
+        return None
+    session = getattr(request, "session", None)
+    owner = sessions.owner_of(
+        await get_user(request),
+        session.session_key if session is not None else None,
+        _visitor(request),
+    )
+    if owner is None or sessions.bindings.has_open_session(owner, notebook.slug):
+        return None
+    elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
+        owner, notebook.slug
+    )
+    return elsewhere[0] if elsewhere else None
+
+
+async def _forward_elsewhere(
+    request: HttpRequest,
+    found: registry.Location,
+    session_id: str,
+    *,
+    kind: str,
+    user: dict[str, Any] | None,
+) -> HttpResponse:
+    """Send the request to the server process holding ``session_id``."""
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return json_error(kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
+    refusal = kernel_calls.check_body(body) if kind == "kernel" else None
+    if refusal is not None:
+        return json_error(refusal.status, refusal.message)
+    session = getattr(request, "session", None)
+    reply = await relay.forward(
+        session_id,
+        relay.request_message(
+            _asgi_scope(request),
+            kind=kind,
+            notebook=found.notebook,
+            mount=request.path[: len(request.path) - len(found.subpath)],
+            session_id=session_id,
+            session_key=session.session_key if session is not None else None,
+            visitor=_visitor(request),
+            body=body,
+            user=user,
+        ),
+    )
+    response = HttpResponse(reply.body, status=reply.status)
+    for name, value in reply.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return response
 
 
 def _looks_like_page(location: str) -> bool:

@@ -1,0 +1,145 @@
+"""The database record of open kernel websockets (``NotebookSession`` rows).
+
+A row is written when a kernel websocket opens and deleted when it closes.
+Every server process reads the same table, so a process that receives a
+kernel call for a session it does not hold finds there which process does,
+and the admin lists live sessions from it. The functions here are
+synchronous (they query the database); async callers wrap them in
+``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+from .models import NotebookSession
+
+# This server process, as rows name it: host and pid, plus a random part so
+# that a restarted process that gets the same pid is not taken for the old one.
+PROCESS = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """A session whose websocket another server process holds."""
+
+    channel_name: str
+    process: str
+
+
+def owner_hash(owner: str) -> str:
+    """The stored form of an owner key (which holds a session key)."""
+    return salted_hmac(
+        "django_notebooks.records.owner", owner, algorithm="sha256"
+    ).hexdigest()
+
+
+def opened(
+    session_id: str, *, notebook: str, user: Any, owner: str, channel_name: str
+) -> tuple[NotebookSession, Elsewhere | None]:
+    """Record that this process's consumer on ``channel_name`` holds the
+    session now. Also answers whether another process held it until now
+    (its kernel cannot move here), in which case nothing is recorded."""
+    previous = NotebookSession.objects.filter(session_id=session_id).first()
+    if previous is not None and previous.process != PROCESS:
+        return previous, Elsewhere(previous.channel_name, previous.process)
+    now = timezone.now()
+    user_id = user.pk if getattr(user, "is_authenticated", False) else None
+    record, _ = NotebookSession.objects.update_or_create(
+        session_id=session_id,
+        defaults={
+            "notebook": notebook,
+            "user_id": user_id,
+            "owner_hash": owner_hash(owner),
+            "channel_name": channel_name,
+            "process": PROCESS,
+            "opened_at": now,
+            "last_activity": now,
+        },
+    )
+    return record, None
+
+
+def closed(session_id: str, channel_name: str) -> timedelta | None:
+    """Delete the row of a websocket that closed; how long it was open.
+
+    Only the consumer that holds the row deletes it: a reconnect may already
+    have replaced it with its own.
+    """
+    row = (
+        NotebookSession.objects.filter(
+            session_id=session_id, channel_name=channel_name, process=PROCESS
+        )
+        .only("opened_at")
+        .first()
+    )
+    if row is None:
+        return None
+    row.delete()
+    return timezone.now() - row.opened_at
+
+
+def touched(session_id: str) -> None:
+    """The session was used just now (called at most every ACTIVITY_EVERY)."""
+    NotebookSession.objects.filter(session_id=session_id, process=PROCESS).update(
+        last_activity=timezone.now()
+    )
+
+
+_pending_writes: set[asyncio.Future[None]] = set()
+
+
+def touch_later(session_id: str) -> None:
+    """Update the session's last activity without making a kernel call wait."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a synchronous caller (tests, WSGI): just write it
+        touched(session_id)
+        return
+    task = loop.create_task(database_sync_to_async(touched)(session_id))
+    _pending_writes.add(task)
+    task.add_done_callback(_pending_writes.discard)
+
+
+def elsewhere(session_id: str) -> Elsewhere | None:
+    """Where a session held by another server process is, if anywhere."""
+    row = (
+        NotebookSession.objects.filter(session_id=session_id)
+        .exclude(process=PROCESS)
+        .values_list("channel_name", "process")
+        .first()
+    )
+    if row is None or not row[0]:
+        return None
+    return Elsewhere(*row)
+
+
+def forget_elsewhere(session_id: str) -> None:
+    """Delete the row of a session whose process no longer answers."""
+    NotebookSession.objects.filter(session_id=session_id).exclude(
+        process=PROCESS
+    ).delete()
+
+
+def forget_this_process() -> None:
+    """Delete this process's rows (it is stopping and closes its sessions)."""
+    NotebookSession.objects.filter(process=PROCESS).delete()
+
+
+def sessions_elsewhere(owner: str, notebook: str) -> list[str]:
+    """The ids of one login's sessions of one notebook held by other processes."""
+    return list(
+        NotebookSession.objects.filter(owner_hash=owner_hash(owner), notebook=notebook)
+        .exclude(process=PROCESS)
+        .values_list("session_id", flat=True)
+    )

@@ -1,0 +1,239 @@
+"""Kernel calls between server processes, over the channel layer.
+
+A marimo session's kernel lives in the process whose kernel websocket opened
+it, but marimo's frontend sends each widget change as a separate HTTP POST,
+which a load balancer or ``uvicorn --workers N`` may hand to any process. A
+process that receives a kernel call (or an ``@file`` download) for a session
+it does not hold looks the session up in the ``NotebookSession`` table and, if
+another process holds it, sends the request to the session's channel-layer
+group; the consumer holding the websocket runs it against its kernel and
+sends the answer back to a reply channel of the asking process.
+
+The asking process checks what it can (origin, body), the holding process
+checks ownership against its session binding, exactly as for a local call.
+Only the browser login's session key or visitor id travel, never cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from . import context, kernel_calls, records, registry, sessions
+from .forwarding import passed_headers, single_body_receive
+from .server import notebook_apps
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TYPE = "notebooks.kernel_call"
+REPLY_TYPE = "notebooks.kernel_reply"
+# A forwarded call that gets no answer in this time went to a process that
+# has stopped: the session is gone. (marimo answers kernel calls at once;
+# their results come over the websocket.)
+REPLY_TIMEOUT = 10.0
+# Sessions known to live in another process, so that their later calls skip
+# the database lookup. Ids are random and the holder checks ownership, so a
+# stale entry costs a timeout at worst, never a wrong answer.
+KNOWN_ELSEWHERE_MAX = 10_000
+_known_elsewhere: OrderedDict[str, None] = OrderedDict()
+# Headers a forwarded request does not carry: the login travels as its
+# session key alone, and hop-by-hop headers mean nothing past this process.
+UNFORWARDED_HEADERS = frozenset({b"cookie", b"authorization", b"connection"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a forwarded request."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def session_group(session_id: str) -> str:
+    """The channel-layer group of the consumer holding a session's websocket."""
+    digest = hashlib.sha256(session_id.encode()).hexdigest()[:40]
+    return f"notebooks.session.{digest}"
+
+
+async def held_elsewhere(session_id: str) -> bool:
+    """Whether another server process holds this session's websocket."""
+    if get_channel_layer() is None:
+        return False
+    if session_id in _known_elsewhere:
+        _known_elsewhere.move_to_end(session_id)
+        return True
+    found = await database_sync_to_async(records.elsewhere)(session_id)
+    if found is None:
+        return False
+    _known_elsewhere[session_id] = None
+    if len(_known_elsewhere) > KNOWN_ELSEWHERE_MAX:
+        _known_elsewhere.popitem(last=False)
+    return True
+
+
+def request_message(
+    scope: dict[str, Any],
+    *,
+    kind: str,
+    notebook: registry.Notebook,
+    mount: str,
+    session_id: str,
+    session_key: str | None,
+    visitor: str | None,
+    body: bytes,
+    user: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a forwarded request carries, from the ASGI scope it arrived with.
+
+    ``kind`` is ``"kernel"`` (a kernel call: the holder checks ownership) or
+    ``"file"`` (a download, already allowed here: ``user`` is who asks).
+    """
+    return {
+        "type": REQUEST_TYPE,
+        "kind": kind,
+        "notebook": notebook.slug,
+        "session_id": session_id,
+        "session_key": session_key,
+        "visitor": visitor,
+        "user": user,
+        "method": scope["method"],
+        "scheme": scope.get("scheme", "http"),
+        "path": scope["path"],
+        "mount": mount,
+        "query_string": scope.get("query_string", b""),
+        "headers": [
+            [name, value]
+            for name, value in scope.get("headers", [])
+            if name.lower() not in UNFORWARDED_HEADERS
+        ],
+        "server": list(scope["server"]) if scope.get("server") else None,
+        "body": body,
+    }
+
+
+async def forward(session_id: str, message: dict[str, Any]) -> Reply:
+    """Send a request to the process holding ``session_id``; its answer."""
+    layer = get_channel_layer()
+    assert layer is not None  # held_elsewhere() said so
+    reply_channel = await layer.new_channel()
+    await layer.group_send(
+        session_group(session_id), {**message, "reply_to": reply_channel}
+    )
+    try:
+        answer = await asyncio.wait_for(layer.receive(reply_channel), REPLY_TIMEOUT)
+    except TimeoutError:
+        logger.warning(
+            "No answer from the process holding notebook session %s: it has "
+            "stopped, so the session has ended.",
+            session_id,
+        )
+        _known_elsewhere.pop(session_id, None)
+        await database_sync_to_async(records.forget_elsewhere)(session_id)
+        refusal = kernel_calls.SESSION_ENDED
+        return json_reply(refusal.status, refusal.message)
+    return Reply(
+        answer["status"],
+        [tuple(header) for header in answer["headers"]],
+        answer["body"],
+    )
+
+
+def json_reply(status: int, message: str) -> Reply:
+    """An error answer, shaped as the bridge's other kernel-call refusals."""
+    body = json.dumps({"error": message}).encode()
+    return Reply(status, [(b"content-type", b"application/json")], body)
+
+
+async def answer(message: dict[str, Any]) -> None:
+    """Run a request forwarded by another process and send back the answer.
+
+    Runs in the process holding the session (called by its consumer).
+    """
+    try:
+        reply = await _run(message)
+    except Exception:
+        logger.exception("A forwarded notebook request failed")
+        reply = json_reply(500, "The notebook failed to answer.")
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.send(
+            message["reply_to"],
+            {
+                "type": REPLY_TYPE,
+                "status": reply.status,
+                "headers": [list(header) for header in reply.headers],
+                "body": reply.body,
+            },
+        )
+
+
+async def _run(message: dict[str, Any]) -> Reply:
+    notebook = registry.get_notebook(message["notebook"])
+    if notebook is None:
+        return json_reply(404, "No such notebook.")
+    meta: dict[str, Any] = {}
+    if message["kind"] == "kernel":
+        binding = sessions.bindings.get_for_login(
+            message["session_id"],
+            notebook=notebook.slug,
+            session_key=message["session_key"],
+            visitor=message["visitor"],
+        )
+        if binding is None:
+            refusal = kernel_calls.NOT_YOURS
+            return json_reply(refusal.status, refusal.message)
+        if not binding.connections:
+            refusal = kernel_calls.SESSION_ENDED
+            return json_reply(refusal.status, refusal.message)
+        user, meta = binding.user_context, binding.meta
+    else:
+        user = message["user"] or {}
+    scope = context.marimo_scope(
+        {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": message["method"],
+            "scheme": message["scheme"],
+            "path": message["path"],
+            "query_string": message["query_string"],
+            "headers": [tuple(header) for header in message["headers"]],
+            "server": tuple(message["server"]) if message["server"] else None,
+        },
+        path=message["path"],
+        root_path=message["mount"].rstrip("/"),
+        user=user,
+        meta=meta,
+        notebook_file=str(notebook.path),
+    )
+    return await collect(notebook_apps.app_for(notebook.path), scope, message["body"])
+
+
+async def collect(app: Any, scope: dict[str, Any], body: bytes) -> Reply:
+    """Run an ASGI app on one request and gather its whole answer."""
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+    done = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = passed_headers(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    await app(scope, single_body_receive(body, until=done), send)
+    return Reply(status, headers, b"".join(chunks))
