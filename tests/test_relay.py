@@ -1,0 +1,308 @@
+"""Session records, signals, "terminate", and kernel calls forwarded to the
+process holding a session: in one process, over the in-memory channel layer.
+
+"Another process" is simulated by giving this process a new name
+(``records.PROCESS``) after the session opened, so that its row looks like
+another process's, and by hiding the session from the asking side's local
+check; the holding side (the consumer and ``relay.answer``) is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
+
+from django_notebooks import consumers, kernel_calls, records, relay, signals
+from django_notebooks.asgi import FastPathMiddleware
+from django_notebooks.models import NotebookSession
+from django_notebooks.server import notebook_apps
+from tests.asgi import django_asgi_app
+from tests.compat import create_user, force_login
+from tests.live import UI_ELEMENT, new_session_id
+from tests.settings import DJANGO_NOTEBOOKS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = "http://testserver"
+CALL = "/notebooks/square/api/kernel/set_ui_element_value"
+
+
+async def read_until_completed(communicator) -> list[str]:
+    outputs = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=30)
+        if frame["op"] == "cell-op":
+            data = ((frame.get("data") or {}).get("output") or {}).get("data")
+            if isinstance(data, str):
+                outputs.append(data)
+        if frame["op"] == "completed-run":
+            return outputs
+
+
+def websocket(path: str, cookie: str) -> WebsocketCommunicator:
+    from tests.asgi import application
+
+    return WebsocketCommunicator(
+        application.application_mapping["websocket"],
+        path,
+        headers=[
+            (b"host", b"testserver"),
+            (b"origin", ORIGIN.encode()),
+            (b"cookie", cookie.encode()),
+        ],
+    )
+
+
+@pytest.fixture
+async def alice(django_user_model):
+    user = await create_user(django_user_model, "alice", "pw")
+    login = AsyncClient()
+    await force_login(login, user)
+    return user, f"sessionid={login.cookies['sessionid'].value}"
+
+
+@pytest.fixture
+async def kernel(alice):
+    """An open square-notebook session of alice: (user, cookie, session id,
+    slider id, websocket)."""
+    user, cookie = alice
+    session_id = new_session_id()
+    communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    [slider] = UI_ELEMENT.findall(" ".join(await read_until_completed(communicator)))
+    yield user, cookie, session_id, slider, communicator
+    await communicator.disconnect()
+    manager = notebook_apps.session_manager_for(DJANGO_NOTEBOOKS["NOTEBOOKS"]["square"])
+    if manager is not None:
+        manager.close_all_sessions()
+
+
+@pytest.fixture
+def elsewhere(monkeypatch):
+    """From now on, sessions opened so far belong to "another process"."""
+
+    def move() -> None:
+        monkeypatch.setattr(records, "PROCESS", "other-host:1:abc")
+        # The asking side does not hold the session: its local check fails.
+        monkeypatch.setattr(kernel_calls, "admit", _not_here(kernel_calls.admit))
+        relay._known_elsewhere.clear()
+
+    yield move
+    relay._known_elsewhere.clear()
+
+
+def _not_here(admit):
+    def admit_elsewhere(*args, **kwargs):
+        answer = admit(*args, **kwargs)
+        return None if not isinstance(answer, kernel_calls.Refusal) else answer
+
+    return admit_elsewhere
+
+
+async def test_an_open_session_has_a_record_and_closing_deletes_it(alice):
+    user, cookie = alice
+    session_id = new_session_id()
+    started, ended = [], []
+
+    def on_start(sender, **kwargs):
+        started.append(kwargs)
+
+    def on_end(sender, **kwargs):
+        ended.append(kwargs)
+
+    signals.notebook_session_started.connect(on_start)
+    signals.notebook_session_ended.connect(on_end)
+    try:
+        communicator = websocket(
+            f"/notebooks/square/ws?session_id={session_id}", cookie
+        )
+        connected, _ = await communicator.connect(timeout=30)
+        assert connected
+        await read_until_completed(communicator)
+        record = await NotebookSession.objects.aget(session_id=session_id)
+        assert record.notebook == "square"
+        assert record.user_id == user.pk
+        assert record.process == records.PROCESS
+        assert record.channel_name
+        assert record.owner_hash and "sessionid" not in record.owner_hash
+        await communicator.disconnect()
+        for _ in range(50):
+            if ended:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        signals.notebook_session_started.disconnect(on_start)
+        signals.notebook_session_ended.disconnect(on_end)
+        notebook_apps.close_all_sessions()
+    assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
+    [start] = started
+    assert start["user"].pk == user.pk
+    assert start["notebook"].slug == "square"
+    assert start["session_id"] == session_id
+    [end] = ended
+    assert end["session_id"] == session_id
+    assert end["notebook"].slug == "square"
+    assert 0 < end["duration"].total_seconds() < 120
+
+
+async def test_terminate_closes_the_session_within_two_seconds(kernel):
+    _, _, session_id, _, communicator = kernel
+    record = await NotebookSession.objects.aget(session_id=session_id)
+    started = time.monotonic()
+    await get_channel_layer().send(record.channel_name, {"type": "notebooks.terminate"})
+    alert = await communicator.receive_json_from(timeout=2)
+    assert alert["op"] == "alert"
+    assert "administrator" in alert["data"]["description"]
+    closed = await communicator.receive_output(timeout=2)
+    assert closed["type"] == "websocket.close"
+    assert closed["code"] == consumers.CLOSE_REVOKED
+    assert time.monotonic() - started < 2
+
+
+async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload(
+    alice,
+):
+    user, cookie = alice
+    session_id = new_session_id()
+    await NotebookSession.objects.acreate(
+        session_id=session_id,
+        notebook="square",
+        user=user,
+        channel_name="specific.gone!1",
+        process="other-host:1:abc",
+    )
+    communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected  # accepted, so that the page can show why it closes
+    alert = await communicator.receive_json_from(timeout=5)
+    assert alert["op"] == "alert"
+    assert "Reload the page" in alert["data"]["description"]
+    closed = await communicator.receive_output(timeout=5)
+    assert closed["code"] == consumers.CLOSE_GONE
+    record = await NotebookSession.objects.aget(session_id=session_id)
+    assert record.process == "other-host:1:abc"  # not taken over
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "view"])
+async def test_a_kernel_call_for_a_session_held_elsewhere_is_forwarded(
+    kernel, elsewhere, fast_path
+):
+    _, cookie, session_id, slider, communicator = kernel
+    elsewhere()
+    app = FastPathMiddleware(django_asgi_app) if fast_path else django_asgi_app
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.post(
+            CALL,
+            json={"objectIds": [slider], "values": [6]},
+            headers={
+                "Cookie": cookie,
+                "Origin": ORIGIN,
+                "Marimo-Session-Id": session_id,
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True}
+    assert "access-control-allow-origin" not in response.headers
+    assert "square=36 user=alice" in " ".join(await read_until_completed(communicator))
+
+
+async def test_the_holder_checks_the_owner_of_a_forwarded_call(
+    kernel, elsewhere, django_user_model
+):
+    _, _, session_id, slider, _ = kernel
+    bob = await create_user(django_user_model, "bob", "pw")
+    login = AsyncClient()
+    await force_login(login, bob)
+    elsewhere()
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.post(
+            CALL,
+            json={"objectIds": [slider], "values": [6]},
+            headers={
+                "Cookie": f"sessionid={login.cookies['sessionid'].value}",
+                "Origin": ORIGIN,
+                "Marimo-Session-Id": session_id,
+            },
+        )
+        assert response.status_code == 403
+        assert response.json() == {"error": kernel_calls.NOT_YOURS.message}
+        # The asking side's own checks still come first.
+        response = await http.post(
+            CALL,
+            json={"objectIds": [slider], "values": [6]},
+            headers={"Origin": "https://evil.example", "Marimo-Session-Id": session_id},
+        )
+        assert response.status_code == 403
+        assert response.json() == {"error": kernel_calls.CROSS_SITE.message}
+
+
+async def test_a_bad_body_is_refused_before_forwarding(kernel, elsewhere):
+    _, cookie, session_id, _, _ = kernel
+    elsewhere()
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.post(
+            CALL,
+            content=b"[1, 2]",
+            headers={
+                "Cookie": cookie,
+                "Origin": ORIGIN,
+                "Marimo-Session-Id": session_id,
+            },
+        )
+    assert response.status_code == 400
+
+
+async def test_a_holder_that_never_answers_ends_the_session(alice, monkeypatch, caplog):
+    user, cookie = alice
+    session_id = new_session_id()
+    await NotebookSession.objects.acreate(
+        session_id=session_id,
+        notebook="square",
+        user=user,
+        channel_name="specific.gone!1",
+        process="other-host:1:abc",
+    )
+    monkeypatch.setattr(relay, "REPLY_TIMEOUT", 0.5)
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.post(
+            CALL,
+            json={"objectIds": ["x"], "values": [1]},
+            headers={
+                "Cookie": cookie,
+                "Origin": ORIGIN,
+                "Marimo-Session-Id": session_id,
+            },
+        )
+    assert response.status_code == 410
+    assert response.json() == {"error": kernel_calls.SESSION_ENDED.message}
+    assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
+    assert session_id not in relay._known_elsewhere
+
+
+async def test_unknown_sessions_are_not_forwarded(alice):
+    assert await relay.held_elsewhere(new_session_id()) is False
+
+
+async def test_this_processs_records_are_deleted_when_it_stops(alice):
+    user, _ = alice
+    await NotebookSession.objects.acreate(
+        session_id="s_mine", notebook="square", user=user, process=records.PROCESS
+    )
+    await NotebookSession.objects.acreate(
+        session_id="s_theirs", notebook="square", user=user, process="other:1:x"
+    )
+    await sync_to_async(notebook_apps.close_all_sessions)()
+    remaining = [row.session_id async for row in NotebookSession.objects.all()]
+    assert remaining == ["s_theirs"]
