@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
+from django.dispatch import Signal
 from django.urls import Resolver404, resolve
 
 from . import (
@@ -112,8 +113,11 @@ def _session_opened(
         channel_name=channel_name,
     )
     if elsewhere is None:
-        signals.notebook_session_started.send(
-            sender=KernelConsumer, user=user, notebook=notebook, session_id=session_id
+        _send(
+            signals.notebook_session_started,
+            user=user,
+            notebook=notebook,
+            session_id=session_id,
         )
     return elsewhere
 
@@ -123,13 +127,25 @@ def _session_closed(
 ) -> None:
     duration = records.closed(session_id, channel_name)
     if duration is not None:
-        signals.notebook_session_ended.send(
-            sender=KernelConsumer,
+        _send(
+            signals.notebook_session_ended,
             user=user,
             notebook=notebook,
             session_id=session_id,
             duration=duration,
         )
+
+
+def _send(signal: Signal, **arguments: Any) -> None:
+    """Send ``signal``; a failing receiver (an audit log's, say) is logged
+    and stops neither the session nor the other receivers."""
+    for receiver, result in signal.send_robust(sender=KernelConsumer, **arguments):
+        if isinstance(result, Exception):
+            logger.error(
+                "A receiver of a notebook session signal failed: %r",
+                receiver,
+                exc_info=result,
+            )
 
 
 class KernelConsumer(AsyncConsumer):

@@ -306,3 +306,25 @@ async def test_this_processs_records_are_deleted_when_it_stops(alice):
     await sync_to_async(notebook_apps.close_all_sessions)()
     remaining = [row.session_id async for row in NotebookSession.objects.all()]
     assert remaining == ["s_theirs"]
+
+
+async def test_a_failing_signal_receiver_is_logged_and_stops_nothing(alice, caplog):
+    _, cookie = alice
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("the audit database is down")
+
+    signals.notebook_session_started.connect(broken)
+    try:
+        communicator = websocket(
+            f"/notebooks/square/ws?session_id={new_session_id()}", cookie
+        )
+        connected, _ = await communicator.connect(timeout=30)
+        assert connected
+        assert "square=9" in " ".join(await read_until_completed(communicator))
+        await communicator.disconnect()
+    finally:
+        signals.notebook_session_started.disconnect(broken)
+        notebook_apps.close_all_sessions()
+    assert "A receiver of a notebook session signal failed" in caplog.text
+    assert "the audit database is down" in caplog.text

@@ -111,3 +111,11 @@ DJANGO_NOTEBOOKS = {
     # What notebooks see as mo.app_meta().request.meta.
     "REQUEST_META": "demo.hooks.request_meta",
 }
+
+# Show the demo's audit log (demo/audit.py) in the console.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"demo.audit": {"handlers": ["console"], "level": "INFO"}},
+}
