@@ -121,7 +121,9 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
         "session_ttl": int(os.environ.get("DJANGO_NOTEBOOKS_TEST_SESSION_TTL", "5"))
     },
     "REQUEST_META": "tests.access_rules.request_meta",
-    "MAX_SESSIONS_PER_USER": 5,
+    "MAX_SESSIONS_PER_USER": int(
+        os.environ.get("DJANGO_NOTEBOOKS_TEST_MAX_SESSIONS", "5")
+    ),
 }
 
 # A directory the end-to-end tests add notebooks to while the server runs.
