@@ -7,6 +7,11 @@ its ``groups``, all of its ``permissions`` and a project callable named by
 ``access`` (``callable(user, notebook) -> bool``). Superusers pass the group
 and permission rules, as they do everywhere in Django; the project's callable
 is asked for everyone.
+
+A :class:`~django_notebooks.models.NotebookGrant` made in the admin stands in
+for the group and permission rules: a user granted the notebook (or a member
+of a granted group) passes them. It does not stand in for the login, nor for
+the project's callable.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import enum
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db.models import Q
 from django.utils.module_loading import import_string
 
 from .registry import Notebook
@@ -35,6 +41,26 @@ def _in_any_group(user: Any, names: tuple[str, ...]) -> bool:
     return user.groups.filter(name__in=names).exists()
 
 
+def _passes_rules(user: Any, notebook: Notebook) -> bool:
+    """The entry's ``groups`` and ``permissions`` rules."""
+    if notebook.groups and not _in_any_group(user, notebook.groups):
+        return False
+    if notebook.permissions and not user.has_perms(notebook.permissions):
+        return False
+    return True
+
+
+def _is_granted(user: Any, notebook: Notebook) -> bool:
+    """Whether a grant from the admin gives ``user`` (or one of the user's
+    groups) this notebook."""
+    from .models import NotebookGrant  # access is imported before apps load
+
+    who = Q(user_id=user.pk)
+    if hasattr(user, "groups"):
+        who |= Q(group__in=user.groups.all())
+    return NotebookGrant.objects.filter(who, notebook=notebook.slug).exists()
+
+
 def decide(user: Any, notebook: Notebook) -> Access:
     """Whether ``user`` may open ``notebook`` (synchronous: may query the DB)."""
     if not notebook.requires_login:
@@ -45,11 +71,15 @@ def decide(user: Any, notebook: Notebook) -> Access:
         or not getattr(user, "is_active", True)
     ):
         return Access.LOGIN_REQUIRED
-    if not user.is_superuser:
-        if notebook.groups and not _in_any_group(user, notebook.groups):
-            return Access.FORBIDDEN
-        if notebook.permissions and not user.has_perms(notebook.permissions):
-            return Access.FORBIDDEN
+    # Grants are looked up only for those the rules turn away, so that a
+    # user who passes them costs no extra query.
+    if (
+        (notebook.groups or notebook.permissions)
+        and not user.is_superuser
+        and not _passes_rules(user, notebook)
+        and not _is_granted(user, notebook)
+    ):
+        return Access.FORBIDDEN
     if notebook.access:
         rule = (
             notebook.access
@@ -67,6 +97,8 @@ async def adecide(user: Any, notebook: Notebook) -> Access:
         return Access.ALLOWED
     if not getattr(user, "is_authenticated", False):
         return Access.LOGIN_REQUIRED
+    # Without these rules there is nothing to look up: grants only stand in
+    # for groups and permissions, so they cannot change this answer.
     if not (notebook.groups or notebook.permissions or notebook.access):
         return (
             Access.ALLOWED

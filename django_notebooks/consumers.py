@@ -29,6 +29,7 @@ from . import (
     signals,
 )
 from .access import Access
+from .query import InvalidQuery
 from .server import notebook_apps
 
 logger = logging.getLogger(__name__)
@@ -216,10 +217,18 @@ class KernelConsumer(AsyncConsumer):
             return await self._refuse(CLOSE_REFUSED)
         # REQUEST_META runs once per session, here, where the project's hook
         # sees the websocket's scope with its user and session; the session's
-        # kernel calls reuse the result.
-        user_context, meta = await database_sync_to_async(context.session_context)(
-            user, self.scope
-        )
+        # kernel calls reuse the result. So does the notebook's query check:
+        # this query string, not the page's, is what marimo runs with.
+        try:
+            user_context, meta = await database_sync_to_async(context.session_context)(
+                user, self.scope, notebook
+            )
+        except InvalidQuery as invalid:
+            await self.send({"type": "websocket.accept"})
+            self.accepted = True
+            return await self._close(
+                CLOSE_BAD_REQUEST, REASON_NO_SESSION, alert=invalid.alert
+            )
         claim = sessions.bindings.claim(
             session_id,
             owner=owner,
@@ -388,6 +397,10 @@ class KernelConsumer(AsyncConsumer):
         if manager is not None:
             _marimo.close_session(manager, self.session_id)
         await self._close(CLOSE_REVOKED, reason, alert=alert)
+        # The record goes now, not when the browser acknowledges the close:
+        # the admin waits for it to tell a terminated session from one whose
+        # process no longer answers.
+        await self._record_closed()
 
     # Relaying.
 

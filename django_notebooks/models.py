@@ -7,6 +7,8 @@
   page of live sessions.
 - :class:`NotebookGrant`: access to one notebook given to a user or a group
   from the admin, on top of the rules in ``DJANGO_NOTEBOOKS``.
+- :class:`RegisteredNotebook`: no table; the admin's page of the notebooks in
+  ``DJANGO_NOTEBOOKS`` and the permissions to see and check them.
 """
 
 from __future__ import annotations
@@ -103,3 +105,26 @@ class NotebookGrant(models.Model):
     def __str__(self) -> str:
         who = self.user if self.user_id else self.group
         return f"{self.notebook}: {who}"
+
+
+class RegisteredNotebook(models.Model):
+    """The notebooks of ``DJANGO_NOTEBOOKS``, as the admin lists them.
+
+    Notebooks live in the setting and in directories, not in the database:
+    this model has no table (``managed = False``; nothing queries it). It
+    gives the list its place in the admin and its two permissions,
+    ``view_registerednotebook`` (see the list) and ``check_notebook`` (run a
+    notebook headless to check that it loads).
+    """
+
+    slug = models.CharField(_("slug"), max_length=255, primary_key=True)
+
+    class Meta:
+        managed = False
+        verbose_name = _("notebook")
+        verbose_name_plural = _("notebooks")
+        default_permissions = ("view",)
+        permissions = [("check_notebook", "Can check that a notebook loads")]
+
+    def __str__(self) -> str:
+        return self.slug

@@ -2,8 +2,9 @@
 
 Each kernel websocket joins two channel-layer groups: one for its user and one
 for the Django login (session) that opened it. When the user logs out, the
-login's group is told to close; when the user is deactivated or loses a
-group or permission, the user's group is told to decide again. The channel
+login's group is told to close; when the user is deactivated, loses a
+group or permission, or loses a notebook grant (the grant itself, or the
+group it names), the user's group is told to decide again. The channel
 layer carries the message to every process (with ``channels_redis``), so
 sessions close wherever they live.
 """
@@ -19,7 +20,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model, user_logged_out
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_save, pre_delete
+from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,31 @@ def _on_group_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     recheck_users(_members_of([instance.pk]))
 
 
+def _grant_holders(grant: Any) -> list[Any]:
+    if grant.user_id is not None:
+        return [grant.user_id]
+    return _members_of([grant.group_id])
+
+
+def _on_grant_saved(
+    sender: Any, instance: Any, raw: bool = False, **kwargs: Any
+) -> None:
+    """A grant is about to change (its notebook, user or group): whoever it
+    gave the notebook to until now asks again. Read before the save, as the
+    change replaces who that was."""
+    if raw or instance.pk is None:
+        return
+    previous = sender._default_manager.filter(pk=instance.pk).first()
+    if previous is not None:
+        recheck_users(_grant_holders(previous))
+
+
+def _on_grant_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Before the delete: a grant deleted with its group still knows the
+    # group's members here.
+    recheck_users(_grant_holders(instance))
+
+
 def connect_signals() -> None:
     """Called from the app's ``ready()``, once the user model is known."""
     user_model = get_user_model()
@@ -146,4 +172,16 @@ def connect_signals() -> None:
     )
     pre_delete.connect(
         _on_group_deleted, sender=Group, dispatch_uid="django_notebooks.group_deleted"
+    )
+    from .models import NotebookGrant
+
+    pre_save.connect(
+        _on_grant_saved,
+        sender=NotebookGrant,
+        dispatch_uid="django_notebooks.grant_saved",
+    )
+    pre_delete.connect(
+        _on_grant_deleted,
+        sender=NotebookGrant,
+        dispatch_uid="django_notebooks.grant_deleted",
     )

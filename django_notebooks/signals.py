@@ -25,5 +25,5 @@ notebook_session_started = Signal()
 
 #: Sent when that websocket closes. Arguments: those of
 #: :data:`notebook_session_started`, and ``duration`` (a
-#: :class:`~datetime.timedelta`, how long the websocket was open).
+#: ``datetime.timedelta``, how long the websocket was open).
 notebook_session_ended = Signal()

@@ -1,0 +1,490 @@
+"""The admin: live notebook sessions, the registered notebooks and grants.
+
+- Notebook sessions: the open kernel websockets of every server process,
+  read-only. Deleting one (or the "Terminate" action) tells the consumer
+  holding it, over the channel layer, to close it.
+- Notebooks: the notebooks of ``DJANGO_NOTEBOOKS`` (they are not in the
+  database), with a "check that they load" action that runs them headless.
+- Notebook grants: give a user or a group a notebook, without code changes.
+
+See ``docs/topics/admin.md`` for the permissions each page needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import router, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils.text import capfirst
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import headless, registry
+from .models import NotebookGrant, NotebookSession, RegisteredNotebook
+
+logger = logging.getLogger(__name__)
+
+TERMINATE = "notebooks.terminate"
+# How long "terminate" waits for the processes holding the sessions to close
+# them (each deletes its row when its websocket has closed). A row still
+# there afterwards belongs to a process that no longer answers.
+ANSWER_WAIT = 3.0
+POLL_EVERY = 0.05
+# How long "check that they load" lets one notebook run.
+CHECK_TIMEOUT = 60.0
+NO_CHANNEL_LAYER = _(
+    "No channel layer is configured (the CHANNEL_LAYERS setting), so open "
+    "notebook sessions cannot be told to close. Nothing was terminated."
+)
+
+
+@dataclass
+class Termination:
+    """What became of the sessions "terminate" was asked to end."""
+
+    closed: int = 0
+    # No answer from their process within ANSWER_WAIT: rows deleted.
+    stale: int = 0
+    # Could not be told (no channel name, or the channel layer failed):
+    # left as they are, they may still be open.
+    unreachable: int = 0
+
+
+def terminate(
+    rows: Sequence[NotebookSession], *, wait: float | None = None
+) -> Termination:
+    """Tell the consumers holding these sessions to close them, wherever they
+    run; wait for them (``ANSWER_WAIT`` seconds at most); delete the rows of
+    sessions whose process does not answer. Needs a channel layer."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("terminate() needs a channel layer")
+    outcome = Termination()
+    told = []
+    for row in rows:
+        if not row.channel_name:
+            outcome.unreachable += 1
+            continue
+        try:
+            async_to_sync(layer.send)(row.channel_name, {"type": TERMINATE})
+        except Exception:
+            logger.exception("Could not tell notebook session %s to close", row)
+            outcome.unreachable += 1
+        else:
+            told.append(row)
+    waiting = {(row.pk, row.channel_name) for row in told}
+    deadline = time.monotonic() + (ANSWER_WAIT if wait is None else wait)
+    while waiting:
+        waiting &= _still_open(waiting)
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_EVERY)
+    for pk, channel_name in waiting:
+        NotebookSession.objects.filter(pk=pk, channel_name=channel_name).delete()
+    outcome.stale = len(waiting)
+    outcome.closed = len(told) - outcome.stale
+    return outcome
+
+
+def _still_open(rows: set[tuple[Any, str]]) -> set[tuple[Any, str]]:
+    found = NotebookSession.objects.filter(pk__in=[pk for pk, _channel in rows])
+    return set(found.values_list("pk", "channel_name"))
+
+
+@admin.register(NotebookSession)
+class NotebookSessionAdmin(admin.ModelAdmin):
+    """Open kernel websockets; read-only, and "delete" means terminate.
+
+    Seeing the page needs ``view_notebooksession``; terminating needs
+    ``delete_notebooksession``.
+    """
+
+    list_display = ("who", "notebook", "opened_at", "last_activity", "process")
+    # owner_hash only serves to find a login's sessions: nothing to read.
+    fields = (
+        "session_id",
+        "notebook",
+        "user",
+        "opened_at",
+        "last_activity",
+        "process",
+        "channel_name",
+    )
+    list_filter = ("notebook", "process")
+    search_fields = ("user__username", "notebook", "session_id")
+    list_select_related = ("user",)
+    actions = ["terminate_sessions"]
+
+    @admin.display(description=_("user"), ordering="user__username")
+    def who(self, session: NotebookSession) -> Any:
+        if session.user_id is None:
+            return _("anonymous visitor")
+        return session.user
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: NotebookSession | None = None
+    ) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # Deleting a row would not close the session: "terminate" does.
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(
+        description=_("Terminate the selected notebook sessions"),
+        permissions=["delete"],
+    )
+    def terminate_sessions(
+        self, request: HttpRequest, queryset: QuerySet[NotebookSession]
+    ) -> None:
+        rows = list(queryset)
+        if get_channel_layer() is not None:
+            self._log_deletions(request, rows)
+        self._terminate(request, rows)
+
+    def delete_model(self, request: HttpRequest, obj: NotebookSession) -> None:
+        self._terminate(request, [obj])
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[NotebookSession]
+    ) -> None:
+        self._terminate(request, list(queryset))
+
+    def response_delete(
+        self, request: HttpRequest, obj_display: str, obj_id: Any
+    ) -> HttpResponse:
+        # _terminate() said what happened; "deleted successfully" would not.
+        return HttpResponseRedirect(
+            reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist",
+                current_app=self.admin_site.name,
+            )
+        )
+
+    def _terminate(self, request: HttpRequest, rows: list[NotebookSession]) -> None:
+        if get_channel_layer() is None:
+            self.message_user(request, NO_CHANNEL_LAYER, messages.ERROR)
+            return
+
+        def run() -> None:
+            self._report(request, terminate(rows))
+
+        # Wait for the sessions outside any transaction (the delete view runs
+        # in one): their processes delete their rows as they close, which a
+        # transaction still open here could hold up (SQLite locks).
+        transaction.on_commit(run, using=router.db_for_write(NotebookSession))
+
+    def _report(self, request: HttpRequest, outcome: Termination) -> None:
+        if outcome.closed:
+            self.message_user(
+                request,
+                ngettext(
+                    "Terminated %(count)d notebook session.",
+                    "Terminated %(count)d notebook sessions.",
+                    outcome.closed,
+                )
+                % {"count": outcome.closed},
+                messages.SUCCESS,
+            )
+        if outcome.stale:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d notebook session did not answer within %(wait)s "
+                    "seconds: the server process holding it has stopped, so "
+                    "its record was removed.",
+                    "%(count)d notebook sessions did not answer within %(wait)s "
+                    "seconds: the server processes holding them have stopped, "
+                    "so their records were removed.",
+                    outcome.stale,
+                )
+                % {"count": outcome.stale, "wait": f"{ANSWER_WAIT:g}"},
+                messages.WARNING,
+            )
+        if outcome.unreachable:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d notebook session could not be told to close "
+                    "(see the server log); it may still be open.",
+                    "%(count)d notebook sessions could not be told to close "
+                    "(see the server log); they may still be open.",
+                    outcome.unreachable,
+                )
+                % {"count": outcome.unreachable},
+                messages.ERROR,
+            )
+
+    def _log_deletions(self, request: HttpRequest, rows: list[NotebookSession]) -> None:
+        """The admin's history records who terminated which session."""
+        log_deletions = getattr(self, "log_deletions", None)
+        if log_deletions is not None:  # Django 5.1+
+            log_deletions(request, rows)
+            return
+        log_deletion = self.log_deletion  # type: ignore[attr-defined]  # Django < 5.1
+        for row in rows:
+            log_deletion(request, row, str(row))
+
+
+def notebook_choices(current: str | None = None) -> list[Any]:
+    """Choices for a notebook field: every registered notebook, those of each
+    directory apart, plus ``current`` if it is no longer registered."""
+
+    def entries(notebooks: Iterable[registry.Notebook]) -> list[tuple[str, str]]:
+        return [(nb.slug, f"{nb.title} ({nb.slug})") for nb in notebooks]
+
+    groups: list[Any] = []
+    explicit = entries(registry.explicit_notebooks().values())
+    if explicit:
+        groups.append((_("Notebooks"), explicit))
+    for key in registry.directories():
+        found = entries(registry.directory_notebooks(key))
+        if found:
+            groups.append((_("Directory %(key)s") % {"key": key}, found))
+    if current and registry.get_notebook(current) is None:
+        groups.append((current, _("%(slug)s (not registered)") % {"slug": current}))
+    return [("", "---------"), *groups]
+
+
+class NotebookGrantForm(forms.ModelForm):
+    """A grant of one registered notebook to exactly one user or group."""
+
+    notebook = forms.ChoiceField(
+        label=_("notebook"),
+        help_text=_(
+            "A notebook of DJANGO_NOTEBOOKS, or one of a directory's notebooks."
+        ),
+    )
+
+    class Meta:
+        model = NotebookGrant
+        fields = ("notebook", "user", "group")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Directories change while the server runs: list them now.
+        field = self.fields["notebook"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = notebook_choices(self.instance.notebook or None)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if "user" in self.errors or "group" in self.errors:
+            return data
+        user, group = data.get("user"), data.get("group")
+        # On a field, not the form: a field with an error keeps the model's
+        # check constraint from repeating it in its own words.
+        if user is None and group is None:
+            self.add_error("user", _("Choose a user or a group."))
+            return data
+        if user is not None and group is not None:
+            self.add_error(
+                "group", _("Choose a user or a group, not both: make two grants.")
+            )
+            return data
+        duplicates = NotebookGrant.objects.filter(
+            notebook=data.get("notebook"), user=user, group=group
+        ).exclude(pk=self.instance.pk)
+        if duplicates.exists():
+            raise forms.ValidationError(
+                _("%(who)s already has this notebook.") % {"who": user or group}
+            )
+        return data
+
+
+@admin.register(NotebookGrant)
+class NotebookGrantAdmin(admin.ModelAdmin):
+    """Grants: a user, or a group's members, may open a notebook even if the
+    notebook's ``groups`` and ``permissions`` would turn them away.
+
+    Deleting or changing a grant makes the affected users' open sessions ask
+    the access rules again (see ``revocation.py``).
+    """
+
+    form = NotebookGrantForm
+    fields = ("notebook", "user", "group", "created_at")
+    readonly_fields = ("created_at",)
+    list_display = ("notebook", "title", "user", "group", "created_at")
+    list_filter = ("notebook",)
+    search_fields = ("notebook", "user__username", "group__name")
+    list_select_related = ("user", "group")
+    # A select of every user does not scale; raw_id_fields also works when
+    # the project registers no admin for its user model.
+    raw_id_fields = ("user",)
+
+    @admin.display(description=_("title"))
+    def title(self, grant: NotebookGrant) -> str:
+        notebook = registry.get_notebook(grant.notebook)
+        return notebook.title if notebook else str(_("(not registered)"))
+
+
+@dataclass(frozen=True)
+class NotebookRow:
+    """One line of the admin's notebook list."""
+
+    notebook: registry.Notebook
+    url: str | None
+    rules: list[str]
+    grants: int
+
+
+def access_rules(notebook: registry.Notebook) -> list[str]:
+    """The access rules of an entry, in words."""
+    if notebook.public:
+        return [str(_("public"))]
+    rules = [str(_("login"))]
+    if notebook.groups:
+        rules.append(str(_("any of groups: %s")) % ", ".join(notebook.groups))
+    if notebook.permissions:
+        rules.append(str(_("all of: %s")) % ", ".join(notebook.permissions))
+    if notebook.access:
+        name = notebook.access
+        if callable(name):
+            name = f"{name.__module__}.{name.__qualname__}"
+        rules.append(str(_("access: %s")) % name)
+    return rules
+
+
+@admin.register(RegisteredNotebook)
+class RegisteredNotebookAdmin(admin.ModelAdmin):
+    """The notebooks of ``DJANGO_NOTEBOOKS``: a list, with no database table.
+
+    Seeing the list needs ``view_registerednotebook``; the "check that they
+    load" action needs ``check_notebook``.
+    """
+
+    check_permission = "django_notebooks.check_notebook"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_check_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(self.check_permission)
+
+    def get_urls(self) -> list[Any]:
+        # Only the list: there are no rows to add, change or delete.
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_check_permission(request):
+                raise PermissionDenied
+            self._check(request, request.POST.getlist("notebooks"))
+            return HttpResponseRedirect(request.get_full_path())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": capfirst(self.opts.verbose_name_plural),
+            "subtitle": None,
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "rows": self._rows(),
+            "can_check": self.has_check_permission(request),
+            "grants_url": _changelist_url(NotebookGrant, self.admin_site.name),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(
+            request, "admin/django_notebooks/notebooks.html", context
+        )
+
+    def _rows(self) -> list[NotebookRow]:
+        counts: dict[str, int] = {}
+        for slug in NotebookGrant.objects.values_list("notebook", flat=True):
+            counts[slug] = counts.get(slug, 0) + 1
+        return [
+            NotebookRow(
+                notebook,
+                _notebook_url(notebook),
+                access_rules(notebook),
+                counts.get(notebook.slug, 0),
+            )
+            for notebook in registry.all_notebooks()
+        ]
+
+    def _check(self, request: HttpRequest, slugs: list[str]) -> None:
+        if not slugs:
+            self.message_user(
+                request,
+                _("Select the notebooks to check first."),
+                messages.WARNING,
+            )
+            return
+        for slug in dict.fromkeys(slugs):
+            notebook = registry.get_notebook(slug)
+            if notebook is None:
+                self.message_user(
+                    request,
+                    _("There is no notebook %(slug)s.") % {"slug": slug},
+                    messages.ERROR,
+                )
+                continue
+            run = headless.check(notebook, timeout=CHECK_TIMEOUT)
+            self._report_check(request, notebook, run)
+
+    def _report_check(
+        self,
+        request: HttpRequest,
+        notebook: registry.Notebook,
+        run: headless.HeadlessRun,
+    ) -> None:
+        names = {"title": notebook.title, "slug": notebook.slug}
+        seconds = f"{run.seconds:.1f}"
+        if run.ok:
+            self.message_user(
+                request,
+                _("%(title)s (%(slug)s) loads: it ran in %(seconds)s s.")
+                % {**names, "seconds": seconds},
+                messages.SUCCESS,
+            )
+            return
+        problems = "; ".join(
+            f"{failure.cell}: {failure.message}" for failure in run.failures
+        ) or str(_("no cell failed, but the run did not complete"))
+        self.message_user(
+            request,
+            _("%(title)s (%(slug)s) does not load (after %(seconds)s s): %(problems)s")
+            % {**names, "seconds": seconds, "problems": problems},
+            messages.ERROR,
+        )
+
+
+def _notebook_url(notebook: registry.Notebook) -> str | None:
+    try:
+        return reverse("django_notebooks:notebook", args=[notebook.slug])
+    except NoReverseMatch:  # the project has not included django_notebooks.urls
+        return None
+
+
+def _changelist_url(model: Any, site_name: str) -> str:
+    opts = model._meta
+    return reverse(
+        f"admin:{opts.app_label}_{opts.model_name}_changelist", current_app=site_name
+    )
