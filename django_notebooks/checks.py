@@ -4,6 +4,7 @@ at server start, instead of at the first request."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import conf, registry
+from . import conf, query, registry
 
 
 @register(Tags.compatibility)
@@ -40,6 +41,36 @@ def check_installation(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+# The oldest marimo this package works with. pyproject.toml requires the same
+# ("marimo>=..."); tests/test_checks.py fails if the two differ.
+MARIMO_MINIMUM_VERSION = "0.25.2"
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    """(0, 25, 2) for "0.25.2", "0.25.2.dev3" or "0.25.2rc1"; None if the
+    version does not start with numbers."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+@register(Tags.compatibility)
+def check_marimo_version(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    installed = _version_tuple(marimo.__version__)
+    minimum = _version_tuple(MARIMO_MINIMUM_VERSION)
+    if installed is None or minimum is None or installed >= minimum:
+        return []
+    return [
+        Error(
+            f"marimo {marimo.__version__} is installed; django_notebooks needs "
+            f"marimo {MARIMO_MINIMUM_VERSION} or newer.",
+            hint=f"Upgrade it: pip install 'marimo>={MARIMO_MINIMUM_VERSION}'.",
+            id="django_notebooks.E014",
+        )
+    ]
 
 
 @register(Tags.compatibility)
@@ -124,6 +155,36 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+@register(Tags.compatibility)
+def check_query_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    try:
+        entries = [
+            (f"Notebook {slug!r}", notebook.query)
+            for slug, notebook in registry.explicit_notebooks().items()
+        ] + [
+            (f"Directory {key!r}", options.get("query"))
+            for key, options in registry.directories().items()
+        ]
+    except ImproperlyConfigured:
+        return []  # E003 says it
+    errors = []
+    for where, option in entries:
+        if option is None:
+            continue
+        try:
+            query.resolve(option)
+        except Exception as error:  # an import may fail in any way
+            errors.append(
+                Error(
+                    f"{where}: the 'query' option {option!r} is not usable: {error}",
+                    hint="Name a django.forms.Form or pydantic.BaseModel "
+                    "subclass, or its dotted path.",
+                    id="django_notebooks.E013",
+                )
+            )
+    return errors
+
+
 def _layers(app: Any) -> list[Any]:
     """An ASGI app and the apps it wraps, outermost first (Channels'
     middleware keeps the wrapped app in ``inner``, routers in ``application``)."""
@@ -200,7 +261,8 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return [
             Warning(
                 "CHANNEL_LAYERS has no default layer: logging out or losing "
-                "access will not close open notebook sessions.",
+                "access will not close open notebook sessions, and kernel calls "
+                "cannot be forwarded between server processes.",
                 hint="Set CHANNEL_LAYERS, e.g. channels_redis.core.RedisChannelLayer "
                 "(or channels.layers.InMemoryChannelLayer for one process).",
                 id="django_notebooks.W004",
@@ -209,10 +271,14 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if backend.endswith("InMemoryChannelLayer") and not settings.DEBUG:
         return [
             Warning(
-                "The in-memory channel layer reaches only this process.",
-                hint="With several server processes, use "
-                "channels_redis.core.RedisChannelLayer so that logout closes "
-                "sessions in every process.",
+                "The in-memory channel layer reaches only this process: with "
+                "several server processes, kernel calls cannot be forwarded to "
+                "the process that holds a notebook session, and logging out "
+                "does not close sessions in the other processes.",
+                hint="Running more than one server process (uvicorn --workers, "
+                "several daphne instances)? Use "
+                "channels_redis.core.RedisChannelLayer. Running exactly one? "
+                "Silence this warning.",
                 id="django_notebooks.W005",
             )
         ]

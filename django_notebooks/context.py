@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 from django.http import parse_cookie
 
-from . import conf
+from . import conf, query
+from .registry import Notebook
 
 # Credentials the notebook must never see. Cookies are filtered separately
 # (an allow-list); these headers are dropped whole.
@@ -48,11 +49,23 @@ def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
 
 
 def session_context(
-    user: Any, scope: dict[str, Any]
+    user: Any, scope: dict[str, Any], notebook: Notebook | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``request.user`` and ``request.meta`` for a new notebook session, made
-    together in one worker-thread hop (both hooks may query the database)."""
+    together in one worker-thread hop (both hooks, and a query form, may
+    query the database).
+
+    For a notebook with a ``query`` option, the websocket's query parameters
+    are validated first (raising :class:`~django_notebooks.query.InvalidQuery`)
+    and their cleaned values are ``meta["query"]``, over any ``query`` key the
+    ``REQUEST_META`` hook returned: notebook code can trust that key.
+    """
+    cleaned = None
+    if notebook is not None and notebook.query is not None:
+        cleaned = query.session_query(notebook, scope.get("query_string", b""))
     meta = request_meta(scope) if conf.get("REQUEST_META") else {}
+    if cleaned is not None:
+        meta = {**meta, "query": cleaned}
     return user_context(user), meta
 
 

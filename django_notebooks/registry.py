@@ -29,7 +29,7 @@ from . import conf
 # underscore (marimo's convention for private modules), no slashes.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ACCESS_KEYS = ("public", "groups", "permissions", "access")
-ENTRY_KEYS = frozenset({"path", "title", "description", *ACCESS_KEYS})
+ENTRY_KEYS = frozenset({"path", "title", "description", "query", *ACCESS_KEYS})
 
 T = TypeVar("T")
 
@@ -50,6 +50,9 @@ class Notebook:
     permissions: tuple[str, ...] = ()
     # A dotted path to, or a callable(user, notebook) -> bool.
     access: Any = None
+    # A Form or pydantic model (or its dotted path) for the page's query
+    # parameters; see query.py.
+    query: Any = None
     directory: str | None = field(default=None, compare=False)
 
     @property
@@ -105,6 +108,7 @@ def _notebook(
         groups=tuple(options.get("groups", ())),
         permissions=tuple(options.get("permissions", ())),
         access=options.get("access"),
+        query=options.get("query"),
         directory=directory,
     )
 

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+
+import marimo
 import pytest
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
@@ -17,6 +21,7 @@ from django.urls import re_path
 
 import django_notebooks.routing
 from django_notebooks import checks
+from tests.live import ROOT
 from tests.settings import DJANGO_NOTEBOOKS, NOTEBOOKS_DIR
 
 SQUARE = NOTEBOOKS_DIR / "square.py"
@@ -230,11 +235,17 @@ def test_kernel_routes_nested_in_another_router_are_found():
 
 @override_settings(CHANNEL_LAYERS={})
 def test_w004_no_channel_layer():
-    assert only("django_notebooks.W004").level == WARNING
+    message = only("django_notebooks.W004")
+    assert message.level == WARNING
+    assert "forwarded between server processes" in message.msg
 
 
 def test_w005_in_memory_channel_layer_outside_debug():
-    assert only("django_notebooks.W005").level == WARNING
+    message = only("django_notebooks.W005")
+    assert message.level == WARNING
+    # It says what breaks with several processes, and what to do.
+    assert "kernel calls cannot be forwarded" in message.msg
+    assert "RedisChannelLayer" in message.hint
     with override_settings(DEBUG=True):
         assert "django_notebooks.W005" not in [
             m.id for m in our_messages(include_silenced=True)
@@ -315,3 +326,29 @@ def test_w006_staticfiles_mode_needs_the_finder():
             STATICFILES_FINDERS=["django_notebooks.finders.MarimoFrontendFinder"]
         ):
             assert checks.check_frontend() == []
+
+
+@pytest.mark.parametrize("version", ["0.25.1", "0.24.9", "0.9.0"])
+def test_e014_marimo_older_than_supported(monkeypatch, version):
+    monkeypatch.setattr(marimo, "__version__", version)
+    message = only("django_notebooks.E014")
+    assert message.level == ERROR
+    assert f"marimo {version} is installed" in message.msg
+    assert f"marimo>={checks.MARIMO_MINIMUM_VERSION}" in message.hint
+    with pytest.raises(SystemCheckError, match=r"django_notebooks\.E014"):
+        call_command("check")
+
+
+@pytest.mark.parametrize(
+    "version", ["0.25.2", "0.25.10", "0.26.0.dev3", "1.0", "unknown"]
+)
+def test_supported_or_unparsable_marimo_versions_pass(monkeypatch, version):
+    monkeypatch.setattr(marimo, "__version__", version)
+    assert "django_notebooks.E014" not in ids()
+
+
+def test_the_minimum_marimo_version_is_the_one_pyproject_requires():
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    [marimo_requirement] = [d for d in dependencies if re.match(r"marimo\b", d)]
+    assert marimo_requirement == f"marimo>={checks.MARIMO_MINIMUM_VERSION}"

@@ -273,7 +273,16 @@ def test_all_notebooks_in_settings_order_then_directories_sorted(lab):
 
 def test_all_notebooks_of_the_test_settings():
     slugs = [n.slug for n in registry.all_notebooks()]
-    assert slugs[:7] == ["square", "hello", "sales", "report", "ops", "whoami", "files"]
+    assert slugs[:8] == [
+        "square",
+        "hello",
+        "sales",
+        "report",
+        "ops",
+        "whoami",
+        "files",
+        "cpu",
+    ]
     # lab/ holds demo.py, plus a private file, a helper module, a text
     # file and a symlink to a file outside: only demo is a notebook.
-    assert slugs[7:] == ["lab/demo"]
+    assert slugs[8:] == ["lab/demo"]
