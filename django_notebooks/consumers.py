@@ -106,7 +106,7 @@ def _session_opened(
     owner: str,
     channel_name: str,
 ) -> records.Elsewhere | None:
-    _record, elsewhere = records.opened(
+    elsewhere = records.opened(
         session_id,
         notebook=notebook.slug,
         user=user,
@@ -165,6 +165,7 @@ class KernelConsumer(AsyncConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.forwarded_calls: set[asyncio.Task[None]] = set()
+        self.recent_calls = relay.RecentCalls()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -339,6 +340,8 @@ class KernelConsumer(AsyncConsumer):
 
     async def notebooks_kernel_call(self, message: dict[str, Any]) -> None:
         """A kernel call for this session that reached another process."""
+        if not self.recent_calls.first_time(message.get("call_id")):
+            return  # a resend of a call already running or answered
         # Run it beside the consumer: one slow call must not hold up the
         # websocket's frames or the next call.
         task = asyncio.create_task(relay.answer(message))

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import IntegrityError
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -46,28 +47,33 @@ def owner_hash(owner: str) -> str:
 
 def opened(
     session_id: str, *, notebook: str, user: Any, owner: str, channel_name: str
-) -> tuple[NotebookSession, Elsewhere | None]:
+) -> Elsewhere | None:
     """Record that this process's consumer on ``channel_name`` holds the
-    session now. Also answers whether another process held it until now
-    (its kernel cannot move here), in which case nothing is recorded."""
+    session now; or, if another process holds it (its kernel cannot move
+    here), record nothing and say where it is."""
     previous = NotebookSession.objects.filter(session_id=session_id).first()
     if previous is not None and previous.process != PROCESS:
-        return previous, Elsewhere(previous.channel_name, previous.process)
+        return Elsewhere(previous.channel_name, previous.process)
     now = timezone.now()
-    user_id = user.pk if getattr(user, "is_authenticated", False) else None
-    record, _ = NotebookSession.objects.update_or_create(
-        session_id=session_id,
-        defaults={
-            "notebook": notebook,
-            "user_id": user_id,
-            "owner_hash": owner_hash(owner),
-            "channel_name": channel_name,
-            "process": PROCESS,
-            "opened_at": now,
-            "last_activity": now,
-        },
-    )
-    return record, None
+    fields = {
+        "notebook": notebook,
+        "user_id": user.pk if getattr(user, "is_authenticated", False) else None,
+        "owner_hash": owner_hash(owner),
+        "channel_name": channel_name,
+        "process": PROCESS,
+        "opened_at": now,
+        "last_activity": now,
+    }
+    # Single statements, not update_or_create()'s transaction: on SQLite a
+    # transaction that reads and then writes fails at once ("database is
+    # locked") when another process writes, instead of waiting its turn.
+    rows = NotebookSession.objects.filter(session_id=session_id)
+    if not rows.update(**fields):
+        try:
+            NotebookSession.objects.create(session_id=session_id, **fields)
+        except IntegrityError:  # another connection created it meanwhile
+            rows.update(**fields)
+    return None
 
 
 def closed(session_id: str, channel_name: str) -> timedelta | None:
@@ -76,17 +82,13 @@ def closed(session_id: str, channel_name: str) -> timedelta | None:
     Only the consumer that holds the row deletes it: a reconnect may already
     have replaced it with its own.
     """
-    row = (
-        NotebookSession.objects.filter(
-            session_id=session_id, channel_name=channel_name, process=PROCESS
-        )
-        .only("opened_at")
-        .first()
+    rows = NotebookSession.objects.filter(
+        session_id=session_id, channel_name=channel_name, process=PROCESS
     )
-    if row is None:
+    opened_at = rows.values_list("opened_at", flat=True).first()
+    if opened_at is None or not rows.delete()[0]:
         return None
-    row.delete()
-    return timezone.now() - row.opened_at
+    return timezone.now() - opened_at
 
 
 def touched(session_id: str) -> None:

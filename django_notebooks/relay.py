@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,10 @@ REPLY_TYPE = "notebooks.kernel_reply"
 # has stopped: the session is gone. (marimo answers kernel calls at once;
 # their results come over the websocket.)
 REPLY_TIMEOUT = 10.0
+# Sent again after this long without an answer (see forward()).
+RESEND_AFTER = 1.0
+# How many recent call ids a holder remembers, to run each call once.
+CALLS_REMEMBERED = 256
 # Sessions known to live in another process, so that their later calls skip
 # the database lookup. Ids are random and the holder checks ownership, so a
 # stale entry costs a timeout at worst, never a wrong answer.
@@ -56,6 +61,24 @@ class Reply:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+
+
+class RecentCalls:
+    """The last CALLS_REMEMBERED call ids a holder has taken."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, call_id: str | None) -> bool:
+        """Whether ``call_id`` is new (and remember it)."""
+        if call_id is None:
+            return True
+        if call_id in self._ids:
+            return False
+        self._ids[call_id] = None
+        if len(self._ids) > CALLS_REMEMBERED:
+            self._ids.popitem(last=False)
+        return True
 
 
 def session_group(session_id: str) -> str:
@@ -121,15 +144,28 @@ def request_message(
 
 
 async def forward(session_id: str, message: dict[str, Any]) -> Reply:
-    """Send a request to the process holding ``session_id``; its answer."""
+    """Send a request to the process holding ``session_id``; its answer.
+
+    The request is sent again every RESEND_AFTER seconds until an answer
+    comes: under load the channel layer may drop a message (group_send
+    drops what a full channel cannot take; a consumer's receive cancelled at
+    the wrong moment can lose one). The holder runs each ``call_id`` once.
+    """
     layer = get_channel_layer()
     assert layer is not None  # held_elsewhere() said so
     reply_channel = await layer.new_channel()
-    await layer.group_send(
-        session_group(session_id), {**message, "reply_to": reply_channel}
-    )
+    message = {**message, "reply_to": reply_channel, "call_id": uuid.uuid4().hex}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REPLY_TIMEOUT
+    receiving = asyncio.ensure_future(layer.receive(reply_channel))
     try:
-        answer = await asyncio.wait_for(layer.receive(reply_channel), REPLY_TIMEOUT)
+        while not receiving.done() and loop.time() < deadline:
+            await layer.group_send(session_group(session_id), message)
+            wait = min(RESEND_AFTER, deadline - loop.time())
+            await asyncio.wait({receiving}, timeout=max(wait, 0))
+        if not receiving.done():
+            raise TimeoutError
+        answer = receiving.result()
     except TimeoutError:
         logger.warning(
             "No answer from the process holding notebook session %s: it has "
@@ -140,6 +176,9 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         await database_sync_to_async(records.forget_elsewhere)(session_id)
         refusal = kernel_calls.SESSION_ENDED
         return json_reply(refusal.status, refusal.message)
+    finally:
+        if not receiving.done():
+            receiving.cancel()
     return Reply(
         answer["status"],
         [tuple(header) for header in answer["headers"]],

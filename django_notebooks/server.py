@@ -24,7 +24,7 @@ from typing import Any
 
 import marimo
 
-from . import _marimo, conf, frontend
+from . import _marimo, conf, frontend, orm
 
 ASGIApp = Callable[..., Any]
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class NotebookApps:
             self._session_managers[key] = _marimo.session_manager(app)
             return app
 
+        orm.install()  # before any kernel of this process runs a cell
         app = (
             marimo.create_asgi_app(**options)
             .with_app(path="", root=str(path), middleware=[remember_session_manager])
@@ -99,7 +100,7 @@ class NotebookApps:
             _forget_records()
         except Exception:  # the database may be gone by now: rows of a
             # stopped process are also deleted when a call to them times out.
-            logger.warning("Could not delete this process's session records")
+            logger.info("Could not delete this process's session records")
 
     def _install_exit_hook(self) -> None:
         if self._exit_hook_installed:

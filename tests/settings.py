@@ -44,6 +44,15 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_DB") == "postgres":
             "HOST": "127.0.0.1",
             "PORT": 5432,
             "USER": os.environ.get("PGUSER", "postgres"),
+            # tests/e2e/test_orm.py tags the server's connections to count
+            # them, and keeps its tables in a schema of its own.
+            "OPTIONS": {
+                "application_name": os.environ.get(
+                    "DJANGO_NOTEBOOKS_TEST_PG_APPLICATION", "django_notebooks-tests"
+                ),
+                "options": "-c search_path="
+                + os.environ.get("DJANGO_NOTEBOOKS_TEST_PG_SCHEMA", "public"),
+            },
         }
     }
 else:
@@ -51,6 +60,9 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("DJANGO_NOTEBOOKS_TEST_SQLITE", ":memory:"),
+            # Several server processes share the file in the end-to-end
+            # tests, on a busy machine: wait for the write lock.
+            "OPTIONS": {"timeout": 30},
         }
     }
 
@@ -75,9 +87,16 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
-                    os.environ.get(
-                        "DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0"
-                    )
+                    {
+                        "address": os.environ.get(
+                            "DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0"
+                        ),
+                        # redis-py 8 reads with a 5 s timeout by default, as
+                        # long as channels_redis's blocking BZPOPMIN waits: on
+                        # a busy event loop the read times out first and the
+                        # consumer (the websocket) dies. Wait as redis-py 7 did.
+                        "socket_timeout": None,
+                    }
                 ],
                 "prefix": os.environ.get(
                     "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests"
@@ -115,6 +134,8 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
         },
         "whoami": NOTEBOOKS_DIR / "whoami.py",
         "files": NOTEBOOKS_DIR / "files.py",
+        # CPU-bound work per run: bench/workers.py measures throughput with it.
+        "cpu": NOTEBOOKS_DIR / "cpu.py",
     },
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     "MARIMO": {
@@ -130,4 +151,24 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
 if os.environ.get("DJANGO_NOTEBOOKS_TEST_DROPBOX"):
     DJANGO_NOTEBOOKS["DIRECTORIES"]["dropbox"] = Path(
         os.environ["DJANGO_NOTEBOOKS_TEST_DROPBOX"]
+    )
+
+# A notebook that uses the ORM in its cells (tests/e2e/test_orm.py).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_ORM"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["orm"] = NOTEBOOKS_DIR / "orm.py"
+
+# Notebooks that validate their query parameters (tests/e2e/test_query.py
+# starts a server with them; in-process tests use override_settings).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_QUERY"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"].update(
+        {
+            "query-form": {
+                "path": NOTEBOOKS_DIR / "query.py",
+                "query": "tests.notebooks.query_forms.SalesQuery",
+            },
+            "query-model": {
+                "path": NOTEBOOKS_DIR / "query.py",
+                "query": "tests.notebooks.query_forms.SalesModel",
+            },
+        }
     )

@@ -328,3 +328,63 @@ async def test_a_failing_signal_receiver_is_logged_and_stops_nothing(alice, capl
         notebook_apps.close_all_sessions()
     assert "A receiver of a notebook session signal failed" in caplog.text
     assert "the audit database is down" in caplog.text
+
+
+async def test_a_request_the_layer_lost_is_sent_again(alice, monkeypatch):
+    layer = get_channel_layer()
+    session_id = new_session_id()
+    holder = await layer.new_channel()
+    await layer.group_add(relay.session_group(session_id), holder)
+    monkeypatch.setattr(relay, "RESEND_AFTER", 0.2)
+
+    async def holder_that_misses_the_first():
+        first = await layer.receive(holder)  # "lost"
+        second = await layer.receive(holder)
+        assert second["call_id"] == first["call_id"]
+        await layer.send(
+            second["reply_to"],
+            {"type": relay.REPLY_TYPE, "status": 200, "headers": [], "body": b"ok"},
+        )
+
+    answering = asyncio.create_task(holder_that_misses_the_first())
+    reply = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
+    await answering
+    assert (reply.status, reply.body) == (200, b"ok")
+
+
+async def test_the_holder_runs_a_resent_call_once(kernel, elsewhere):
+    _, cookie, session_id, slider, communicator = kernel
+    layer = get_channel_layer()
+    reply_to = await layer.new_channel()
+    record = await NotebookSession.objects.aget(session_id=session_id)
+    message = {
+        "type": relay.REQUEST_TYPE,
+        "kind": "kernel",
+        "notebook": "square",
+        "session_id": session_id,
+        "session_key": cookie.split("=", 1)[1],
+        "visitor": None,
+        "user": None,
+        "method": "POST",
+        "scheme": "http",
+        "path": CALL,
+        "mount": "/notebooks/square/",
+        "query_string": b"",
+        "headers": [
+            [b"host", b"testserver"],
+            [b"content-type", b"application/json"],
+            [b"marimo-session-id", session_id.encode()],
+        ],
+        "server": ["testserver", 80],
+        "body": b'{"objectIds": ["%s"], "values": [5]}' % slider.encode(),
+        "reply_to": reply_to,
+        "call_id": "call-1",
+    }
+    await layer.send(record.channel_name, message)
+    await layer.send(record.channel_name, message)
+    answer = await asyncio.wait_for(layer.receive(reply_to), 10)
+    assert answer["status"] == 200
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(reply_to), 1)
+    outputs = " ".join(await read_until_completed(communicator))
+    assert "square=25 user=alice" in outputs

@@ -1,0 +1,154 @@
+"""Several uvicorn worker processes behind one port: any worker takes any
+request of any session (kernel calls are forwarded to the process holding the
+session over Redis), and a worker that dies ends only its own sessions, with
+a message in the page.
+
+The workers sit behind a round-robin proxy (tests/proxy.py), so consecutive
+requests of one page go to different processes, as behind a load balancer
+without sticky sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import uuid
+
+import pytest
+
+from tests.live import LiveServer, NotebookClient, square_output
+from tests.proxy import Proxy
+from tests.security.test_revocation import redis_is_up
+
+SESSIONS = 20
+INTERACTIONS = 20
+PAGE = "/notebooks/square/"
+
+
+@pytest.fixture
+def redis_env():
+    if not redis_is_up():
+        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {
+        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
+        "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": f"dn-test-{uuid.uuid4().hex[:8]}",
+        "DJANGO_NOTEBOOKS_TEST_MAX_SESSIONS": str(SESSIONS * 2),
+        # Long enough that no kernel of this test expires while it runs.
+        "DJANGO_NOTEBOOKS_TEST_SESSION_TTL": "120",
+    }
+
+
+@pytest.fixture
+def start_workers(live_db, tmp_path, redis_env):
+    """Start N uvicorn processes sharing the database and the Redis layer."""
+    db_path = tmp_path / "db.sqlite3"
+    db_path.write_bytes(live_db.read_bytes())
+    started: list[LiveServer] = []
+
+    def start(count: int) -> list[LiveServer]:
+        for index in range(count):
+            started.append(
+                LiveServer(
+                    "uvicorn", db_path, tmp_path / f"worker{index}.log", **redis_env
+                )
+            )
+        return list(started)
+
+    start.db_path = db_path  # type: ignore[attr-defined]
+    yield start
+    for server in started:
+        server.stop()
+
+
+def holders(db_path, workers: list[LiveServer]) -> dict[str, LiveServer]:
+    """Which worker holds each open session, from the shared records."""
+    by_pid = {str(worker.process.pid): worker for worker in workers}
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT session_id, process FROM django_notebooks_notebooksession"
+        ).fetchall()
+    return {session_id: by_pid[process.split(":")[1]] for session_id, process in rows}
+
+
+async def drive(client: NotebookClient, interactions: int) -> list[str]:
+    """Open a session, move its slider ``interactions`` times; the problems."""
+    problems = []
+    async with client.kernel(PAGE) as kernel:
+        await kernel.read_until_completed()
+        [slider] = kernel.ui_element_ids()
+        for value in range(1, interactions + 1):
+            kernel.outputs.clear()
+            response = await kernel.set_ui_value(slider, value)
+            if response.status_code != 200:
+                problems.append(f"{value}: HTTP {response.status_code} {response.text}")
+                continue
+            await kernel.read_until_completed()
+            seen = square_output(kernel.outputs)
+            if seen != [f"square={value * value} user=alice"]:
+                problems.append(f"{value}: saw {seen}")
+    return problems
+
+
+@pytest.mark.parametrize("count", [2, 4])
+async def test_any_worker_takes_any_request_of_any_session(start_workers, count):
+    workers = start_workers(count)
+    with Proxy.round_robin([worker.url for worker in workers]) as proxy:
+        async with NotebookClient(proxy.url) as client:
+            await client.login("alice")
+            results = await asyncio.gather(
+                *(drive(client, INTERACTIONS) for _ in range(SESSIONS)),
+                return_exceptions=True,
+            )
+    failures = [result for result in results if result]
+    logs = [worker.log() for worker in workers]
+    assert failures == [], (failures, [log[-3000:] for log in logs])
+    assert all("Traceback" not in log for log in logs), logs
+
+
+async def test_a_killed_worker_ends_its_sessions_with_a_message(start_workers):
+    workers = start_workers(2)
+    with Proxy.round_robin([worker.url for worker in workers]) as proxy:
+        async with NotebookClient(proxy.url) as client:
+            await client.login("alice")
+            async with (
+                client.kernel(PAGE) as first,
+                client.kernel(PAGE) as second,
+            ):
+                for kernel in (first, second):
+                    await kernel.read_until_completed()
+                where = holders(start_workers.db_path, workers)
+                assert where[first.session_id] is not where[second.session_id]
+                doomed = first if where[first.session_id] is workers[0] else second
+                survivor = second if doomed is first else first
+                victim = where[doomed.session_id]
+                os.kill(victim.process.pid, signal.SIGKILL)
+                victim.process.wait(10)
+                proxy.remove_backend(victim.url)  # the load balancer's health check
+
+                # The page's websocket dropped; its reconnect reaches the
+                # surviving worker, which tells the page to reload.
+                async with client.kernel(PAGE, session_id=doomed.session_id) as again:
+                    alert = await asyncio.wait_for(again.websocket.recv(), 10)
+                    assert '"op": "alert"' in alert or '"op":"alert"' in alert
+                    assert "Reload the page" in alert
+                    await asyncio.wait_for(again.websocket.wait_closed(), 10)
+                    assert again.websocket.close_code == 4410
+                # Its kernel calls end too.
+                [slider] = doomed.ui_element_ids()
+                response = await doomed.set_ui_value(slider, 5)
+                assert response.status_code == 410
+
+                # The other worker's session goes on.
+                [slider] = survivor.ui_element_ids()
+                survivor.outputs.clear()
+                assert (await survivor.set_ui_value(slider, 4)).status_code == 200
+                await survivor.read_until_completed()
+                assert square_output(survivor.outputs) == ["square=16 user=alice"]
+
+            # And new sessions work.
+            assert await drive(client, 3) == []
