@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,7 +20,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import render, resolve_url
+from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 
 from . import (
@@ -35,9 +36,12 @@ from . import (
 )
 from .access import Access
 from .forwarding import forward_http
+from .query import page_refusal
 from .server import notebook_apps
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+logger = logging.getLogger(__name__)
 
 
 def json_error(status: int, message: str) -> JsonResponse:
@@ -65,7 +69,12 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "django_notebooks/index.html",
-        {"notebooks": notebooks, "login_url": resolve_url(settings.LOGIN_URL)},
+        {
+            "notebooks": notebooks,
+            "logged_in": request.user.is_authenticated,
+            # LOGIN_URL?next=<this page>, as a refused notebook page redirects.
+            "login_url": redirect_to_login(request.get_full_path()).url,
+        },
     )
 
 
@@ -94,6 +103,8 @@ async def serve(
     request: HttpRequest, location: str
 ) -> HttpResponse | StreamingHttpResponse:
     """Answer one request at or below a notebook's page."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return _websocket_misrouted(request, location)
     response = await _serve(request, location)
     # Framing by this site only: the embedding tag needs it, other sites may
     # not frame notebooks (XFrameOptionsMiddleware keeps a header set here).
@@ -132,6 +143,11 @@ async def _serve_read(
         query = request.META.get("QUERY_STRING", "")
         return HttpResponseRedirect(request.path + "/" + (f"?{query}" if query else ""))
 
+    if is_page and notebook.query is not None:
+        # The kernel websocket checks the query again: this is for a clear page.
+        refusal = await database_sync_to_async(page_refusal)(request, notebook)
+        if refusal is not None:
+            return refusal
     if found.subpath.startswith("@file/"):
         # marimo keeps a kernel's downloads in the memory of its process.
         elsewhere = await _session_elsewhere(request, found.notebook)
@@ -278,6 +294,26 @@ async def _forward_elsewhere(
     for name, value in reply.headers:
         response.headers[name.decode("latin-1")] = value.decode("latin-1")
     return response
+
+
+def _websocket_misrouted(request: HttpRequest, location: str) -> HttpResponse:
+    """A kernel websocket handshake that reached Django's HTTP views.
+
+    An ASGI server with websocket support hands websockets to the Channels
+    consumer, never to a view. Arriving here, it came through a server that
+    cannot hold a websocket (a WSGI server such as gunicorn's sync workers,
+    ``runserver`` without Daphne): say so, instead of marimo's bare 404.
+    """
+    prefix = request.path[: len(request.path) - len(location)]
+    message = (
+        f"The notebook websocket {request.path} reached a server without "
+        "websocket support (a WSGI server, or runserver without 'daphne' in "
+        "INSTALLED_APPS). Notebooks need your ASGI application: serve "
+        f"{prefix} with Daphne or uvicorn (see the deployment docs, 'WSGI and "
+        "ASGI side by side')."
+    )
+    logger.error(message)
+    return HttpResponse(message, status=501, content_type="text/plain")
 
 
 def _looks_like_page(location: str) -> bool:

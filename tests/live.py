@@ -66,11 +66,12 @@ def server_env(db_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def prepare_database(db_path: Path) -> Path:
-    """Create a SQLite database with the test users, in a subprocess."""
+def prepare_database(db_path: Path, **extra: str) -> Path:
+    """Create a SQLite database with the test users, in a subprocess (or, with
+    ``DJANGO_NOTEBOOKS_TEST_DB=postgres`` in ``extra``, the PostgreSQL one)."""
     subprocess.run(
         [sys.executable, "-c", SETUP_SCRIPT.format(users=USERS)],
-        env=server_env(db_path),
+        env=server_env(db_path, **extra),
         cwd=ROOT,
         check=True,
         timeout=120,
@@ -102,6 +103,25 @@ def server_command(kind: str, port: int) -> list[str]:
             str(port),
             "--lifespan",
             "off",
+        ]
+    if kind == "gunicorn":
+        # WSGI (the test project's pages beside an ASGI server); no control
+        # socket, whose one default path concurrent gunicorns would share.
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "tests.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--no-control-socket",
+            # Load Django before listening, so a test's first request does
+            # not wait for the workers to import it.
+            "--preload",
+            "--access-logfile",
+            "-",
         ]
     raise ValueError(kind)
 

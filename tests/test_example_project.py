@@ -148,6 +148,16 @@ async def test_demo_command_serves_the_example(tmp_path):
             private = await anonymous.http.get("/notebooks/whoami/")
             assert private.status_code == 302
             assert private.headers["location"].startswith("/accounts/login/")
+            # The page with embedded notebooks, and the script that sizes them.
+            assert 'href="/embed/"' in home.text
+            embed = await anonymous.http.get("/embed/")
+            assert embed.status_code == 200
+            assert '<iframe class="dn-embed" src="/notebooks/savings/"' in embed.text
+            assert 'href="/accounts/login/?next=/embed/"' in embed.text
+            assert "/notebooks/sales/" not in embed.text
+            script = await anonymous.http.get("/static/django_notebooks/embed.js")
+            assert script.status_code == 200
+            assert "data-notebook-autosize" in script.text
 
         async with NotebookClient(demo.url) as alice:
             await alice.login("alice", "alice")
@@ -155,6 +165,15 @@ async def test_demo_command_serves_the_example(tmp_path):
             assert "/notebooks/sales/" in links
             assert "/notebooks/lab/primes/" in links
             assert (await alice.http.get("/notebooks/sales/")).status_code == 200
+            # The orders notebook's URL parameters go through demo.forms.
+            orders = "/notebooks/orders/"
+            valid = await alice.http.get(f"{orders}?region=North&since=2025-02-01")
+            assert valid.status_code == 200
+            invalid = await alice.http.get(f"{orders}?since=2025-02-30")
+            assert invalid.status_code == 400
+            assert "<code>since</code>: Enter a valid date." in invalid.text
+            embed = (await alice.http.get("/embed/")).text
+            assert 'src="/notebooks/sales/?region=North"' in embed
             # The kernel websocket runs through the example's asgi.py, and
             # the notebook sees the Django user and the REQUEST_META hook.
             async with alice.kernel("/notebooks/whoami/") as kernel:
@@ -169,5 +188,16 @@ async def test_demo_command_serves_the_example(tmp_path):
             assert "/notebooks/whoami/" in links
             assert "/notebooks/sales/" not in links
             assert (await bob.http.get("/notebooks/sales/")).status_code == 403
+            embed = (await bob.http.get("/embed/")).text
+            assert "You do not have access to the notebook" in embed
+            assert "/notebooks/sales/" not in embed
+
+        # The admin lists the example's notebooks, directory ones included.
+        async with NotebookClient(demo.url) as admin:
+            await admin.login("admin", "admin")
+            page = await admin.http.get("/admin/django_notebooks/registerednotebook/")
+            assert page.status_code == 200
+            for slug in ("savings", "whoami", "sales", "lab/primes"):
+                assert f'value="{slug}"' in page.text
 
         assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"

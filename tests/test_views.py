@@ -268,9 +268,10 @@ async def test_index_lists_only_the_notebooks_the_user_may_open():
         "/notebooks/sales/",
         "/notebooks/whoami/",
         "/notebooks/files/",
+        "/notebooks/cpu/",
         "/notebooks/lab/demo/",
     ]
-    for title in ("Square", "Hello", "Sales", "Whoami", "Files", "Demo"):
+    for title in ("Square", "Hello", "Sales", "Whoami", "Files", "Cpu", "Demo"):
         assert f">{title}</a>" in html, title
 
 

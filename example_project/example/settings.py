@@ -104,6 +104,15 @@ DJANGO_NOTEBOOKS = {
             "A table with a region filter.",
             "groups": ["sales"],
         },
+        "orders": {
+            "path": NOTEBOOKS_DIR / "orders.py",
+            "title": "Orders",
+            "description": "Any logged-in user. Its URL takes parameters "
+            "(?region=North&since=2025-02-01), checked by a Django form.",
+            # A form that validates the page's query parameters; the notebook
+            # gets its cleaned_data in mo.app_meta().request.meta["query"].
+            "query": "demo.forms.OrdersQuery",
+        },
     },
     # Every notebook in this folder is served at /notebooks/lab/<file name>/
     # to logged-in users; add a file and it shows up without a restart.

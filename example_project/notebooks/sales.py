@@ -53,9 +53,13 @@ def _(mo):
 
 @app.cell
 def _(SALES, mo):
+    _regions = sorted({row["region"] for row in SALES})
+    # A page may pick the region in the URL (?region=North), as the demo's
+    # embedding page does with {% notebook "sales" region="North" %}.
+    _asked = mo.query_params().get("region")
     region = mo.ui.dropdown(
-        ["All regions", *sorted({row["region"] for row in SALES})],
-        value="All regions",
+        ["All regions", *_regions],
+        value=_asked if _asked in _regions else "All regions",
         label="Region",
     )
     min_revenue = mo.ui.slider(0, 5000, step=250, value=0, label="Minimum revenue")
