@@ -10,12 +10,19 @@ daemon, so while one lives the interpreter cannot exit and servers hang on
 SIGTERM. marimo's own CLI closes them through its session manager, which it
 keeps on the notebook app's Starlette state. We do the same, here and nowhere
 else. ``tests/test_marimo_contract.py`` fails loudly when marimo moves it.
+
+The same goes for the executor that runs notebook cells (see
+``django_notebooks/orm.py``): marimo looks executors up in a registry whose
+entry-point group, ``marimo.cell.executor``, it declares internal and
+unstable, so the bridge registers its executor at run time, in the server
+process only, through the functions below.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +95,51 @@ def alert_frame(title: str, description: str) -> str:
             "data": {"title": title, "description": description, "variant": "danger"},
         }
     )
+
+
+def register_cell_executor(name: str, factory: Callable[[], Any]) -> None:
+    """Make marimo run the cells of this process's kernels with the executor
+    ``factory`` returns (marimo calls it once per run of cells).
+
+    marimo uses one registered executor: if another package registered one,
+    marimo picks by name and warns; so do we, naming the one left out.
+    """
+    try:
+        from marimo._runtime.executor.evaluator import _EXECUTOR_REGISTRY
+    except ImportError as error:
+        raise MarimoInternalsChanged(
+            "marimo no longer has marimo._runtime.executor.evaluator."
+            "_EXECUTOR_REGISTRY; synchronous ORM calls in cells will fail."
+        ) from error
+    if not callable(getattr(_EXECUTOR_REGISTRY, "register", None)):
+        raise MarimoInternalsChanged(
+            "marimo's executor registry has no register(); synchronous ORM "
+            "calls in cells will fail."
+        )
+    others = [other for other in _EXECUTOR_REGISTRY.names() if other != name]
+    if others:
+        logger.warning(
+            "Other marimo cell executors are installed (%s); marimo uses only "
+            "the first by name, so %s may not run notebook cells.",
+            ", ".join(others),
+            name,
+        )
+    _EXECUTOR_REGISTRY.register(name, factory)
+
+
+def default_cell_executor() -> Any:
+    """marimo's own cell executor (``execute_cell`` runs a synchronous cell,
+    ``execute_cell_async`` any cell), which the bridge's executor wraps."""
+    try:
+        from marimo._runtime.executor import DefaultExecutor
+    except ImportError as error:
+        raise MarimoInternalsChanged(
+            "marimo no longer has marimo._runtime.executor.DefaultExecutor."
+        ) from error
+    return DefaultExecutor()
+
+
+def is_async_cell(cell: Any) -> bool:
+    """Whether a cell (marimo's ``CellImpl``) uses top-level ``await``, so
+    that it must run on the event loop."""
+    return bool(cell.is_coroutine())

@@ -181,6 +181,9 @@ async def test_demo_command_serves_the_example(tmp_path):
             seen = "\n".join(kernel.outputs)
             assert "Hello, alice!" in seen
             assert "Example Project" in seen
+            # A cell that reads alice's groups with the synchronous ORM.
+            assert "From the database" in seen
+            assert "your groups are sales," in seen
 
         async with NotebookClient(demo.url) as bob:
             await bob.login("bob", "bob")

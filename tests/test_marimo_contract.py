@@ -1,8 +1,8 @@
 """What the bridge relies on in marimo, checked against the installed version.
 
 Only ``marimo.create_asgi_app`` and ``mo.app_meta()`` are public; the session
-manager on the notebook app's state is an internal (see
-``django_notebooks/_marimo.py``). When marimo moves any of this, these tests
+manager on the notebook app's state and the cell executor registry are
+internals (see ``django_notebooks/_marimo.py``). When marimo moves any of this, these tests
 fail and name the marimo version that did.
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import marimo
 import pytest
 
-from django_notebooks import _marimo
+from django_notebooks import _marimo, orm
 from tests.settings import NOTEBOOKS_DIR
 
 WHOAMI = NOTEBOOKS_DIR / "whoami.py"
+EVENT_LOOP = NOTEBOOKS_DIR / "event_loop.py"
 MARIMO = f"marimo {marimo.__version__}"
 TIMEOUT = 60
 
@@ -196,4 +197,91 @@ async def test_scope_user_dict_reaches_app_meta_request_unchanged(built):
     contract(
         manager.close_session(session_id) is False,
         "returns False from close_session() for an unknown session",
+    )
+
+
+# The cell executor (django_notebooks/orm.py).
+
+
+def test_marimo_has_the_executor_registry_and_default_executor():
+    from marimo._runtime.executor import resolve_executor
+
+    try:
+        default = _marimo.default_cell_executor()
+    except _marimo.MarimoInternalsChanged as error:
+        pytest.fail(f"{MARIMO}: {error}", pytrace=False)
+    for method in ("execute_cell", "execute_cell_async"):
+        contract(
+            callable(getattr(default, method, None)),
+            f"has DefaultExecutor.{method}()",
+        )
+
+    class Probe:
+        name = "probe"
+
+    # A name that sorts first: marimo uses the first registered executor.
+    name = "0-django_notebooks-contract-probe"
+    try:
+        _marimo.register_cell_executor(name, Probe)
+        contract(
+            isinstance(resolve_executor(), Probe),
+            "builds cell executors with the factory registered under "
+            "marimo.cell.executor",
+        )
+    except _marimo.MarimoInternalsChanged as error:
+        pytest.fail(f"{MARIMO}: {error}", pytrace=False)
+    finally:
+        from marimo._runtime.executor import _EXECUTOR_REGISTRY
+
+        _EXECUTOR_REGISTRY.unregister(name)
+
+
+def loop_seen(frames: list[dict]) -> dict[str, bool]:
+    seen = {}
+    for frame in frames:
+        output = (frame.get("data") or {}).get("output") or {}
+        data = output.get("data")
+        if isinstance(data, str):
+            for kind, value in re.findall(r"LOOP-(SYNC|ASYNC) (true|false)", data):
+                seen[kind] = value == "true"
+    return seen
+
+
+async def test_run_mode_kernels_run_cells_through_the_registered_executor():
+    orm.install()  # as the server does before its first notebook app
+    managers = []
+
+    def factory(notebook_app):
+        managers.append(notebook_app.state.session_manager)
+        return notebook_app
+
+    app = (
+        marimo.create_asgi_app(quiet=True, session_ttl=5)
+        .with_app(path="", root=str(EVENT_LOOP), middleware=[factory])
+        .build()
+    )
+    session_id = "s_executor"
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "server": ("testserver", 80),
+        "root_path": "/event_loop",
+        "path": "/event_loop/ws",
+        "query_string": f"session_id={session_id}".encode(),
+        "headers": [(b"host", b"testserver")],
+        "subprotocols": [],
+    }
+    frames, inbox, task = await open_kernel(app, scope)
+    try:
+        seen = loop_seen(frames)
+    finally:
+        await inbox.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(task, TIMEOUT)
+        managers[0].close_session(session_id)
+    contract(
+        seen == {"SYNC": False, "ASYNC": True},
+        "runs run-mode cells through the registered executor's "
+        "execute_cell_async (a cell without await saw no running event loop, "
+        f"one with await saw it: expected {{'SYNC': False, 'ASYNC': True}}, got {seen})",
     )

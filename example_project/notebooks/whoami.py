@@ -39,6 +39,29 @@ def _(mo, request):
 
 @app.cell
 def _(mo, request):
+    # Django's ORM works in cells, plain synchronous code included. Outside
+    # the Django server (marimo edit) Django is not set up: skip this cell.
+    from django.apps import apps
+
+    mo.stop(not apps.ready or "id" not in (request.user or {}))
+    from django.contrib.auth.models import User
+
+    _me = User.objects.get(pk=request.user["id"])
+    _groups = ", ".join(_me.groups.order_by("name").values_list("name", flat=True))
+    mo.md(
+        f"""
+        ## From the database
+
+        Read with Django's ORM in this cell: you joined on
+        {_me.date_joined:%B %d, %Y}, your groups are {_groups or "none"}, and
+        the site has {User.objects.filter(is_active=True).count()} active users.
+        """
+    )
+    return
+
+
+@app.cell
+def _(mo, request):
     mo.vstack(
         [
             mo.md(
