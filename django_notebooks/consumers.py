@@ -340,11 +340,9 @@ class KernelConsumer(AsyncConsumer):
 
     async def notebooks_kernel_call(self, message: dict[str, Any]) -> None:
         """A kernel call for this session that reached another process."""
-        if not self.recent_calls.first_time(message.get("call_id")):
-            return  # a resend of a call already running or answered
         # Run it beside the consumer: one slow call must not hold up the
         # websocket's frames or the next call.
-        task = asyncio.create_task(relay.answer(message))
+        task = asyncio.create_task(relay.answer(message, self.recent_calls))
         self.forwarded_calls.add(task)
         task.add_done_callback(self.forwarded_calls.discard)
 

@@ -64,21 +64,29 @@ class Reply:
 
 
 class RecentCalls:
-    """The last CALLS_REMEMBERED call ids a holder has taken."""
+    """The answers to the last CALLS_REMEMBERED calls a holder has taken,
+    so that a resent call is run once and answered again."""
+
+    RUNNING = None
 
     def __init__(self) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._answers: OrderedDict[str, Reply | None] = OrderedDict()
 
-    def first_time(self, call_id: str | None) -> bool:
-        """Whether ``call_id`` is new (and remember it)."""
-        if call_id is None:
-            return True
-        if call_id in self._ids:
-            return False
-        self._ids[call_id] = None
-        if len(self._ids) > CALLS_REMEMBERED:
-            self._ids.popitem(last=False)
-        return True
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._answers
+
+    def answer_to(self, call_id: str) -> Reply | None:
+        """The answer given to ``call_id``; ``None`` while it runs."""
+        return self._answers[call_id]
+
+    def started(self, call_id: str) -> None:
+        self._answers[call_id] = self.RUNNING
+        if len(self._answers) > CALLS_REMEMBERED:
+            self._answers.popitem(last=False)
+
+    def answered(self, call_id: str, reply: Reply) -> None:
+        if call_id in self._answers:
+            self._answers[call_id] = reply
 
 
 def session_group(session_id: str) -> str:
@@ -147,9 +155,11 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
     """Send a request to the process holding ``session_id``; its answer.
 
     The request is sent again every RESEND_AFTER seconds until an answer
-    comes: under load the channel layer may drop a message (group_send
-    drops what a full channel cannot take; a consumer's receive cancelled at
-    the wrong moment can lose one). The holder runs each ``call_id`` once.
+    comes: the channel layer may drop a message, the request or the answer
+    (channels_redis loses the message it is popping when a consumer's
+    receive is cancelled, as happens whenever a websocket closes; group_send
+    drops what a full channel cannot take). The holder runs each
+    ``call_id`` once and answers resends with the same answer.
     """
     layer = get_channel_layer()
     assert layer is not None  # held_elsewhere() said so
@@ -192,20 +202,36 @@ def json_reply(status: int, message: str) -> Reply:
     return Reply(status, [(b"content-type", b"application/json")], body)
 
 
-async def answer(message: dict[str, Any]) -> None:
+async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> None:
     """Run a request forwarded by another process and send back the answer.
 
-    Runs in the process holding the session (called by its consumer).
+    Runs in the process holding the session (called by its consumer). A
+    resent call (same ``call_id``: the asking process got no answer yet) is
+    not run again: its answer is sent again once there is one.
     """
+    call_id = message.get("call_id")
+    if recent is not None and call_id:
+        if call_id in recent:
+            earlier = recent.answer_to(call_id)
+            if earlier is not None:
+                await _send_reply(message["reply_to"], earlier)
+            return
+        recent.started(call_id)
     try:
         reply = await _run(message)
     except Exception:
         logger.exception("A forwarded notebook request failed")
         reply = json_reply(500, "The notebook failed to answer.")
+    if recent is not None and call_id:
+        recent.answered(call_id, reply)
+    await _send_reply(message["reply_to"], reply)
+
+
+async def _send_reply(reply_to: str, reply: Reply) -> None:
     layer = get_channel_layer()
     if layer is not None:
         await layer.send(
-            message["reply_to"],
+            reply_to,
             {
                 "type": REPLY_TYPE,
                 "status": reply.status,
