@@ -142,8 +142,13 @@ class NotebookSessionAdmin(admin.ModelAdmin):
     ) -> bool:
         return False
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(
+        self, request: HttpRequest, action_location: Any = None
+    ) -> dict[str, Any]:
+        # Django 6.1 passes where the actions show (and deprecates overrides
+        # without the parameter); older versions call get_actions(request).
+        extra = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **extra)
         # Deleting a row would not close the session: "terminate" does.
         actions.pop("delete_selected", None)
         return actions

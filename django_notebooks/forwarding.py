@@ -38,6 +38,10 @@ DROPPED_RESPONSE_HEADERS = frozenset(
     }
 )
 QUEUE_SIZE = 8
+# Seconds an app may take to end after its last body message (Starlette
+# stops its disconnect listener, runs background tasks) before it is
+# cancelled, as a server lets it end instead of cancelling it at once.
+END_GRACE = 1.0
 _END = object()
 
 
@@ -148,6 +152,7 @@ async def forward_http(
         return response
 
     async def stream() -> AsyncIterator[bytes]:
+        complete = False
         try:
             item = first
             while item is not _END:
@@ -155,10 +160,16 @@ async def forward_http(
                 if data:
                     yield data
                 if not item.get("more_body", False):
+                    complete = True
                     break
                 item = await next_chunk()
         finally:
             finished.set()
+            if complete and not task.done():
+                # An app waiting in receive() has just been woken with the
+                # disconnect; cancelling it now would lose that (on Python
+                # 3.12+, whose wait_for no longer absorbs the cancellation).
+                await asyncio.wait({task}, timeout=END_GRACE)
             if not task.done():
                 task.cancel()
             await _quietly(task)

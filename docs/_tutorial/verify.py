@@ -8,11 +8,19 @@ its test extras installed (or ``PYTHONPATH`` pointing at the checkout):
 
     python docs/_tutorial/verify.py
 
+With ``--python``, the tutorial's commands (``django-admin``, ``manage.py``)
+run with that interpreter of a virtual environment where the package was
+installed, as step 1 installs it, and the checkout stays off their path; this
+script still drives the server from its own interpreter:
+
+    python docs/_tutorial/verify.py --python /tmp/venv/bin/python
+
 It exits non-zero, saying which step failed, when the tutorial no longer works.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -95,12 +103,12 @@ class Server:
     their own, so that stopping it reaches both, as CONTROL-C in a terminal
     does."""
 
-    def __init__(self, project: Path, env: dict[str, str]) -> None:
+    def __init__(self, python: str, project: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}"],
+            [python, "manage.py", "runserver", f"127.0.0.1:{self.port}"],
             cwd=project,
             env={**env, "PYTHONUNBUFFERED": "1"},  # its output, as it happens
             stdout=self.log,
@@ -327,27 +335,67 @@ async def log_in_without_check(client: httpx.AsyncClient) -> None:
     )
 
 
-def main() -> None:
+def commands(venv_python: Path | None) -> tuple[str, list[str], dict[str, str]]:
+    """The interpreter, the ``django-admin`` command and the environment the
+    tutorial's commands run with."""
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), env.get("PYTHONPATH", "")])
+    if venv_python is None:
+        python = sys.executable
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), env.get("PYTHONPATH", "")])
+        )
+    else:
+        # What `source .venv/bin/activate` does; nothing from this checkout.
+        python = str(venv_python)
+        env.pop("PYTHONPATH", None)
+        env["VIRTUAL_ENV"] = str(venv_python.parent.parent)
+        env["PATH"] = os.pathsep.join([str(venv_python.parent), env["PATH"]])
+    # The django-admin of this interpreter's Django (PATH may hold another).
+    django_admin = Path(python).parent / "django-admin"
+    if django_admin.exists():
+        return python, [str(django_admin)], env
+    return python, [python, "-m", "django"], env
+
+
+def check_installed_package(python: str, project: Path, env: dict[str, str]) -> None:
+    """With ``--python``: the project runs the installed package."""
+    where = run(
+        python,
+        "-c",
+        "import django_notebooks; print(django_notebooks.__file__)",
+        cwd=project,
+        env=env,
+    ).strip()
+    check(
+        "site-packages" in where and not Path(where).is_relative_to(ROOT),
+        f"the project uses the installed package ({where})",
     )
-    django_admin = shutil.which("django-admin") or None
+    versions = run(
+        python,
+        "-c",
+        "import sys; from importlib.metadata import version; "
+        "print('Python', sys.version.split()[0], *(f'{n} {version(n)}' for n in "
+        "('django-notebooks', 'django', 'channels', 'daphne', 'marimo')))",
+        cwd=project,
+        env=env,
+    )
+    print(f"versions: {versions.strip()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--python",
+        type=Path,
+        help="the python of a virtual environment where django_notebooks is "
+        "installed; the tutorial's commands run with it",
+    )
+    args = parser.parse_args(argv)
+    python, django_admin, env = commands(args.python)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        if django_admin:
-            run(django_admin, "startproject", "mysite", cwd=workdir, env=env)
-        else:
-            run(
-                sys.executable,
-                "-m",
-                "django",
-                "startproject",
-                "mysite",
-                cwd=workdir,
-                env=env,
-            )
+        run(*django_admin, "startproject", "mysite", cwd=workdir, env=env)
         project = workdir / "mysite"
         edit_settings(project / "mysite" / "settings.py")
         for relative in (
@@ -360,9 +408,23 @@ def main() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(HERE / "mysite" / relative, target)
 
-        run(sys.executable, "manage.py", "migrate", cwd=project, env=env)
+        if args.python is not None:
+            check_installed_package(python, project, env)
+        run(python, "manage.py", "migrate", cwd=project, env=env)
+        output = run(
+            python,
+            "manage.py",
+            "showmigrations",
+            "django_notebooks",
+            cwd=project,
+            env=env,
+        )
+        check(
+            "[X] 0001_initial" in output and "[ ]" not in output,
+            "migrate applied django_notebooks' migrations",
+        )
         run(
-            sys.executable,
+            python,
             "manage.py",
             "shell",
             "-c",
@@ -370,13 +432,13 @@ def main() -> None:
             cwd=project,
             env=env,
         )
-        output = run(sys.executable, "manage.py", "check", cwd=project, env=env)
+        output = run(python, "manage.py", "check", cwd=project, env=env)
         check(
             "System check identified no issues" in output,
             "manage.py check reports no issues",
         )
 
-        server = Server(project, env)
+        server = Server(python, project, env)
         try:
             deadline = time.monotonic() + 10
             while "Quit the server with CONTROL-C." not in server.output():
@@ -413,7 +475,7 @@ def main() -> None:
                 "the autoreloader restarted the server after settings.py changed",
             )
             run(
-                sys.executable,
+                python,
                 "manage.py",
                 "shell",
                 "-c",
