@@ -1,0 +1,82 @@
+"""The several-workers benchmark still runs end to end:
+``python bench/workers.py --quick``.
+
+No timing is asserted (the machine is shared and noisy). The test checks that
+the benchmark starts its uvicorn processes on a Redis layer, moves a slider
+through both the process holding the session and the other one, drives a
+CPU-bound notebook on 1 and 2 processes with kernel calls spread over them
+(so about half are forwarded), sees every output right, and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.security.test_revocation import redis_is_up
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
+    if not redis_is_up():
+        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "workers.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "bench/workers.py",
+            "--quick",
+            "--no-bare",
+            "--pairs",
+            "10",
+            "--round-seconds",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop the servers it started.
+        process.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(f"bench/workers.py --quick ran over {TIMEOUT} s:\n{stderr[-3000:]}")
+    assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
+    assert "### Forwarded vs local latency" in stdout
+    assert "| bridge, 2 workers | 2 |" in stdout
+
+    results = json.loads(out.read_text())
+    latency = results["latency"]["square"]
+    assert latency["n"] == 10
+    assert len(latency["samples_ms"]["forwarded"]) == 10
+    rows = {row["name"]: row for row in results["throughput"]}
+    assert set(rows) == {"bridge, 1 worker", "bridge, 2 workers"}
+    for row in rows.values():
+        assert row["failures"] == 0, row["problems"]
+        assert row["interactions"] > 0
+    assert rows["bridge, 1 worker"]["forwarded_share"] == 0
+    # Calls go to the two processes in turn: half reach the other one.
+    assert 0.4 <= rows["bridge, 2 workers"]["forwarded_share"] <= 0.6
+    assert results["notes"] == []  # no traceback in any server log
