@@ -589,6 +589,11 @@ def summarize_throughput(
                     if tally.completed
                     else None
                 ),
+                # How much of the machine the servers got: with other work
+                # on it, W processes may not get W cores.
+                "server_cores_used": (
+                    tally.server_cpu / tally.seconds if tally.seconds else 0.0
+                ),
                 "client_cpu_ms_per_interaction": (
                     tally.client_cpu * 1000 / tally.completed
                     if tally.completed
@@ -680,8 +685,8 @@ def throughput_table(rows: list[dict[str, Any]], plan: Plan) -> list[str]:
     out = [
         f"| configuration ({plan.sessions} sessions) | processes | interactions/s "
         "| vs 1 worker | failures | interaction median | p95 | calls forwarded "
-        "| server CPU per interaction | client CPU per interaction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU per interaction | server CPU used | client CPU per interaction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratio = f"{row['vs_1_worker']:.2f}x" if row["vs_1_worker"] else "–"
@@ -690,6 +695,7 @@ def throughput_table(rows: list[dict[str, Any]], plan: Plan) -> list[str]:
             f"| {ratio} | {row['failures']} | {fmt_ms(row['latency_median_ms'])} "
             f"| {fmt_ms(row['latency_p95_ms'])} | {row['forwarded_share'] * 100:.0f} % "
             f"| {fmt_ms(row['server_cpu_ms_per_interaction'])} "
+            f"| {row['server_cores_used']:.2f} cores "
             f"| {fmt_ms(row['client_cpu_ms_per_interaction'])} |"
         )
     return out
