@@ -391,3 +391,68 @@ async def test_the_holder_runs_a_resent_call_once(kernel, elsewhere):
     again = await asyncio.wait_for(layer.receive(reply_to), 10)
     assert again == answer
     assert await communicator.receive_nothing(timeout=1)
+
+
+async def test_a_download_of_a_session_held_elsewhere_is_forwarded(alice, monkeypatch):
+    import re
+
+    from django_notebooks import sessions
+
+    _, cookie = alice
+    communicator = websocket(
+        f"/notebooks/files/ws?session_id={new_session_id()}", cookie
+    )
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    try:
+        outputs = " ".join(await read_until_completed(communicator))
+        [virtual] = re.findall(r"\./(@file/[^\"'\\&]+)", outputs)
+        # This process no longer holds the session: the download must be
+        # fetched from the one that does.
+        monkeypatch.setattr(records, "PROCESS", "other-host:1:abc")
+        monkeypatch.setattr(
+            sessions.bindings, "has_open_session", lambda owner, notebook: False
+        )
+        forwarded = []
+        forward = relay.forward
+
+        async def counting_forward(session_id, message):
+            forwarded.append(message["kind"])
+            return await forward(session_id, message)
+
+        monkeypatch.setattr(relay, "forward", counting_forward)
+        transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+            response = await http.get(
+                f"/notebooks/files/{virtual}", headers={"Cookie": cookie}
+            )
+        assert response.status_code == 200
+        assert response.content == b"0123456789" * 50_000
+        assert forwarded == ["file"]
+    finally:
+        await communicator.disconnect()
+        notebook_apps.close_all_sessions()
+
+
+async def test_last_activity_is_written_now_and_then(kernel, monkeypatch):
+    from django_notebooks import sessions
+
+    _, cookie, session_id, slider, communicator = kernel
+    before = (await NotebookSession.objects.aget(session_id=session_id)).last_activity
+    monkeypatch.setattr(sessions, "ACTIVITY_EVERY", 0.0)
+    transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+        response = await http.post(
+            CALL,
+            json={"objectIds": [slider], "values": [2]},
+            headers={
+                "Cookie": cookie,
+                "Origin": ORIGIN,
+                "Marimo-Session-Id": session_id,
+            },
+        )
+    assert response.status_code == 200
+    await read_until_completed(communicator)
+    await asyncio.gather(*records._pending_writes)
+    after = (await NotebookSession.objects.aget(session_id=session_id)).last_activity
+    assert after > before
