@@ -179,6 +179,42 @@ class LiveServer:
         return time.monotonic() - started
 
 
+def redis_is_up() -> bool:
+    """Whether Redis answers on 127.0.0.1:6379."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def require_redis() -> None:
+    """Skip the calling test without Redis; fail it under CI, which starts
+    Redis (.ci/run), so that a missing Redis cannot pass unnoticed."""
+    if not redis_is_up():
+        import pytest
+
+        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+async def communicator_outputs(communicator: Any) -> list[str]:
+    """Cell outputs from an in-process ``WebsocketCommunicator``, up to the
+    next ``completed-run``."""
+    outputs = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=30)
+        if frame["op"] == "cell-op":
+            data = ((frame.get("data") or {}).get("output") or {}).get("data")
+            if isinstance(data, str):
+                outputs.append(data)
+        if frame["op"] == "completed-run":
+            return outputs
+
+
 def new_session_id() -> str:
     """A session id shaped like the ones marimo's frontend makes."""
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"

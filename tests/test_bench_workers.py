@@ -11,7 +11,6 @@ CPU-bound notebook on 1 and 2 processes with kernel calls spread over them
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.test_revocation import redis_is_up
+from tests.live import require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
@@ -28,11 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
-    if not redis_is_up():
-        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis()
     out = tmp_path / "workers.json"
     process = subprocess.Popen(
         [

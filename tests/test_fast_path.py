@@ -15,6 +15,7 @@ from django_notebooks.server import notebook_apps
 from tests.asgi import django_asgi_app
 from tests.compat import create_user, force_login
 from tests.live import UI_ELEMENT, new_session_id
+from tests.live import communicator_outputs as read_until_completed
 from tests.settings import DJANGO_NOTEBOOKS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,18 +57,6 @@ async def kernel(django_user_model):
     manager = notebook_apps.session_manager_for(DJANGO_NOTEBOOKS["NOTEBOOKS"]["square"])
     if manager is not None:
         manager.close_all_sessions()
-
-
-async def read_until_completed(communicator) -> list[str]:
-    outputs = []
-    while True:
-        frame = await communicator.receive_json_from(timeout=30)
-        if frame["op"] == "cell-op":
-            data = ((frame.get("data") or {}).get("output") or {}).get("data")
-            if isinstance(data, str):
-                outputs.append(data)
-        if frame["op"] == "completed-run":
-            return outputs
 
 
 async def test_owner_kernel_call_is_answered_before_django(kernel):

@@ -18,9 +18,8 @@ import uuid
 
 import pytest
 
-from tests.live import LiveServer, NotebookClient, square_output
+from tests.live import LiveServer, NotebookClient, require_redis, square_output
 from tests.proxy import Proxy
-from tests.security.test_revocation import redis_is_up
 
 SESSIONS = 20
 INTERACTIONS = 20
@@ -29,11 +28,7 @@ PAGE = "/notebooks/square/"
 
 @pytest.fixture
 def redis_env():
-    if not redis_is_up():
-        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis()
     return {
         "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
         "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": f"dn-test-{uuid.uuid4().hex[:8]}",

@@ -7,7 +7,6 @@ sessions on the ASGI side."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 
@@ -19,7 +18,7 @@ from tests.proxy import Proxy
 from tests.security.test_revocation import (
     closed_within,
     logout,
-    redis_is_up,
+    require_redis,
     run_in_other_process,
 )
 
@@ -30,11 +29,7 @@ PREFIX = "/notebooks/"
 def side_by_side(live_db, tmp_path_factory):
     """The proxy, the WSGI server and the ASGI server (for the whole module:
     each test logs in users of its own)."""
-    if not redis_is_up():
-        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis()
     env = {
         "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
         "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": f"dn-test-{uuid.uuid4().hex[:8]}",

@@ -6,8 +6,6 @@ another process than the server holding the websocket."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import uuid
 import pytest
 import websockets
 
-from tests.live import ROOT, LiveServer, NotebookClient, server_env
+from tests.live import ROOT, LiveServer, NotebookClient, require_redis, server_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -75,23 +73,10 @@ def run_in_other_process(db_path, env, code: str) -> None:
     )
 
 
-def redis_is_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def redis_server(live_db, tmp_path):
     """A daphne server on a Redis channel layer, with a database of its own."""
-    if not redis_is_up():
-        message = "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis()
     db_path = tmp_path / "db.sqlite3"
     db_path.write_bytes(live_db.read_bytes())
     env = {
