@@ -105,22 +105,22 @@ def _session_opened(
     user: Any,
     owner: str,
     channel_name: str,
-) -> records.Elsewhere | None:
-    elsewhere = records.opened(
+) -> bool:
+    recorded = records.opened(
         session_id,
         notebook=notebook.slug,
         user=user,
         owner=owner,
         channel_name=channel_name,
     )
-    if elsewhere is None:
+    if recorded:
         _send(
             signals.notebook_session_started,
             user=user,
             notebook=notebook,
             session_id=session_id,
         )
-    return elsewhere
+    return recorded
 
 
 def _session_closed(
@@ -254,8 +254,7 @@ class KernelConsumer(AsyncConsumer):
                 ),
             )
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
-        elsewhere = await self._record_opened(user)
-        if elsewhere is not None:
+        if not await self._record_opened(user):
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
             # move, so the page must start a new session.
@@ -313,21 +312,22 @@ class KernelConsumer(AsyncConsumer):
 
     # The session's database record, its signals and its channel-layer group.
 
-    async def _record_opened(self, user: Any) -> records.Elsewhere | None:
+    async def _record_opened(self, user: Any) -> bool:
+        """Record the session; ``False`` if another process holds it."""
         assert self.session_id and self.owner and self.notebook
-        elsewhere = await database_sync_to_async(_session_opened)(
+        recorded = await database_sync_to_async(_session_opened)(
             self.session_id,
             notebook=self.notebook,
             user=user,
             owner=self.owner,
             channel_name=getattr(self, "channel_name", "") or "",
         )
-        if elsewhere is None and self.channel_layer is not None:
+        if recorded and self.channel_layer is not None:
             self.revocation_groups += (relay.session_group(self.session_id),)
             await self.channel_layer.group_add(
                 relay.session_group(self.session_id), self.channel_name
             )
-        return elsewhere
+        return recorded
 
     async def _record_closed(self) -> None:
         assert self.session_id and self.notebook

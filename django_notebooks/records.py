@@ -14,7 +14,6 @@ import asyncio
 import os
 import secrets
 import socket
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,14 +29,6 @@ from .models import NotebookSession
 PROCESS = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-@dataclass(frozen=True)
-class Elsewhere:
-    """A session whose websocket another server process holds."""
-
-    channel_name: str
-    process: str
-
-
 def owner_hash(owner: str) -> str:
     """The stored form of an owner key (which holds a session key)."""
     return salted_hmac(
@@ -47,13 +38,12 @@ def owner_hash(owner: str) -> str:
 
 def opened(
     session_id: str, *, notebook: str, user: Any, owner: str, channel_name: str
-) -> Elsewhere | None:
+) -> bool:
     """Record that this process's consumer on ``channel_name`` holds the
-    session now; or, if another process holds it (its kernel cannot move
-    here), record nothing and say where it is."""
-    previous = NotebookSession.objects.filter(session_id=session_id).first()
-    if previous is not None and previous.process != PROCESS:
-        return Elsewhere(previous.channel_name, previous.process)
+    session now. ``False`` (and nothing recorded) if another process holds
+    it: its kernel cannot move here."""
+    if held_elsewhere(session_id):
+        return False
     now = timezone.now()
     fields = {
         "notebook": notebook,
@@ -73,7 +63,7 @@ def opened(
             NotebookSession.objects.create(session_id=session_id, **fields)
         except IntegrityError:  # another connection created it meanwhile
             rows.update(**fields)
-    return None
+    return True
 
 
 def closed(session_id: str, channel_name: str) -> timedelta | None:
@@ -113,17 +103,13 @@ def touch_later(session_id: str) -> None:
     task.add_done_callback(_pending_writes.discard)
 
 
-def elsewhere(session_id: str) -> Elsewhere | None:
-    """Where a session held by another server process is, if anywhere."""
-    row = (
+def held_elsewhere(session_id: str) -> bool:
+    """Whether another server process holds this session's websocket."""
+    return (
         NotebookSession.objects.filter(session_id=session_id)
         .exclude(process=PROCESS)
-        .values_list("channel_name", "process")
-        .first()
+        .exists()
     )
-    if row is None or not row[0]:
-        return None
-    return Elsewhere(*row)
 
 
 def forget_elsewhere(session_id: str) -> None:

@@ -102,8 +102,7 @@ async def held_elsewhere(session_id: str) -> bool:
     if session_id in _known_elsewhere:
         _known_elsewhere.move_to_end(session_id)
         return True
-    found = await database_sync_to_async(records.elsewhere)(session_id)
-    if found is None:
+    if not await database_sync_to_async(records.held_elsewhere)(session_id):
         return False
     _known_elsewhere[session_id] = None
     if len(_known_elsewhere) > KNOWN_ELSEWHERE_MAX:
