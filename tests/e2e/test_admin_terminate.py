@@ -93,9 +93,12 @@ async def test_terminate_in_the_admin_closes_a_session_held_by_another_process(
         assert response.status_code == 302, response.text
 
         # The holder closed the session and deleted its row; the admin says so.
-        after = await root.http.get(SESSIONS)
+        after = await root.http.get(SESSIONS, params={"q": kernel.session_id})
         assert "Terminated 1 notebook session." in after.text
         assert ROW.findall(after.text) == []
+        # (Other rows the copied database holds are not this session's.)
+        everything = await root.http.get(SESSIONS)
+        assert row not in ROW.findall(everything.text)
 
         # The session is over for its kernel calls too.
         call = await alice.post_kernel(
