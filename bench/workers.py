@@ -7,7 +7,8 @@ between them over a Redis channel layer), on this machine, in one run.
     python bench/workers.py --out r.json     # also write the results as JSON
 
 1. Forwarded vs local latency: two uvicorn processes A and B of the test
-   project (``tests.asgi``) share a SQLite database and a Redis layer. One
+   project (``tests.asgi``) share a SQLite database and a Redis layer
+   (channels_redis's RedisChannelLayer, then its RedisPubSubChannelLayer). One
    session of ``tests/notebooks/square.py`` (then one of ``cpu.py``) has its
    kernel websocket on A; its slider is moved by POSTs to A (local) and to
    B (forwarded to A), alternately, and each interaction is timed from the
@@ -19,6 +20,7 @@ between them over a Redis channel layer), on this machine, in one run.
    they can, each POST going to the next process in turn, so that most are
    forwarded when there are several. Rounds of a fixed time alternate between
    the configurations; the result is interactions completed per second.
+   Several processes run on each channel layer.
 
 Every output is checked; see bench/README.md.
 """
@@ -98,6 +100,12 @@ def cpu_shown(outputs: list[str], value: int) -> bool:
     return shown == [(str(value), str(EXPECTED[value]))]
 
 
+# The channel layers processes can share (DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER).
+LAYERS = {
+    "redis": "RedisChannelLayer",
+    "redis-pubsub": "RedisPubSubChannelLayer",
+}
+
 # The notebooks the latency part can use: page and the check of an output.
 LATENCY_NOTEBOOKS = {
     "square": (LATENCY_PAGE, square_shown),  # a tiny cell: the relay alone
@@ -118,6 +126,7 @@ class Plan:
     quick: bool
     pairs: int  # measured (local, forwarded) pairs of interactions
     latency_notebooks: tuple[str, ...]
+    layers: tuple[str, ...]
     warmup: int  # unmeasured interactions per session first
     workers: tuple[int, ...]
     sessions: int  # concurrent sessions in the throughput runs
@@ -129,11 +138,16 @@ class Plan:
     def for_args(cls, args: argparse.Namespace) -> Plan:
         workers = tuple(int(w) for w in args.workers.split(",")) if args.workers else ()
         notebooks = tuple(n for n in args.latency_notebooks.split(",") if n)
+        layers = tuple(layer for layer in args.layers.split(",") if layer)
+        unknown = set(layers) - set(LAYERS)
+        if unknown or not layers:
+            raise SystemExit(f"--layers: choose among {', '.join(LAYERS)}")
         if args.quick:
             return cls(
                 quick=True,
                 pairs=args.pairs or 20,
                 latency_notebooks=notebooks or ("square",),
+                layers=layers,
                 warmup=2,
                 workers=workers or (1, 2),
                 sessions=args.sessions or 4,
@@ -145,6 +159,7 @@ class Plan:
             quick=False,
             pairs=args.pairs or 300,
             latency_notebooks=notebooks or ("square", "cpu"),
+            layers=layers,
             warmup=10,
             workers=workers or (1, 2, 4),
             sessions=args.sessions or 8,
@@ -220,15 +235,21 @@ class Deployment:
 
 
 def bridge(
-    name: str, count: int, workdir: Path, db: Path, page: str, tag: str
+    name: str,
+    count: int,
+    workdir: Path,
+    db: Path,
+    page: str,
+    tag: str,
+    layer: str = "redis",
 ) -> Deployment:
     """``count`` uvicorn processes of the test project on one database copy
-    and one Redis prefix (started by start_all)."""
+    and one Redis prefix of channel layer ``layer`` (started by start_all)."""
     own_db = workdir / f"db-{tag}.sqlite3"
     shutil.copyfile(db, own_db)
     prefix = f"dn-bench-{uuid.uuid4().hex[:8]}-{tag}"
     env = {
-        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
+        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": layer,
         "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": prefix,
         # One user opens all the sessions of a run.
         "DJANGO_NOTEBOOKS_TEST_MAX_SESSIONS": "64",
@@ -653,12 +674,19 @@ LATENCY_LABELS = {
 }
 
 
-def latency_table(results: dict[str, dict[str, Any]]) -> list[str]:
+def latency_table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     rows = [
-        "| notebook | measure | local (POST to A) | forwarded (POST to B) | added "
-        "| ratio |",
-        "|---|---|---|---|---|---|",
+        "| channel layer | notebook | measure | local (POST to A) "
+        "| forwarded (POST to B) | added | ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for layer, by_notebook in results.items():
+        rows += [f"| {LAYERS[layer]} {row}" for row in latency_rows(by_notebook)]
+    return rows
+
+
+def latency_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
     labels = {
         "total": "interaction (POST -> completed-run on the websocket)",
         "post": "POST round trip (request -> response)",
@@ -679,6 +707,18 @@ def latency_table(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{fmt_ms(paired, sign=True)} | |"
             )
     return rows
+
+
+def latency_verdict(layer: str, notebook: str, lat: dict[str, Any]) -> str:
+    verdict = "met" if lat["target_met"] else "**not met**"
+    return (
+        f"- {LAYERS[layer]}, {LATENCY_LABELS[notebook]}: target (forwarding adds "
+        f"at most {TARGET_ADDED_MS:.0f} ms to the median interaction) {verdict} "
+        f"({lat['total_added_median_ms']:+.2f} ms; median of the paired "
+        f"differences {lat['total_paired_difference_median_ms']:+.2f} ms). The "
+        f"first forwarded call (the session looked up in the database) took "
+        f"{lat['first_forwarded_post_ms']:.1f} ms to answer."
+    )
 
 
 def throughput_table(rows: list[dict[str, Any]], plan: Plan) -> list[str]:
@@ -723,6 +763,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="notebooks of the latency part: square (a tiny cell), cpu (about "
         "30 ms of work) (default square,cpu; quick square)",
+    )
+    parser.add_argument(
+        "--layers",
+        default=",".join(LAYERS),
+        help="channel layers between the processes: redis (channels_redis's "
+        "RedisChannelLayer), redis-pubsub (its RedisPubSubChannelLayer) "
+        "(default both)",
     )
     parser.add_argument(
         "--workers",
@@ -823,7 +870,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dn-bench-workers-"))
     try:
         db = prepare_database(workdir / "db.sqlite3")
-        pair = bridge("bridge, 2 workers", 2, workdir, db, LATENCY_PAGE, "latency")
+        pairs = {
+            layer: bridge(
+                f"latency pair, {LAYERS[layer]}",
+                2,
+                workdir,
+                db,
+                LATENCY_PAGE,
+                f"latency-{layer}",
+                layer,
+            )
+            for layer in plan.layers
+        }
         deployments: list[Deployment] = []
         if not args.skip_throughput:
             if plan.bare:
@@ -837,19 +895,35 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             for count in plan.workers:
-                name = f"bridge, {count} worker{'s' if count > 1 else ''}"
-                deployments.append(
-                    bridge(name, count, workdir, db, CPU_PAGE, f"w{count}")
-                )
-        everything = deployments if args.skip_latency else [pair, *deployments]
+                # (One process forwards nothing: its channel layer hardly matters.)
+                for layer in plan.layers[:1] if count == 1 else plan.layers:
+                    name = f"bridge, {count} worker{'s' if count > 1 else ''}"
+                    if layer != "redis":
+                        name += f" ({LAYERS[layer]})"
+                    deployments.append(
+                        bridge(
+                            name,
+                            count,
+                            workdir,
+                            db,
+                            CPU_PAGE,
+                            f"w{count}-{layer}",
+                            layer,
+                        )
+                    )
+        everything = (
+            deployments if args.skip_latency else [*pairs.values(), *deployments]
+        )
 
         async def work() -> None:
             if not args.skip_latency:
                 results["latency"] = {}
-                for notebook in plan.latency_notebooks:
-                    measured = await measure_latency(pair, plan, notebook)
-                    measured["load_average_after"] = load_average()
-                    results["latency"][notebook] = measured
+                for layer, pair in pairs.items():
+                    results["latency"][layer] = {}
+                    for notebook in plan.latency_notebooks:
+                        measured = await measure_latency(pair, plan, notebook)
+                        measured["load_average_after"] = load_average()
+                        results["latency"][layer][notebook] = measured
             if deployments:
                 tallies = await measure_throughput(deployments, plan)
                 results["throughput"] = summarize_throughput(deployments, tallies)
@@ -872,15 +946,9 @@ def main(argv: list[str] | None = None) -> int:
             *latency_table(results["latency"]),
             "",
         ]
-        for notebook, lat in results["latency"].items():
-            verdict = "met" if lat["target_met"] else "**not met**"
-            report.append(
-                f"- {LATENCY_LABELS[notebook]}: target (forwarding adds at most "
-                f"{TARGET_ADDED_MS:.0f} ms to the median interaction) {verdict} "
-                f"({lat['total_added_median_ms']:+.2f} ms). The first forwarded "
-                f"call (the session looked up in the database) took "
-                f"{lat['first_forwarded_post_ms']:.1f} ms to answer."
-            )
+        for layer, by_notebook in results["latency"].items():
+            for notebook, lat in by_notebook.items():
+                report.append(latency_verdict(layer, notebook, lat))
     if "throughput" in results:
         report += [
             "",

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,10 @@ REPLY_TYPE = "notebooks.kernel_reply"
 # has stopped: the session is gone. (marimo answers kernel calls at once;
 # their results come over the websocket.)
 REPLY_TIMEOUT = 10.0
+# The answer when the channel layer itself fails.
+LAYER_FAILED = kernel_calls.Refusal(
+    503, "The notebook session cannot be reached right now: try again."
+)
 # Sent again after this long without an answer (see forward()).
 RESEND_AFTER = 1.0
 # How many recent call ids a holder remembers, to run each call once.
@@ -87,6 +92,70 @@ class RecentCalls:
     def answered(self, call_id: str, reply: Reply) -> None:
         if call_id in self._answers:
             self._answers[call_id] = reply
+
+
+class ReplyChannel:
+    """The channel on which this event loop's forwarded calls get their
+    answers, read by one task that hands each answer to the call waiting for
+    it (by ``call_id``).
+
+    One channel for every call rather than one per call: the answer then
+    costs no channel set-up, and RedisPubSubChannelLayer, which subscribes to
+    each channel it receives from and stays subscribed, holds one
+    subscription per process rather than one per call ever made.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.name = ""
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def expect(self, call_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the answer to ``call_id``; ``forget()`` it after."""
+        if self._reader is None or self._reader.done():
+            # (Subscribed before the request goes out, on a pub/sub layer.)
+            self.name = await self.layer.new_channel()
+            self._reader = asyncio.create_task(self._read(self.name))
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = answer
+        return answer
+
+    def forget(self, call_id: str) -> None:
+        self._waiting.pop(call_id, None)
+
+    async def _read(self, name: str) -> None:
+        try:
+            while True:
+                message = await self.layer.receive(name)
+                # (A resent call may be answered twice: the second finds no
+                # one waiting.)
+                waiting = self._waiting.pop(message.get("call_id"), None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message)
+        except Exception as error:
+            # The layer failed (Redis went away): the calls waiting fail with
+            # it, and the next call reads a new channel.
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(error)
+            self._waiting.clear()
+            raise
+
+
+# One per event loop (a WSGI server runs each async view in a loop of its own).
+_reply_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReplyChannel] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reply_channel(layer: Any) -> ReplyChannel:
+    """The running event loop's reply channel on ``layer``."""
+    loop = asyncio.get_running_loop()
+    channel = _reply_channels.get(loop)
+    if channel is None or channel.layer is not layer:
+        channel = _reply_channels[loop] = ReplyChannel(layer)
+    return channel
 
 
 def session_group(session_id: str) -> str:
@@ -159,22 +228,26 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
     receive is cancelled, as happens whenever a websocket closes; group_send
     drops what a full channel cannot take). The holder runs each
     ``call_id`` once and answers resends with the same answer.
+
+    A channel layer that fails (Redis unreachable) gives a ``503``: the
+    session may well be alive.
     """
     layer = get_channel_layer()
     assert layer is not None  # held_elsewhere() said so
-    reply_channel = await layer.new_channel()
-    message = {**message, "reply_to": reply_channel, "call_id": uuid.uuid4().hex}
+    replies = reply_channel(layer)
+    call_id = uuid.uuid4().hex
     loop = asyncio.get_running_loop()
     deadline = loop.time() + REPLY_TIMEOUT
-    receiving = asyncio.ensure_future(layer.receive(reply_channel))
     try:
-        while not receiving.done() and loop.time() < deadline:
+        answering = await replies.expect(call_id)
+        message = {**message, "reply_to": replies.name, "call_id": call_id}
+        while not answering.done() and loop.time() < deadline:
             await layer.group_send(session_group(session_id), message)
             wait = min(RESEND_AFTER, deadline - loop.time())
-            await asyncio.wait({receiving}, timeout=max(wait, 0))
-        if not receiving.done():
+            await asyncio.wait({answering}, timeout=max(wait, 0))
+        if not answering.done():
             raise TimeoutError
-        answer = receiving.result()
+        answer = answering.result()
     except TimeoutError:
         logger.warning(
             "No answer from the process holding notebook session %s: it has "
@@ -185,9 +258,14 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         await database_sync_to_async(records.forget_elsewhere)(session_id)
         refusal = kernel_calls.SESSION_ENDED
         return json_reply(refusal.status, refusal.message)
+    except Exception:
+        logger.exception(
+            "The channel layer failed while forwarding a call for notebook session %s",
+            session_id,
+        )
+        return json_reply(LAYER_FAILED.status, LAYER_FAILED.message)
     finally:
-        if not receiving.done():
-            receiving.cancel()
+        replies.forget(call_id)
     return Reply(
         answer["status"],
         [tuple(header) for header in answer["headers"]],
@@ -213,7 +291,7 @@ async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> 
         if call_id in recent:
             earlier = recent.answer_to(call_id)
             if earlier is not None:
-                await _send_reply(message["reply_to"], earlier)
+                await _send_reply(message["reply_to"], call_id, earlier)
             return
         recent.started(call_id)
     try:
@@ -223,16 +301,17 @@ async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> 
         reply = json_reply(500, "The notebook failed to answer.")
     if recent is not None and call_id:
         recent.answered(call_id, reply)
-    await _send_reply(message["reply_to"], reply)
+    await _send_reply(message["reply_to"], call_id, reply)
 
 
-async def _send_reply(reply_to: str, reply: Reply) -> None:
+async def _send_reply(reply_to: str, call_id: str | None, reply: Reply) -> None:
     layer = get_channel_layer()
     if layer is not None:
         await layer.send(
             reply_to,
             {
                 "type": REPLY_TYPE,
+                "call_id": call_id,
                 "status": reply.status,
                 "headers": [list(header) for header in reply.headers],
                 "body": reply.body,

@@ -81,16 +81,26 @@ TEMPLATES = [
     }
 ]
 
-if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
+# "redis": channels_redis's list-based layer; "redis-pubsub": its pub/sub one,
+# each configured as docs/topics/deployment.md shows.
+_LAYER = os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER")
+_REDIS = os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+_REDIS_PREFIX = os.environ.get("DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests")
+if _LAYER == "redis-pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [_REDIS], "prefix": _REDIS_PREFIX},
+        }
+    }
+elif _LAYER == "redis":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
-                        "address": os.environ.get(
-                            "DJANGO_NOTEBOOKS_TEST_REDIS", "redis://127.0.0.1:6379/0"
-                        ),
+                        "address": _REDIS,
                         # redis-py 8 reads with a 5 s timeout by default, as
                         # long as channels_redis's blocking BZPOPMIN waits: on
                         # a busy event loop the read times out first and the
@@ -98,9 +108,7 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER") == "redis":
                         "socket_timeout": None,
                     }
                 ],
-                "prefix": os.environ.get(
-                    "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX", "dn-tests"
-                ),
+                "prefix": _REDIS_PREFIX,
             },
         }
     }

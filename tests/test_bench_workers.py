@@ -2,10 +2,11 @@
 ``python bench/workers.py --quick``.
 
 No timing is asserted (the machine is shared and noisy). The test checks that
-the benchmark starts its uvicorn processes on a Redis layer, moves a slider
-through both the process holding the session and the other one, drives a
-CPU-bound notebook on 1 and 2 processes with kernel calls spread over them
-(so about half are forwarded), sees every output right, and stops cleanly.
+the benchmark starts its uvicorn processes on each of channels_redis's two
+layers, moves a slider through both the process holding the session and the
+other one, drives a CPU-bound notebook on 1 and 2 processes with kernel calls
+spread over them (so about half are forwarded), sees every output right, and
+stops cleanly.
 """
 
 from __future__ import annotations
@@ -61,20 +62,26 @@ def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
     assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
     assert "### Forwarded vs local latency" in stdout
     assert "| bridge, 2 workers | 2 |" in stdout
+    assert "| bridge, 2 workers (RedisPubSubChannelLayer) | 2 |" in stdout
 
     results = json.loads(out.read_text())
-    latency = results["latency"]["square"]
-    assert latency["n"] == 10
-    assert len(latency["samples_ms"]["forwarded"]) == 10
+    assert set(results["latency"]) == {"redis", "redis-pubsub"}
+    for by_notebook in results["latency"].values():
+        latency = by_notebook["square"]
+        assert latency["n"] == 10
+        assert len(latency["samples_ms"]["forwarded"]) == 10
     rows = {row["name"]: row for row in results["throughput"]}
-    assert set(rows) == {"bridge, 1 worker", "bridge, 2 workers"}
+    two_workers = ["bridge, 2 workers", "bridge, 2 workers (RedisPubSubChannelLayer)"]
+    assert set(rows) == {"bridge, 1 worker", *two_workers}
     for row in rows.values():
         assert row["failures"] == 0, row["problems"]
         assert row["interactions"] > 0
     assert rows["bridge, 1 worker"]["forwarded_share"] == 0
     # Each session sends its calls to the two processes in turn: half of
     # them, give or take one per session, reach the other process.
-    two = rows["bridge, 2 workers"]
     sessions = results["plan"]["sessions"]
-    assert abs(two["forwarded_share"] - 0.5) <= sessions / (2 * two["interactions"])
+    for name in two_workers:
+        two = rows[name]
+        margin = sessions / (2 * two["interactions"])
+        assert abs(two["forwarded_share"] - 0.5) <= margin, name
     assert results["notes"] == []  # no traceback in any server log

@@ -10,6 +10,7 @@ check; the holding side (the consumer and ``relay.answer``) is untouched.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -330,15 +331,91 @@ async def test_a_request_the_layer_lost_is_sent_again(alice, monkeypatch):
         first = await layer.receive(holder)  # "lost"
         second = await layer.receive(holder)
         assert second["call_id"] == first["call_id"]
-        await layer.send(
-            second["reply_to"],
-            {"type": relay.REPLY_TYPE, "status": 200, "headers": [], "body": b"ok"},
-        )
+        await layer.send(second["reply_to"], reply_to(second, b"ok"))
 
     answering = asyncio.create_task(holder_that_misses_the_first())
     reply = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
     await answering
     assert (reply.status, reply.body) == (200, b"ok")
+
+
+def reply_to(request: dict, body: bytes) -> dict:
+    return {
+        "type": relay.REPLY_TYPE,
+        "call_id": request["call_id"],
+        "status": 200,
+        "headers": [],
+        "body": body,
+    }
+
+
+async def test_answers_reach_their_own_calls_over_one_reply_channel():
+    layer = get_channel_layer()
+    session_id = new_session_id()
+    holder = await layer.new_channel()
+    await layer.group_add(relay.session_group(session_id), holder)
+
+    async def holder_answering_in_reverse():
+        first = await layer.receive(holder)
+        second = await layer.receive(holder)
+        # Both calls wait on the same channel: no channel per call.
+        assert first["reply_to"] == second["reply_to"]
+        await layer.send(second["reply_to"], reply_to(second, second["body"]))
+        await layer.send(first["reply_to"], reply_to(first, first["body"]))
+        # A stray answer (to a call already answered) is dropped.
+        await layer.send(first["reply_to"], reply_to(first, b"again"))
+
+    answering = asyncio.create_task(holder_answering_in_reverse())
+    one, two = await asyncio.gather(
+        relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"one"}),
+        relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"two"}),
+    )
+    await answering
+    assert (one.body, two.body) == (b"one", b"two")
+
+    # The next call waits on the same channel again.
+    answering = asyncio.create_task(holder_answering_once(layer, holder))
+    three = await relay.forward(
+        session_id, {"type": relay.REQUEST_TYPE, "body": b"three"}
+    )
+    assert three.body == b"three"
+    assert (await answering)["reply_to"] == relay.reply_channel(layer).name
+
+
+async def holder_answering_once(layer, holder) -> dict:
+    request = await layer.receive(holder)
+    await layer.send(request["reply_to"], reply_to(request, request["body"]))
+    return request
+
+
+async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
+    monkeypatch, caplog
+):
+    layer = get_channel_layer()
+    session_id = new_session_id()
+    holder = await layer.new_channel()
+    await layer.group_add(relay.session_group(session_id), holder)
+    replies = relay.reply_channel(layer)
+    receive = layer.receive
+
+    async def broken_receive(channel):
+        if channel == replies.name:
+            raise ConnectionError("Redis went away")
+        return await receive(channel)
+
+    monkeypatch.setattr(layer, "receive", broken_receive)
+    failed = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
+    assert failed.status == 503
+    assert json.loads(failed.body) == {"error": relay.LAYER_FAILED.message}
+    assert "Redis went away" in caplog.text
+    monkeypatch.setattr(layer, "receive", receive)
+    await layer.receive(holder)  # (the failed call's request)
+
+    # The next call reads a channel of its own again, and is answered.
+    answering = asyncio.create_task(holder_answering_once(layer, holder))
+    reply = await relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"ok"})
+    assert reply.body == b"ok"
+    await answering
 
 
 async def test_the_holder_runs_a_resent_call_once(kernel, elsewhere):

@@ -5,7 +5,8 @@ a message in the page.
 
 The workers sit behind a round-robin proxy (tests/proxy.py), so consecutive
 requests of one page go to different processes, as behind a load balancer
-without sticky sessions.
+without sticky sessions. They share channels_redis's RedisChannelLayer or its
+RedisPubSubChannelLayer (the ``layer`` parameter).
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ INTERACTIONS = 20
 PAGE = "/notebooks/square/"
 
 
+@pytest.fixture(params=["redis", "redis-pubsub"])
+def layer(request):
+    """The channel layer the workers share (tests/settings.py)."""
+    return request.param
+
+
 @pytest.fixture
-def redis_env():
+def redis_env(layer):
     require_redis()
     return {
-        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
+        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": layer,
         "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": f"dn-test-{uuid.uuid4().hex[:8]}",
         "DJANGO_NOTEBOOKS_TEST_MAX_SESSIONS": str(SESSIONS * 2),
         # Long enough that no kernel of this test expires while it runs.
@@ -89,7 +96,10 @@ async def drive(client: NotebookClient, interactions: int) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("count", [2, 4])
+@pytest.mark.parametrize(
+    "count, layer",
+    [(2, "redis"), (4, "redis"), (2, "redis-pubsub"), (4, "redis-pubsub")],
+)
 async def test_any_worker_takes_any_request_of_any_session(start_workers, count):
     workers = start_workers(count)
     with Proxy.round_robin([worker.url for worker in workers]) as proxy:

@@ -73,14 +73,15 @@ def run_in_other_process(db_path, env, code: str) -> None:
     )
 
 
-@pytest.fixture
-def redis_server(live_db, tmp_path):
-    """A daphne server on a Redis channel layer, with a database of its own."""
+@pytest.fixture(params=["redis", "redis-pubsub"])
+def redis_server(request, live_db, tmp_path):
+    """A daphne server on a Redis channel layer (channels_redis's list-based
+    layer, then its pub/sub layer), with a database of its own."""
     require_redis()
     db_path = tmp_path / "db.sqlite3"
     db_path.write_bytes(live_db.read_bytes())
     env = {
-        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": "redis",
+        "DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER": request.param,
         "DJANGO_NOTEBOOKS_TEST_REDIS_PREFIX": f"dn-test-{uuid.uuid4().hex[:8]}",
     }
     server = LiveServer("daphne", db_path, tmp_path / "server.log", **env)
