@@ -263,8 +263,9 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 "CHANNEL_LAYERS has no default layer: logging out or losing "
                 "access will not close open notebook sessions, and kernel calls "
                 "cannot be forwarded between server processes.",
-                hint="Set CHANNEL_LAYERS, e.g. channels_redis.core.RedisChannelLayer "
-                "(or channels.layers.InMemoryChannelLayer for one process).",
+                hint="Set CHANNEL_LAYERS, e.g. "
+                "channels_redis.pubsub.RedisPubSubChannelLayer (or "
+                "channels.layers.InMemoryChannelLayer for one process).",
                 id="django_notebooks.W004",
             )
         ]
@@ -277,7 +278,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 "does not close sessions in the other processes.",
                 hint="Running more than one server process (uvicorn --workers, "
                 "several daphne instances)? Use "
-                "channels_redis.core.RedisChannelLayer. Running exactly one? "
+                "channels_redis.pubsub.RedisPubSubChannelLayer. Running exactly one? "
                 "Silence this warning.",
                 id="django_notebooks.W005",
             )

@@ -245,17 +245,19 @@ def test_w005_in_memory_channel_layer_outside_debug():
     assert message.level == WARNING
     # It says what breaks with several processes, and what to do.
     assert "kernel calls cannot be forwarded" in message.msg
-    assert "RedisChannelLayer" in message.hint
+    assert "channels_redis.pubsub.RedisPubSubChannelLayer" in message.hint
     with override_settings(DEBUG=True):
         assert "django_notebooks.W005" not in [
             m.id for m in our_messages(include_silenced=True)
         ]
-    with override_settings(
-        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    for backend in (
+        "channels_redis.core.RedisChannelLayer",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
     ):
-        assert "django_notebooks.W005" not in [
-            m.id for m in our_messages(include_silenced=True)
-        ]
+        with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": backend}}):
+            assert "django_notebooks.W005" not in [
+                m.id for m in our_messages(include_silenced=True)
+            ]
 
 
 @override_settings(DJANGO_NOTEBOOKS={"NOTEBOOK": {"sq": SQUARE}, "ALLOWED_COOKIE": []})
