@@ -135,12 +135,12 @@ class ReplyChannel:
                     waiting.set_result(message)
         except Exception as error:
             # The layer failed (Redis went away): the calls waiting fail with
-            # it, and the next call reads a new channel.
+            # it (forward() logs it), and the next call reads a new channel.
+            logger.warning("The reply channel of forwarded calls failed: %r", error)
             for waiting in self._waiting.values():
                 if not waiting.done():
                     waiting.set_exception(error)
             self._waiting.clear()
-            raise
 
 
 # One per event loop (a WSGI server runs each async view in a loop of its own).

@@ -408,6 +408,7 @@ async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
     assert failed.status == 503
     assert json.loads(failed.body) == {"error": relay.LAYER_FAILED.message}
     assert "Redis went away" in caplog.text
+    assert "The reply channel of forwarded calls failed" in caplog.text
     monkeypatch.setattr(layer, "receive", receive)
     await layer.receive(holder)  # (the failed call's request)
 
