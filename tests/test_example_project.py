@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import NotebookClient, free_port
+from tests.live import NotebookClient, free_port, require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = ROOT / "example_project"
@@ -204,3 +204,77 @@ async def test_demo_command_serves_the_example(tmp_path):
                 assert f'value="{slug}"' in page.text
 
         assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"
+
+
+@contextmanager
+def example_under_uvicorn(db_path: Path, log_path: Path, **env: str) -> Iterator[Demo]:
+    """The example project under uvicorn, as its README's "two server
+    processes" runs it (one process per call here, each on its own port)."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "example.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--lifespan",
+                "off",
+            ],
+            cwd=EXAMPLE_DIR,
+            env={**example_env(db_path), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Demo(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until_listening(server)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+async def test_two_processes_of_the_example_share_redis(tmp_path):
+    require_redis()
+    db_path = tmp_path / "db.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=EXAMPLE_DIR,
+        env=example_env(db_path),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    redis = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    page = "/notebooks/savings/"
+    with (
+        example_under_uvicorn(db_path, tmp_path / "a.log", **redis) as a,
+        example_under_uvicorn(db_path, tmp_path / "b.log", **redis) as b,
+    ):
+        async with NotebookClient(a.url) as on_a, NotebookClient(b.url) as on_b:
+            assert (await on_a.http.get(page)).status_code == 200
+            on_b.http.cookies.update(on_a.http.cookies)  # one browser
+            async with on_a.kernel(page) as kernel:
+                await kernel.read_until_completed()
+                deposit, _rate, years = kernel.ui_element_ids()
+                # Widget changes sent to B reach the kernel on A.
+                kernel.outputs.clear()
+                response = await on_b.post_kernel(
+                    page,
+                    "set_ui_element_value",
+                    kernel.session_id,
+                    {"objectIds": [deposit, years], "values": [100, 2]},
+                )
+                assert response.status_code == 200, response.text
+                await kernel.read_until_completed()
+        seen = "\n".join(kernel.outputs)
+        # Two years of 100 a month: 2,400 paid in.
+        assert "After <strong>2 years</strong>" in seen, seen
+        assert '<td style="text-align: right;">2,400</td>' in seen, seen
+        for server in (a, b):
+            assert "Traceback" not in server.output(), server.output()

@@ -68,8 +68,18 @@ DATABASES = {
 }
 
 # One process, so the in-memory layer is enough to tell open notebook
-# sessions that their user logged out. Use channels_redis with several.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# sessions that their user logged out. With several (uvicorn --workers 2),
+# set REDIS_URL: the processes then share channels_redis's pub/sub layer,
+# which also carries kernel calls to the process holding their session.
+if os.environ.get("REDIS_URL"):
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
