@@ -2,7 +2,7 @@
 """Benchmark: the bridge on several server processes (kernel calls forwarded
 between them over a Redis channel layer), on this machine, in one run.
 
-    python bench/workers.py                  # full run (about 5 minutes)
+    python bench/workers.py                  # full run (about 8 minutes)
     python bench/workers.py --quick          # smoke run (well under a minute)
     python bench/workers.py --out r.json     # also write the results as JSON
 
