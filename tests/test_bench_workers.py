@@ -24,7 +24,7 @@ from tests.live import require_redis
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 
 
 def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
