@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,32 +77,34 @@ class Demo:
 
 
 @contextmanager
-def running_demo(db_path: Path, log_path: Path) -> Iterator[Demo]:
-    """``manage.py demo`` on a free loopback port, from the repository root."""
+def serving(
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
+) -> Iterator[Demo]:
+    """A server of the example started with ``argv`` (given the port),
+    stopped when done."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            # --noreload: runserver's autoreloader would serve from a child
-            # process that this test did not start.
-            [
-                sys.executable,
-                "example_project/manage.py",
-                "demo",
-                "--port",
-                str(port),
-                "--noreload",
-            ],
-            cwd=ROOT,
-            env=example_env(db_path),
+            [sys.executable, *argv, str(port)],
+            cwd=cwd,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    demo = Demo(process, f"http://127.0.0.1:{port}", log_path)
+    server = Demo(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until_listening(demo)
-        yield demo
+        wait_until_listening(server)
+        yield server
     finally:
-        demo.stop()
+        server.stop()
+
+
+def running_demo(db_path: Path, log_path: Path) -> Any:
+    """``manage.py demo`` on a free loopback port, from the repository root."""
+    # --noreload: runserver's autoreloader would serve from a child process
+    # that this test did not start.
+    argv = ["example_project/manage.py", "demo", "--noreload", "--port"]
+    return serving(argv, ROOT, example_env(db_path), log_path)
 
 
 def wait_until_listening(demo: Demo, timeout: float = 90) -> None:
@@ -206,36 +209,12 @@ async def test_demo_command_serves_the_example(tmp_path):
         assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"
 
 
-@contextmanager
-def example_under_uvicorn(db_path: Path, log_path: Path, **env: str) -> Iterator[Demo]:
+def example_under_uvicorn(db_path: Path, log_path: Path, **env: str) -> Any:
     """The example project under uvicorn, as its README's "two server
     processes" runs it (one process per call here, each on its own port)."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "example.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--lifespan",
-                "off",
-            ],
-            cwd=EXAMPLE_DIR,
-            env={**example_env(db_path), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Demo(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_until_listening(server)
-        yield server
-    finally:
-        server.stop()
+    argv = ["-m", "uvicorn", "example.asgi:application", "--lifespan", "off"]
+    argv += ["--host", "127.0.0.1", "--port"]
+    return serving(argv, EXAMPLE_DIR, {**example_env(db_path), **env}, log_path)
 
 
 @pytest.mark.e2e
