@@ -34,6 +34,10 @@ CROSS_SITE = Refusal(403, "Cross-site request refused.")
 NO_SESSION_HEADER = Refusal(400, f"The {SESSION_HEADER} header is missing.")
 NOT_YOURS = Refusal(403, "This notebook session is not yours.")
 SESSION_ENDED = Refusal(410, "This notebook session has ended: reload the page.")
+# A forwarded call whose channel layer failed (the session may be alive).
+UNREACHABLE = Refusal(
+    503, "The notebook session cannot be reached right now: try again."
+)
 TOO_LARGE = Refusal(413, "Request body too large.")
 NOT_JSON = Refusal(400, "The request body is not valid JSON.")
 NOT_AN_OBJECT = Refusal(400, "The request body must be a JSON object.")

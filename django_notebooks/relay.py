@@ -41,10 +41,6 @@ REPLY_TYPE = "notebooks.kernel_reply"
 # has stopped: the session is gone. (marimo answers kernel calls at once;
 # their results come over the websocket.)
 REPLY_TIMEOUT = 10.0
-# The answer when the channel layer itself fails.
-LAYER_FAILED = kernel_calls.Refusal(
-    503, "The notebook session cannot be reached right now: try again."
-)
 # Sent again after this long without an answer (see forward()).
 RESEND_AFTER = 1.0
 # How many recent call ids a holder remembers, to run each call once.
@@ -256,14 +252,13 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         )
         _known_elsewhere.pop(session_id, None)
         await database_sync_to_async(records.forget_elsewhere)(session_id)
-        refusal = kernel_calls.SESSION_ENDED
-        return json_reply(refusal.status, refusal.message)
+        return refused(kernel_calls.SESSION_ENDED)
     except Exception:
         logger.exception(
             "The channel layer failed while forwarding a call for notebook session %s",
             session_id,
         )
-        return json_reply(LAYER_FAILED.status, LAYER_FAILED.message)
+        return refused(kernel_calls.UNREACHABLE)
     finally:
         replies.forget(call_id)
     return Reply(
@@ -271,6 +266,11 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         [tuple(header) for header in answer["headers"]],
         answer["body"],
     )
+
+
+def refused(refusal: kernel_calls.Refusal) -> Reply:
+    """A kernel-call refusal as an answer."""
+    return json_reply(refusal.status, refusal.message)
 
 
 def json_reply(status: int, message: str) -> Reply:
@@ -332,11 +332,9 @@ async def _run(message: dict[str, Any]) -> Reply:
             visitor=message["visitor"],
         )
         if binding is None:
-            refusal = kernel_calls.NOT_YOURS
-            return json_reply(refusal.status, refusal.message)
+            return refused(kernel_calls.NOT_YOURS)
         if not binding.connections:
-            refusal = kernel_calls.SESSION_ENDED
-            return json_reply(refusal.status, refusal.message)
+            return refused(kernel_calls.SESSION_ENDED)
         user, meta = binding.user_context, binding.meta
     else:
         user = message["user"] or {}

@@ -189,6 +189,11 @@ def redis_is_up() -> bool:
         return False
 
 
+# channels_redis's two layers, as DJANGO_NOTEBOOKS_TEST_CHANNEL_LAYER names
+# them (tests/settings.py): multi-process tests run on each.
+REDIS_LAYERS = ("redis", "redis-pubsub")
+
+
 def require_redis() -> None:
     """Skip the calling test without Redis; fail it under CI, which starts
     Redis (.ci/run), so that a missing Redis cannot pass unnoticed."""

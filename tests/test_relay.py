@@ -406,7 +406,7 @@ async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
     monkeypatch.setattr(layer, "receive", broken_receive)
     failed = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
     assert failed.status == 503
-    assert json.loads(failed.body) == {"error": relay.LAYER_FAILED.message}
+    assert json.loads(failed.body) == {"error": kernel_calls.UNREACHABLE.message}
     assert "Redis went away" in caplog.text
     assert "The reply channel of forwarded calls failed" in caplog.text
     monkeypatch.setattr(layer, "receive", receive)

@@ -19,7 +19,13 @@ import uuid
 
 import pytest
 
-from tests.live import LiveServer, NotebookClient, require_redis, square_output
+from tests.live import (
+    REDIS_LAYERS,
+    LiveServer,
+    NotebookClient,
+    require_redis,
+    square_output,
+)
 from tests.proxy import Proxy
 
 SESSIONS = 20
@@ -27,7 +33,7 @@ INTERACTIONS = 20
 PAGE = "/notebooks/square/"
 
 
-@pytest.fixture(params=["redis", "redis-pubsub"])
+@pytest.fixture(params=REDIS_LAYERS)
 def layer(request):
     """The channel layer the workers share (tests/settings.py)."""
     return request.param
@@ -96,10 +102,7 @@ async def drive(client: NotebookClient, interactions: int) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize(
-    "count, layer",
-    [(2, "redis"), (4, "redis"), (2, "redis-pubsub"), (4, "redis-pubsub")],
-)
+@pytest.mark.parametrize("count", [2, 4])
 async def test_any_worker_takes_any_request_of_any_session(start_workers, count):
     workers = start_workers(count)
     with Proxy.round_robin([worker.url for worker in workers]) as proxy:

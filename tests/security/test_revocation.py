@@ -14,7 +14,14 @@ import uuid
 import pytest
 import websockets
 
-from tests.live import ROOT, LiveServer, NotebookClient, require_redis, server_env
+from tests.live import (
+    REDIS_LAYERS,
+    ROOT,
+    LiveServer,
+    NotebookClient,
+    require_redis,
+    server_env,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -73,7 +80,7 @@ def run_in_other_process(db_path, env, code: str) -> None:
     )
 
 
-@pytest.fixture(params=["redis", "redis-pubsub"])
+@pytest.fixture(params=REDIS_LAYERS)
 def redis_server(request, live_db, tmp_path):
     """A daphne server on a Redis channel layer (channels_redis's list-based
     layer, then its pub/sub layer), with a database of its own."""
