@@ -1,8 +1,9 @@
 """The only module that touches marimo internals.
 
 Besides the session manager below, the bridge relies on where marimo's
-package keeps its built frontend (to serve it compressed) and on one message
-of its websocket protocol (an alert).
+package keeps its built frontend (to serve it compressed), on one message
+of its websocket protocol (an alert) and on its store of virtual files
+(set before anything is served). marimo's routes are in marimo_routes.py.
 
 marimo's public API builds the notebook apps (``marimo.create_asgi_app``) but
 offers no way to close their sessions: a session's kernel thread is not a
@@ -95,6 +96,30 @@ def alert_frame(title: str, description: str) -> str:
             "data": {"title": title, "description": description, "variant": "danger"},
         }
     )
+
+
+def set_virtual_file_storage() -> None:
+    """Give this process marimo's in-memory store of virtual files now.
+
+    marimo sets the store when the first kernel of a process starts; until
+    then it reads a requested ``@file`` name from the host's shared memory
+    (``/dev/shm/<name>``), another program's data. The bridge already asks
+    marimo only for names a session made, and this closes the fallback
+    itself: kernels started later find the store set and use it.
+    """
+    try:
+        from marimo._runtime.virtual_file.storage import (
+            InMemoryStorage,
+            VirtualFileStorageManager,
+        )
+    except ImportError as error:
+        raise MarimoInternalsChanged(
+            "marimo no longer has marimo._runtime.virtual_file.storage."
+            "VirtualFileStorageManager; @file downloads cannot be served safely."
+        ) from error
+    manager = VirtualFileStorageManager()
+    if manager.storage is None:
+        manager.storage = InMemoryStorage()
 
 
 def register_cell_executor(name: str, factory: Callable[[], Any]) -> None:

@@ -32,13 +32,23 @@ from django.http import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from . import context, frontend, kernel_calls, registry, relay, sessions
+from . import (
+    context,
+    frontend,
+    kernel_calls,
+    marimo_routes,
+    registry,
+    relay,
+    sessions,
+)
 from .forwarding import passed_headers, single_body_receive
+from .marimo_routes import Route
 from .server import notebook_apps
 
 logger = logging.getLogger(__name__)
 
-KERNEL_API = "/api/kernel/"
+# A cheap test before the URL is resolved.
+KERNEL_API = "/" + marimo_routes.KERNEL_API_PREFIX
 
 
 def _allowed_host(host: str) -> bool:
@@ -131,8 +141,11 @@ class FastPathMiddleware:
         if match is None or match.url_name != "notebook_location":
             return False
         found = registry.locate(match.kwargs["location"])
-        if found is None or not found.subpath.startswith("api/kernel/"):
-            return False
+        if (
+            found is None
+            or marimo_routes.route_of(found.subpath) is not Route.KERNEL_CALL
+        ):
+            return False  # the view answers (404 for what marimo is not asked)
         headers = context.scope_headers(scope)
         host = headers.get("host", "")
         if not _allowed_host(host):

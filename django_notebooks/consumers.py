@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,6 +21,7 @@ from . import (
     access,
     conf,
     context,
+    marimo_routes,
     origins,
     records,
     registry,
@@ -69,9 +71,12 @@ def locate_kernel(path: str) -> tuple[registry.Location, str] | None:
         return None
     location = match.kwargs.get("location") or f"{match.kwargs.get('slug')}/"
     found = registry.locate(location)
-    if found is None or found.subpath != "ws":
+    if (
+        found is None
+        or marimo_routes.route_of(found.subpath) is not marimo_routes.Route.WEBSOCKET
+    ):
         return None
-    return found, path[: -len("ws")]
+    return found, path[: -len(marimo_routes.WEBSOCKET_PATH)]
 
 
 def _comes_from_this_site(scope: dict[str, Any]) -> bool:
@@ -147,6 +152,28 @@ def _send(signal: Signal, **arguments: Any) -> None:
                 receiver,
                 exc_info=result,
             )
+
+
+def sendable_close_code(code: int) -> int:
+    """A close code every ASGI server sends as given.
+
+    daphne (autobahn) sends only 1000 and 3000-4999, and raises on the rest:
+    the close is lost and the socket stays open, silent. marimo closes with
+    1003, 1008 and 1011 (and as an IntEnum, which autobahn refuses too), so
+    those go out as 4003, 4008 and 4011, the same under every server.
+    """
+    code = int(code)
+    if code == 1000 or 3000 <= code <= 4999:
+        return code
+    return 4000 + code % 1000
+
+
+def _sendable_close(message: dict[str, Any]) -> dict[str, Any]:
+    sendable = {**message, "code": sendable_close_code(message.get("code", 1000))}
+    reason = message.get("reason")
+    if isinstance(reason, enum.Enum):  # marimo's reasons are str enums
+        sendable["reason"] = str(reason.value)
+    return sendable
 
 
 class KernelConsumer(AsyncConsumer):
@@ -435,10 +462,16 @@ class KernelConsumer(AsyncConsumer):
     async def _send_from_marimo(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
-        if message["type"] == "websocket.accept":
+        if message["type"] == "websocket.send":
+            files = marimo_routes.virtual_files_in(message.get("text") or "")
+            if files and self.session_id:
+                # Recorded before the page can ask for them: see views.py.
+                sessions.bindings.add_files(self.session_id, files)
+        elif message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":
             self.closed = True
+            message = _sendable_close(message)
         await self.send(message)
 
     async def _refuse(self, code: int) -> None:
@@ -458,4 +491,4 @@ class KernelConsumer(AsyncConsumer):
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
         if reason and self.accepted:
             message["reason"] = reason
-        await self.send(message)
+        await self.send(_sendable_close(message))

@@ -114,12 +114,15 @@ def _file_for(version: str, path: str) -> Path | None:
     if version != marimo.__version__:
         return None  # another marimo version's frontend
     root = _marimo.frontend_root()
-    candidate = (root / path).resolve()
     try:
+        candidate = (root / path).resolve()
         candidate.relative_to(root)
-    except ValueError:
+        is_file = candidate.is_file()
+    except (ValueError, OSError):
+        # Outside the frontend, or a name no file can have (a NUL byte,
+        # longer than the file system allows): not found, never an error.
         return None
-    if not candidate.is_file() or candidate.name.endswith((".md", ".html")):
+    if not is_file or candidate.name.endswith((".md", ".html")):
         # index.html is marimo's page template, not an asset.
         return None
     return candidate

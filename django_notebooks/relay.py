@@ -29,7 +29,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from . import context, kernel_calls, records, registry, sessions
+from . import context, kernel_calls, marimo_routes, records, registry, sessions
 from .forwarding import passed_headers, single_body_receive
 from .server import notebook_apps
 
@@ -324,19 +324,23 @@ async def _run(message: dict[str, Any]) -> Reply:
     if notebook is None:
         return json_reply(404, "No such notebook.")
     meta: dict[str, Any] = {}
+    binding = sessions.bindings.get_for_login(
+        message["session_id"],
+        notebook=notebook.slug,
+        session_key=message["session_key"],
+        visitor=message["visitor"],
+    )
     if message["kind"] == "kernel":
-        binding = sessions.bindings.get_for_login(
-            message["session_id"],
-            notebook=notebook.slug,
-            session_key=message["session_key"],
-            visitor=message["visitor"],
-        )
         if binding is None:
             return refused(kernel_calls.NOT_YOURS)
         if not binding.connections:
             return refused(kernel_calls.SESSION_ENDED)
         user, meta = binding.user_context, binding.meta
     else:
+        # A download: only of a file this session's kernel made.
+        name = marimo_routes.virtual_file_name(message["path"][len(message["mount"]) :])
+        if binding is None or name not in binding.files:
+            return json_reply(404, "No such file.")
         user = message["user"] or {}
     scope = context.marimo_scope(
         {

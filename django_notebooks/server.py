@@ -82,6 +82,7 @@ class NotebookApps:
             return app
 
         orm.install()  # before any kernel of this process runs a cell
+        _marimo.set_virtual_file_storage()  # before any @file is served
         app = (
             marimo.create_asgi_app(**options)
             .with_app(path="", root=str(path), middleware=[remember_session_manager])

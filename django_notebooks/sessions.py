@@ -87,6 +87,10 @@ class Binding:
     disconnected_at: float | None = None
     # When the session's last activity was written to its database record.
     activity_recorded_at: float = field(default_factory=time.time)
+    # The virtual files (downloads) this session's kernel has sent the page:
+    # only they are served, and only to this owner (marimo keeps one store
+    # for every session of the process).
+    files: set[str] = field(default_factory=set)
 
     def activity_due(self) -> bool:
         """Whether a kernel call now should update the record's last
@@ -180,13 +184,24 @@ class SessionBindings:
             return binding
         return None
 
-    def has_open_session(self, owner: str, notebook: str) -> bool:
-        """Whether ``owner`` has a websocket of ``notebook`` open here."""
-        return any(
-            binding.owner == owner and binding.notebook == notebook
-            for binding in list(self._bindings.values())
-            if binding.connections
-        )
+    def add_files(self, session_id: str, names: set[str]) -> None:
+        """Record virtual files that ``session_id``'s kernel sent its page."""
+        binding = self._bindings.get(session_id)
+        if binding is not None:
+            binding.files |= names
+
+    def session_with_file(self, owner: str, notebook: str, name: str) -> str | None:
+        """The session of ``owner`` on ``notebook``, open here, whose kernel
+        made the virtual file ``name``."""
+        for session_id, binding in list(self._bindings.items()):
+            if (
+                binding.connections
+                and binding.owner == owner
+                and binding.notebook == notebook
+                and name in binding.files
+            ):
+                return session_id
+        return None
 
     def forget(self, session_id: str) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from . import (
     conf,
     context,
     kernel_calls,
+    marimo_routes,
     pages,
     records,
     registry,
@@ -36,6 +37,7 @@ from . import (
 )
 from .access import Access
 from .forwarding import forward_http
+from .marimo_routes import Route
 from .query import page_refusal
 from .server import notebook_apps
 
@@ -124,9 +126,28 @@ async def _serve(
             is_page = request.method in SAFE_METHODS and _looks_like_page(location)
             return _refuse(request, Access.LOGIN_REQUIRED, is_page=is_page)
         raise Http404("No such notebook.")
-    if request.method in SAFE_METHODS:
-        return await _serve_read(request, found)
-    return await _serve_kernel_call(request, found)
+    route = marimo_routes.route_of(found.subpath) if found.has_slash else Route.PAGE
+    if route is None or request.method not in marimo_routes.METHODS[route]:
+        return await _not_served(request, found, route)
+    if route is Route.KERNEL_CALL:
+        return await _serve_kernel_call(request, found)
+    return await _serve_read(request, found)
+
+
+async def _not_served(
+    request: HttpRequest, found: registry.Location, route: Route | None
+) -> HttpResponse:
+    """A path below a notebook that marimo is not asked for (see
+    marimo_routes.py): after the access decision, as for every path into a
+    notebook, so that the answer tells nobody more than the page would."""
+    decision = await access.adecide(await get_user(request), found.notebook)
+    if decision is not Access.ALLOWED:
+        return _refuse(request, decision, is_page=False)
+    if route is None or not marimo_routes.METHODS[route]:
+        return json_error(404, "Not found.")
+    response = json_error(405, "Method not allowed.")
+    response["Allow"] = ", ".join(sorted(marimo_routes.METHODS[route]))
+    return response
 
 
 async def _serve_read(
@@ -148,13 +169,9 @@ async def _serve_read(
         refusal = await database_sync_to_async(page_refusal)(request, notebook)
         if refusal is not None:
             return refusal
-    if found.subpath.startswith("@file/"):
-        # marimo keeps a kernel's downloads in the memory of its process.
-        elsewhere = await _session_elsewhere(request, found.notebook)
-        if elsewhere is not None:
-            return await _forward_elsewhere(
-                request, found, elsewhere, kind="file", user=_identity(user)
-            )
+    file_name = marimo_routes.virtual_file_name(found.subpath)
+    if file_name is not None:
+        return await _serve_virtual_file(request, found, user, file_name)
     response = await _forward(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
@@ -238,25 +255,37 @@ async def _forward(
     return await forward_http(notebook_apps.app_for(notebook.path), scope, body)
 
 
-async def _session_elsewhere(
-    request: HttpRequest, notebook: registry.Notebook
-) -> str | None:
-    """A session of this notebook that this browser login has open in
-    another server process, if it has none in this one."""
-    if get_channel_layer() is None:
-        return None
+async def _serve_virtual_file(
+    request: HttpRequest, found: registry.Location, user: Any, name: str
+) -> HttpResponse | StreamingHttpResponse:
+    """A download (``@file/<name>``), only for the login whose session's
+    kernel made it, through the notebook it belongs to.
+
+    marimo keeps every session's virtual files in one store per process and
+    serves any name to anyone; before a kernel has started it would even read
+    the host's shared memory by the name in the URL. The bridge asks marimo
+    only for names the owner's own session sent its page (recorded by the
+    consumer), here or, through the channel layer, in the process holding it.
+    """
     session = getattr(request, "session", None)
     owner = sessions.owner_of(
-        await get_user(request),
-        session.session_key if session is not None else None,
-        _visitor(request),
+        user, session.session_key if session is not None else None, _visitor(request)
     )
-    if owner is None or sessions.bindings.has_open_session(owner, notebook.slug):
-        return None
-    elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
-        owner, notebook.slug
-    )
-    return elsewhere[0] if elsewhere else None
+    if owner is None:
+        return json_error(404, "No such file.")
+    if sessions.bindings.session_with_file(owner, found.notebook.slug, name):
+        return await _forward(request, found, _identity(user), {}, b"")
+    if get_channel_layer() is not None:
+        elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
+            owner, found.notebook.slug
+        )
+        for session_id in elsewhere:
+            response = await _forward_elsewhere(
+                request, found, session_id, kind="file", user=_identity(user)
+            )
+            if response.status_code != 404:
+                return response
+    return json_error(404, "No such file.")
 
 
 async def _forward_elsewhere(

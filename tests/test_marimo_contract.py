@@ -1,8 +1,10 @@
 """What the bridge relies on in marimo, checked against the installed version.
 
 Only ``marimo.create_asgi_app`` and ``mo.app_meta()`` are public; the session
-manager on the notebook app's state and the cell executor registry are
-internals (see ``django_notebooks/_marimo.py``). When marimo moves any of this, these tests
+manager on the notebook app's state, the cell executor registry and the
+virtual file store are internals (see ``django_notebooks/_marimo.py``), and
+the routes below a notebook are facts the bridge decides on one by one
+(``django_notebooks/marimo_routes.py``). When marimo moves any of this, these tests
 fail and name the marimo version that did.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 import marimo
 import pytest
 
-from django_notebooks import _marimo, orm
+from django_notebooks import _marimo, marimo_routes, orm
 from tests.settings import NOTEBOOKS_DIR
 
 WHOAMI = NOTEBOOKS_DIR / "whoami.py"
@@ -284,4 +286,225 @@ async def test_run_mode_kernels_run_cells_through_the_registered_executor():
         "runs run-mode cells through the registered executor's "
         "execute_cell_async (a cell without await saw no running event loop, "
         f"one with await saw it: expected {{'SYNC': False, 'ASYNC': True}}, got {seen})",
+    )
+
+
+# marimo's routes below a notebook (django_notebooks/marimo_routes.py).
+
+# Each route marimo has that the bridge lets through, as marimo writes it
+# (relative to the notebook's page), with a sub-path that stands for it.
+ALLOWED_ROUTES = {
+    "": "",
+    "health": "health",
+    "ws": "ws",
+    "public-files-sw.js": "public-files-sw.js",
+    "public/{filepath:path}": "public/hello.txt",
+    "@file/{filename_and_length:path}": "@file/12-3456-AbCdEfGh.csv",
+    "assets/{path}": "assets/index-abc.js",
+    # The catch-all serves the icons and manifest the page links.
+    "{path:path}": "favicon.ico",
+    "api/kernel/set_ui_element_value": "api/kernel/set_ui_element_value",
+    "api/kernel/set_model_value": "api/kernel/set_model_value",
+    "api/kernel/function_call": "api/kernel/function_call",
+    "api/kernel/read_code": "api/kernel/read_code",
+}
+# Each route marimo has that the bridge answers 404 for, on purpose.
+REFUSED_ROUTES = {
+    # A second kernel transport: it would bypass the consumer (binding,
+    # caps, records, query validation, revocation). The frontend uses ws.
+    "sse",
+    # Other websockets: the editor's synchronisation and terminal.
+    "ws_sync",
+    "terminal/ws",
+    # marimo's own login form and token: Django does the auth.
+    "auth/login",
+    "auth/token",
+    # Facts about the server: paths, sessions, versions, resources.
+    "healthz",
+    "api/home/workspace_files",
+    "api/home/recent_files",
+    "api/home/running_notebooks",
+    "api/home/shutdown_session",
+    "api/home/tutorial/open",
+    "api/status",
+    "api/status/connections",
+    "api/sessions",
+    "api/version",
+    "api/environment",
+    "api/usage",
+    # Open Graph thumbnails and exports (a read-only page offers neither).
+    "og/thumbnail",
+    "api/export/availability",
+    "api/export/html",
+    "api/export/requirements/install",
+    "api/export/auto_export/html",
+    "api/export/script",
+    "api/export/markdown",
+    "api/export/ipynb",
+    "api/export/auto_export/markdown",
+    "api/export/auto_export/ipynb",
+    "api/export/pdf",
+    "api/export/update_cell_outputs",
+    # The editor's kernel API (marimo refuses it in run mode anyway).
+    *(
+        f"api/kernel/{name}"
+        for name in (
+            "instantiate",
+            "interrupt",
+            "run",
+            "status",
+            "execute",
+            "scratchpad/run",
+            "pdb/pm",
+            "pdb/breakpoints",
+            "restart_session",
+            "shutdown",
+            "takeover",
+            "save_user_config",
+            "code_autocomplete",
+            "delete",
+            "focus_cell",
+            "format",
+            "set_cell_config",
+            "stdin",
+            "install_missing_packages",
+            "rename",
+            "save",
+            "copy",
+            "save_app_config",
+        )
+    ),
+    # The editor's other APIs.
+    *(
+        f"api/files/{name}"
+        for name in (
+            "roots",
+            "list_files",
+            "file_details",
+            "download",
+            "create",
+            "delete",
+            "copy",
+            "move",
+            "update",
+            "open",
+            "search",
+        )
+    ),
+    "api/secrets/keys",
+    "api/secrets/create",
+    "api/secrets/delete",
+    "api/cache/clear",
+    "api/cache/info",
+    "api/documentation/snippets",
+    "api/document/transaction",
+    *(
+        f"api/datasources/{name}"
+        for name in (
+            "discover",
+            "preview_column",
+            "preview_sql_table",
+            "preview_sql_table_list",
+            "preview_sql_schema_list",
+            "preview_datasource_connection",
+        )
+    ),
+    "api/sql/validate",
+    "api/storage/list_entries",
+    "api/storage/download",
+    "api/ai/completion",
+    "api/ai/chat",
+    "api/ai/inline_completion",
+    "api/ai/invoke_tool",
+    "api/ai/mcp/status",
+    "api/ai/mcp/refresh",
+    *(
+        f"api/packages/{name}"
+        for name in ("add", "remove", "list", "tree", "sandbox", "manifest", "sync")
+    ),
+    "api/lsp/health",
+    "api/lsp/restart",
+}
+
+
+def marimo_routes_of(app: Any) -> set[str]:
+    """Every route of a notebook's Starlette app, relative to its page."""
+    from starlette.routing import Mount
+
+    found = set()
+
+    def walk(routes: list[Any], prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, Mount) and route.routes:
+                walk(route.routes, prefix + route.path)
+            elif isinstance(route, Mount):  # an app mounted whole
+                found.add((prefix + route.path).lstrip("/") + "/{path}")
+            else:
+                found.add((prefix + route.path).lstrip("/"))
+
+    walk(app.routes, "")
+    return found
+
+
+def test_every_route_marimo_has_is_decided(built):
+    _app, [notebook_app] = built
+    routes = marimo_routes_of(notebook_app)
+    undecided = routes - set(ALLOWED_ROUTES) - REFUSED_ROUTES
+    contract(
+        not undecided,
+        f"has only the routes the bridge decided on: it has new ones, "
+        f"{sorted(undecided)}. Decide for each whether the run-mode frontend "
+        "needs it (allow it in django_notebooks/marimo_routes.py) or not "
+        "(list it in REFUSED_ROUTES here)",
+    )
+    gone = set(ALLOWED_ROUTES) - routes
+    contract(not gone, f"has the routes the bridge lets through (gone: {sorted(gone)})")
+    for route, subpath in ALLOWED_ROUTES.items():
+        assert marimo_routes.route_of(subpath) is not None, route
+    for route in REFUSED_ROUTES:
+        assert marimo_routes.route_of(route) is None, route
+
+
+@pytest.mark.parametrize("name", sorted(marimo_routes.FILES))
+async def test_marimo_serves_each_allowed_file(built, name):
+    import httpx
+
+    app, _ = built
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(f"/{name}")
+    contract(response.status_code == 200, f"serves {name} below a notebook's page")
+
+
+def test_virtual_file_storage_is_set_before_any_kernel_starts():
+    from marimo._runtime.virtual_file.storage import (
+        InMemoryStorage,
+        VirtualFileStorageManager,
+    )
+
+    manager = VirtualFileStorageManager()
+    try:
+        _marimo.set_virtual_file_storage()
+    except _marimo.MarimoInternalsChanged as error:
+        pytest.fail(f"{MARIMO}: {error}", pytrace=False)
+    contract(
+        isinstance(manager.storage, InMemoryStorage),
+        "keeps the virtual file store at VirtualFileStorageManager().storage",
+    )
+    # Reading an unknown name asks that store, not the host's shared memory.
+    with pytest.raises(KeyError):
+        b"".join(manager.read_chunked("psm_not_ours", 4))
+
+
+def test_virtual_file_urls_are_shaped_as_the_bridge_reads_them():
+    from marimo._runtime.virtual_file.virtual_file import VirtualFile, random_filename
+
+    url = VirtualFile(random_filename("csv"), b"a,b\n").url
+    contract(
+        url.startswith("./@file/"), f"writes virtual file URLs as ./@file/... ({url})"
+    )
+    names = marimo_routes.virtual_files_in(f'<a href="{url}">x</a>')
+    contract(
+        names == {url.removeprefix("./@file/")},
+        f"names virtual files <byte length>-<name> (got {url})",
     )

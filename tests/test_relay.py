@@ -478,7 +478,7 @@ async def test_a_download_of_a_session_held_elsewhere_is_forwarded(alice, monkey
         # fetched from the one that does.
         monkeypatch.setattr(records, "PROCESS", "other-host:1:abc")
         monkeypatch.setattr(
-            sessions.bindings, "has_open_session", lambda owner, notebook: False
+            sessions.bindings, "session_with_file", lambda owner, notebook, name: None
         )
         forwarded = []
         forward = relay.forward

@@ -11,6 +11,7 @@ import socket
 import string
 from urllib.parse import quote
 
+import marimo
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,16 @@ NOTEBOOK_PREFIXES = st.sampled_from(
         "square",
         "lab/_private/",
         "files/",
+        # marimo's frontend files, and every prefix marimo_routes.py lets
+        # through below a notebook.
+        "_marimo/",
+        f"_marimo/{marimo.__version__}/",
+        f"_marimo/{marimo.__version__}/assets/",
+        "square/assets/",
+        "hello/public/",
+        "files/@file/",
+        "square/api/kernel/",
+        "lab/demo/public/",
     ]
 )
 SEGMENTS = st.one_of(
@@ -68,6 +79,18 @@ SEGMENTS = st.one_of(
             "sse",
             "%5c",
             "interrupt",
+            "sse",
+            "auth",
+            "login",
+            "home",
+            "workspace_files",
+            "status",
+            "connections",
+            "read_code",
+            "public-files-sw.js",
+            "12-3456-AbCdEfGh.csv",
+            "26-psm_0123abcd",
+            "x" * 300,
         ]
     ),
     st.text(
