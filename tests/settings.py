@@ -1,6 +1,7 @@
 """Minimal settings for the test suite."""
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,18 @@ else:
             # Several server processes share the file in the end-to-end
             # tests, on a busy machine: wait for the write lock.
             "OPTIONS": {"timeout": 30},
+            # In-process tests write from several threads at once (a view,
+            # a consumer closing its session, a record's activity), as a
+            # server does. Django's in-memory test database shares one cache
+            # between connections, where a writer makes the others fail at
+            # once ("database table is locked") instead of waiting: a file
+            # waits, as a project's SQLite file does.
+            "TEST": {
+                "NAME": str(
+                    Path(tempfile.gettempdir())
+                    / f"django_notebooks-tests-{os.getpid()}.sqlite3"
+                )
+            },
         }
     }
 
