@@ -21,6 +21,7 @@ from django.urls import re_path
 
 import django_notebooks.routing
 from django_notebooks import checks
+from django_notebooks.asgi import FastPathMiddleware
 from tests.live import ROOT
 from tests.settings import DJANGO_NOTEBOOKS, NOTEBOOKS_DIR
 
@@ -49,7 +50,8 @@ def only(check_id: str):
 
 # ASGI applications for the websocket-stack checks (ASGI_APPLICATION names
 # them by dotted path).
-_http = get_asgi_application()
+_django_http = get_asgi_application()
+_http = FastPathMiddleware(_django_http)
 _kernel_routes = URLRouter(django_notebooks.routing.websocket_urlpatterns)
 no_websocket_application = ProtocolTypeRouter({"http": _http})
 unrouted_application = ProtocolTypeRouter(
@@ -60,6 +62,30 @@ unrouted_application = ProtocolTypeRouter(
 )
 unvalidated_application = ProtocolTypeRouter(
     {"http": _http, "websocket": AuthMiddlewareStack(_kernel_routes)}
+)
+without_fast_path_application = ProtocolTypeRouter(
+    {
+        "http": _django_http,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(_kernel_routes)),
+    }
+)
+
+
+class _OtherMiddleware:
+    """ASGI middleware as most libraries write it (the wrapped app in ``app``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+fast_path_inside_middleware_application = ProtocolTypeRouter(
+    {
+        "http": _OtherMiddleware(_http),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(_kernel_routes)),
+    }
 )
 nested_application = ProtocolTypeRouter(
     {
@@ -226,6 +252,21 @@ def test_w003_no_origin_validator():
     message = only("django_notebooks.W003")
     assert "AllowedHostsOriginValidator" in message.hint
     assert "django_notebooks.W002" not in ids()
+
+
+@override_settings(ASGI_APPLICATION="tests.test_checks.without_fast_path_application")
+def test_w007_http_without_the_fast_path():
+    message = only("django_notebooks.W007")
+    assert message.level == WARNING
+    assert "FastPathMiddleware(get_asgi_application())" in message.hint
+    assert "1.02x to 1.06x" in message.hint
+
+
+@override_settings(
+    ASGI_APPLICATION="tests.test_checks.fast_path_inside_middleware_application"
+)
+def test_w007_fast_path_inside_other_middleware_is_found():
+    assert "django_notebooks.W007" not in ids()
 
 
 @override_settings(ASGI_APPLICATION="tests.test_checks.nested_application")
