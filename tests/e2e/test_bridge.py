@@ -16,6 +16,8 @@ from tests.settings import NOTEBOOKS_DIR
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
+# The other supported versions run this one end-to-end test on each server.
+@pytest.mark.compat
 async def test_logged_in_user_drives_a_notebook(notebook_server):
     async with NotebookClient(notebook_server.url) as client:
         await client.login("alice")
