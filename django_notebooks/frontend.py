@@ -6,7 +6,7 @@ cache headers, below every notebook's URL. The bridge points marimo's
 ``asset_url`` at one place instead, chosen by the ``FRONTEND`` setting:
 
 - ``"bridge"`` (default): a view of this app serves the files, compressed
-  (brotli when the ``brotli`` package is installed, else gzip), with an ETag
+  (brotli, a dependency, or gzip for browsers without it), with an ETag
   and ``Cache-Control: public, max-age=31536000, immutable``. The URL holds
   marimo's version, so a marimo upgrade changes every URL. No collectstatic.
 - ``"staticfiles"``: ``collectstatic`` gathers the files (through
@@ -37,7 +37,7 @@ from django.views.decorators.http import require_safe
 
 from . import _marimo, conf
 
-try:  # optional: better compression than gzip
+try:  # a dependency; an environment without it still gets gzip
     import brotli
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
