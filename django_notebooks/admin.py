@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -32,7 +31,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import headless, registry
+from . import headless, layers, registry
 from .models import NotebookGrant, NotebookSession, RegisteredNotebook
 
 logger = logging.getLogger(__name__)
@@ -45,10 +44,6 @@ ANSWER_WAIT = 3.0
 POLL_EVERY = 0.05
 # How long "check that they load" lets one notebook run.
 CHECK_TIMEOUT = 60.0
-NO_CHANNEL_LAYER = _(
-    "No channel layer is configured (the CHANNEL_LAYERS setting), so open "
-    "notebook sessions cannot be told to close. Nothing was terminated."
-)
 
 
 @dataclass
@@ -68,10 +63,9 @@ def terminate(
 ) -> Termination:
     """Tell the consumers holding these sessions to close them, wherever they
     run; wait for them (``ANSWER_WAIT`` seconds at most); delete the rows of
-    sessions whose process does not answer. Needs a channel layer."""
-    layer = get_channel_layer()
-    if layer is None:
-        raise RuntimeError("terminate() needs a channel layer")
+    sessions whose process does not answer (layers.py: without a channel
+    layer, only sessions of this process can be told)."""
+    layer = layers.bridge_layer()
     outcome = Termination()
     told = []
     for row in rows:
@@ -161,8 +155,7 @@ class NotebookSessionAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[NotebookSession]
     ) -> None:
         rows = list(queryset)
-        if get_channel_layer() is not None:
-            self._log_deletions(request, rows)
+        self._log_deletions(request, rows)
         self._terminate(request, rows)
 
     def delete_model(self, request: HttpRequest, obj: NotebookSession) -> None:
@@ -185,10 +178,6 @@ class NotebookSessionAdmin(admin.ModelAdmin):
         )
 
     def _terminate(self, request: HttpRequest, rows: list[NotebookSession]) -> None:
-        if get_channel_layer() is None:
-            self.message_user(request, NO_CHANNEL_LAYER, messages.ERROR)
-            return
-
         def run() -> None:
             self._report(request, terminate(rows))
 

@@ -284,11 +284,12 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return [
             Warning(
                 "CHANNEL_LAYERS has no default layer: logging out or losing "
-                "access will not close open notebook sessions, and kernel calls "
+                "access closes open notebook sessions in this server process "
+                "only (over the bridge's in-process layer), and kernel calls "
                 "cannot be forwarded between server processes.",
-                hint="Set CHANNEL_LAYERS, e.g. "
-                "channels_redis.pubsub.RedisPubSubChannelLayer (or "
-                "channels.layers.InMemoryChannelLayer for one process).",
+                hint="Running more than one server process? Set CHANNEL_LAYERS, "
+                "e.g. channels_redis.pubsub.RedisPubSubChannelLayer. Running "
+                "exactly one? Silence this warning.",
                 id="django_notebooks.W004",
             )
         ]

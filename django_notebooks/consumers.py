@@ -21,6 +21,7 @@ from . import (
     access,
     conf,
     context,
+    layers,
     marimo_routes,
     origins,
     records,
@@ -195,6 +196,9 @@ class KernelConsumer(AsyncConsumer):
         self.recent_calls = relay.RecentCalls()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Revocation and terminate reach this consumer over the project's
+        # channel layer, or the bridge's in-process one without it.
+        self.channel_layer_alias = layers.alias()
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:

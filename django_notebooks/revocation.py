@@ -6,7 +6,8 @@ login's group is told to close; when the user is deactivated, loses a
 group or permission, or loses a notebook grant (the grant itself, or the
 group it names), the user's group is told to decide again. The channel
 layer carries the message to every process (with ``channels_redis``), so
-sessions close wherever they live.
+sessions close wherever they live; without one, the bridge's in-process
+layer carries it within this process (layers.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model, user_logged_out
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
+
+from . import layers
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +42,7 @@ def login_group(session_key: str) -> str:
 
 
 def _send(group: str, message_type: str) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    layer = layers.bridge_layer()
     try:
         async_to_sync(layer.group_send)(group, {"type": message_type})
     except Exception:

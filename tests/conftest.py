@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import override_settings
 
 from tests.live import LiveServer, prepare_database
 
@@ -30,3 +31,15 @@ def notebook_server(request, live_db, tmp_path_factory):
     server.fast_path = variant != "views"
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["project", "none"])
+def either_channel_layer(request):
+    """The test project's channel layer, then none at all (no
+    CHANNEL_LAYERS): the bridge then carries revocation and terminate over
+    an in-process layer of its own (django_notebooks/layers.py)."""
+    if request.param == "none":
+        with override_settings(CHANNEL_LAYERS={}):
+            yield
+    else:
+        yield

@@ -244,20 +244,6 @@ def test_terminate_tells_the_holder_and_removes_rows_nobody_answers_for(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_terminate_without_a_channel_layer_changes_nothing(admin_client):
-    row = session_row(channel_name="specific.x!1")
-    with override_settings(CHANNEL_LAYERS={}):
-        response = post_terminate(admin_client, row)
-        admin_client.get(SESSIONS)  # shows the message
-        deleted = admin_client.post(f"{SESSIONS}{row.pk}/delete/", {"post": "yes"})
-    assert response.status_code == 302
-    assert shown(response) == [str(admin.NO_CHANNEL_LAYER)]
-    assert deleted.status_code == 302
-    assert shown(deleted) == [str(admin.NO_CHANNEL_LAYER)]
-    assert NotebookSession.objects.filter(pk=row.pk).exists()
-
-
-@pytest.mark.django_db(transaction=True)
 def test_a_session_without_a_channel_is_reported_and_kept(admin_client):
     row = session_row(channel_name="")
     response = post_terminate(admin_client, row)
@@ -267,7 +253,9 @@ def test_a_session_without_a_channel_is_reported_and_kept(admin_client):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_terminate_closes_an_open_session(admin_client, django_user_model):
+async def test_terminate_closes_an_open_session(
+    admin_client, django_user_model, either_channel_layer
+):
     alice = await sync_to_async(django_user_model.objects.create_user)("alice")
     login = AsyncClient()
     await force_login(login, alice)

@@ -364,7 +364,9 @@ async def test_oversized_client_message_closes_the_socket(close_marimo_sessions)
     assert close["code"] == consumers.CLOSE_TOO_BIG
 
 
-async def test_logout_closes_the_sessions_of_that_login(close_marimo_sessions):
+async def test_logout_closes_the_sessions_of_that_login(
+    close_marimo_sessions, either_channel_layer
+):
     sessionid = await login("alice")
     other_login = await another_login("alice")
     session_id = new_session_id()
