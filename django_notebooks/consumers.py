@@ -47,6 +47,7 @@ CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
 CLOSE_TOO_MANY = 4429
 CLOSE_GONE = 4410
+CLOSE_UNAVAILABLE = 4503
 # marimo's frontend stops reconnecting on these close reasons (where the
 # server passes reasons on) and says the user is not authorised, or that the
 # kernel is not found.
@@ -195,6 +196,16 @@ class KernelConsumer(AsyncConsumer):
         self.forwarded_calls: set[asyncio.Task[None]] = set()
         self.recent_calls = relay.RecentCalls()
 
+    @property
+    def channel_layer(self) -> layers.GuardedLayer | None:
+        return self._guarded_layer
+
+    @channel_layer.setter
+    def channel_layer(self, layer: Any) -> None:
+        # Channels sets the layer as the consumer starts: a layer that fails
+        # (Redis down) would end the websocket, so it is guarded.
+        self._guarded_layer = None if layer is None else layers.GuardedLayer(layer)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Revocation and terminate reach this consumer over the project's
         # channel layer, or the bridge's in-process one without it.
@@ -285,7 +296,14 @@ class KernelConsumer(AsyncConsumer):
                 ),
             )
         self.session_id, self.owner, self.notebook = session_id, owner, notebook
-        if not await self._record_opened(user):
+        try:
+            recorded = await self._record_opened(user)
+            if recorded:
+                await self._join_revocation_groups(user, session)
+        except layers.LayerUnavailable:
+            # A session that revocation could not reach is not opened.
+            return await self._refuse_unreachable()
+        if not recorded:
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
             # move, so the page must start a new session.
@@ -302,7 +320,6 @@ class KernelConsumer(AsyncConsumer):
                     "cannot be reached. Reload the page to start again.",
                 ),
             )
-        await self._join_revocation_groups(user, session)
 
         scope = context.marimo_scope(
             {**self.scope, "path": path},
@@ -337,9 +354,39 @@ class KernelConsumer(AsyncConsumer):
         if self.session_id and self.owner:
             sessions.bindings.release(self.session_id, self.owner)
             await self._record_closed()
-        for group in self.revocation_groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave_groups()
         raise StopConsumer()
+
+    async def _leave_groups(self) -> None:
+        groups, self.revocation_groups = self.revocation_groups, ()
+        layer = self.channel_layer
+        if layer is None:
+            return
+        for group in groups:
+            try:
+                await layer.group_discard(group, self.channel_name)
+            except layers.LayerUnavailable:
+                pass  # the layer forgets groups of channels nobody reads
+
+    async def _refuse_unreachable(self) -> None:
+        """Refuse a new session while the channel layer is down, saying so."""
+        assert self.session_id and self.owner
+        await self._leave_groups()
+        await self._record_closed()
+        sessions.bindings.release(self.session_id, self.owner)
+        sessions.bindings.forget(self.session_id)
+        self.session_id = None
+        await self.send({"type": "websocket.accept"})
+        self.accepted = True
+        await self._close(
+            CLOSE_UNAVAILABLE,
+            REASON_NO_SESSION,
+            alert=(
+                "Notebook unavailable",
+                "The server cannot open notebooks right now (its message "
+                "service is not answering). Reload the page in a moment.",
+            ),
+        )
 
     # The session's database record, its signals and its channel-layer group.
 

@@ -11,6 +11,9 @@ between processes, which use the project's layer only (checks W004, W005).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from typing import Any
 
 from channels.layers import (
@@ -19,6 +22,8 @@ from channels.layers import (
     channel_layers,
     get_channel_layer,
 )
+
+logger = logging.getLogger(__name__)
 
 # Where the in-process layer is kept, in Channels' own registry of layers, so
 # that consumers find it by alias as they find the project's.
@@ -39,3 +44,72 @@ def alias() -> str:
 def bridge_layer() -> Any:
     """The layer for the bridge's own messages (never ``None``)."""
     return get_channel_layer(alias())
+
+
+class LayerUnavailable(Exception):
+    """The channel layer failed (Redis unreachable, say)."""
+
+
+class GuardedLayer:
+    """A kernel websocket's view of the channel layer, where a failing layer
+    ends only the layer's part of the websocket, never the websocket.
+
+    Channels ends a consumer whose layer fails: an open notebook would die
+    with Redis, and a new one answered 500. Through this guard a channel
+    that cannot be read is retried every ``RETRY_EVERY`` seconds while the
+    notebook goes on (only revocation and forwarded calls wait), and group
+    changes raise :class:`LayerUnavailable`, for the consumer to refuse a
+    new session that could not be revoked.
+    """
+
+    RETRY_EVERY = 1.0
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layer, name)
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        try:
+            channel: str = await self.layer.new_channel(prefix)
+        except Exception:
+            self._failed("create a channel")
+            # A name nothing sends to: the notebook is refused anyway.
+            return f"{prefix}unreachable!{uuid.uuid4().hex}"
+        return channel
+
+    async def receive(self, channel: str) -> Any:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except Exception:
+                self._failed("read a channel")
+                await asyncio.sleep(self.RETRY_EVERY)
+            else:
+                self.failed = False
+                return message
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._guarded(self.layer.group_add(group, channel))
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._guarded(self.layer.group_discard(group, channel))
+
+    async def _guarded(self, call: Any) -> None:
+        try:
+            await call
+        except Exception as error:
+            self._failed("join or leave a group")
+            raise LayerUnavailable(str(error)) from error
+
+    def _failed(self, what: str) -> None:
+        if not self.failed:
+            logger.warning(
+                "The channel layer failed to %s for a notebook websocket: "
+                "revocation and forwarded kernel calls wait for it.",
+                what,
+                exc_info=True,
+            )
+        self.failed = True

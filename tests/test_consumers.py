@@ -18,7 +18,9 @@ from django.test import Client, override_settings
 
 import django_notebooks.routing
 from django_notebooks import consumers, sessions
+from django_notebooks.models import NotebookSession
 from django_notebooks.server import notebook_apps
+from tests.live import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -431,3 +433,38 @@ def logout(sessionid: str) -> None:
 @sync_to_async
 def remove_from_group(username: str, group: str) -> None:
     User.objects.get(username=username).groups.remove(Group.objects.get(name=group))
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "channels_redis.core.RedisChannelLayer",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    ],
+)
+async def test_a_new_session_is_refused_with_a_reason_while_the_layer_is_down(
+    close_marimo_sessions, backend, caplog
+):
+    """A notebook that revocation could not reach is not opened: the page
+    says why (no 500, no traceback), and nothing of the session is left."""
+    sessionid = await login("alice")
+    dead_redis = {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": backend, "CONFIG": dead_redis}}
+    ):
+        session_id = new_session_id()
+        ws = communicator(
+            f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
+        )
+        try:
+            connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+            assert connected
+            frames, close = await messages_until_close(ws)
+        finally:
+            await ws.disconnect()
+    assert frames[-1]["op"] == "alert"
+    assert frames[-1]["data"]["title"] == "Notebook unavailable"
+    assert close["code"] == consumers.CLOSE_UNAVAILABLE
+    assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
+    assert session_id not in sessions.bindings._bindings
+    assert "The channel layer failed" in caplog.text
