@@ -8,6 +8,7 @@ CHANNEL_LAYERS = {
 }
 
 LOGIN_REDIRECT_URL = "/notebooks/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 DJANGO_NOTEBOOKS = {
     "NOTEBOOKS": {

@@ -1,6 +1,7 @@
 """Follow docs/tutorial.md in a temporary directory and check every claim it makes.
 
-The tutorial shows the files in this folder with ``literalinclude``; this script
+The tutorial shows the files in this folder (tests/test_tutorial.py checks the page
+agrees with them); this script
 builds the project from the same files and the same commands, runs the
 development server (with its autoreloader) on a free loopback port, and drives
 the notebook the way marimo's frontend does. Run it from the repository root, with the package and
@@ -249,12 +250,23 @@ async def drive_notebook(server: Server) -> None:
 
             await check_frontend_files(client, page.text)
 
-            # Step 3: the channel layer lets logging out close open notebooks.
+            # Step 3: the channel layer lets logging out close open notebooks;
+            # step 6: the login page offers the logout form (a POST).
+            login_page = (await client.get("/accounts/login/")).text
+            check(
+                'action="/accounts/logout/"' in login_page
+                and "Log out" in login_page,
+                "the login page offers a logged-in user the logout form",
+            )
             response = await client.post(
                 "/accounts/logout/",
                 data={"csrfmiddlewaretoken": client.cookies["csrftoken"]},
             )
-            check(response.status_code in (200, 302), "logging out works")
+            check(
+                response.status_code == 302
+                and response.headers["location"] == "/accounts/login/",
+                "logging out works and goes to LOGOUT_REDIRECT_URL",
+            )
             started = time.monotonic()
             try:
                 while True:
