@@ -1,10 +1,10 @@
 """Follow docs/tutorial.md in a temporary directory and check every claim it makes.
 
-The tutorial shows the files in this folder (tests/test_tutorial.py checks the page
-agrees with them); this script
-builds the project from the same files and the same commands, runs the
-development server (with its autoreloader) on a free loopback port, and drives
-the notebook the way marimo's frontend does. Run it from the repository root, with the package and
+The tutorial shows the files in this folder (tests/test_tutorial.py checks
+that the page agrees with them); this script builds the project from the same
+files and the same commands, runs the development server (with its
+autoreloader) on a free loopback port, and drives the notebook the way
+marimo's frontend does. Run it from the repository root, with the package and
 its test extras installed (or ``PYTHONPATH`` pointing at the checkout):
 
     python docs/_tutorial/verify.py
@@ -254,8 +254,7 @@ async def drive_notebook(server: Server) -> None:
             # step 6: the login page offers the logout form (a POST).
             login_page = (await client.get("/accounts/login/")).text
             check(
-                'action="/accounts/logout/"' in login_page
-                and "Log out" in login_page,
+                'action="/accounts/logout/"' in login_page and "Log out" in login_page,
                 "the login page offers a logged-in user the logout form",
             )
             response = await client.post(
