@@ -71,13 +71,16 @@ class GuardedLayer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.layer, name)
 
-    async def new_channel(self, prefix: str = "specific.") -> str:
+    async def new_channel(self, *args: Any, **kwargs: Any) -> str:
+        # The arguments pass through as given: layers disagree on the default
+        # prefix ("specific" on channels_redis's list-based layer, which adds
+        # the dot), and its channels must all share the process's prefix.
         try:
-            channel: str = await self.layer.new_channel(prefix)
+            channel: str = await self.layer.new_channel(*args, **kwargs)
         except Exception:
             self._failed("create a channel")
             # A name nothing sends to: the notebook is refused anyway.
-            return f"{prefix}unreachable!{uuid.uuid4().hex}"
+            return f"specific.unreachable!{uuid.uuid4().hex}"
         return channel
 
     async def receive(self, channel: str) -> Any:

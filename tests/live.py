@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,18 @@ class NotebookClient:
             ws_url, additional_headers=headers, max_size=None, open_timeout=30
         ) as websocket:
             yield KernelSession(self, page, session_id, websocket)
+
+
+@asynccontextmanager
+async def logged_in(base_url: str, *usernames: str):
+    """One browser per username, each logged in as that user."""
+    async with AsyncExitStack() as stack:
+        clients = []
+        for username in usernames:
+            client = await stack.enter_async_context(NotebookClient(base_url))
+            await client.login(username)
+            clients.append(client)
+        yield clients
 
 
 def whoami(outputs: list[str]) -> dict:

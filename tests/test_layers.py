@@ -65,3 +65,17 @@ async def test_a_failing_layer_is_retried_not_fatal(monkeypatch, caplog):
     assert not guarded.failed
     # Said once, not once per retry.
     assert caplog.text.count("The channel layer failed") == 1
+
+
+async def test_the_guard_names_channels_as_the_layer_does():
+    """channels_redis's list-based layer adds the dot to its prefix itself:
+    every channel of a process must share that prefix, or the process reads
+    some of them never."""
+    from channels_redis.core import RedisChannelLayer
+
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:6379/0"])
+    channel = await layers.GuardedLayer(layer).new_channel()
+    assert channel.startswith(f"specific.{layer.client_prefix}!")
+    assert layer.non_local_name(channel) == layer.non_local_name(
+        await layer.new_channel()
+    )

@@ -15,7 +15,13 @@ import marimo
 import pytest
 import websockets
 
-from tests.live import LiveServer, NotebookClient, new_session_id, square_output
+from tests.live import (
+    LiveServer,
+    NotebookClient,
+    logged_in,
+    new_session_id,
+    square_output,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -23,12 +29,7 @@ FILE_LINK = r"\./@file/([^\"'\\&]+)"
 
 
 async def test_server_sent_events_are_no_second_kernel_transport(notebook_server):
-    async with (
-        NotebookClient(notebook_server.url) as alice,
-        NotebookClient(notebook_server.url) as bob,
-    ):
-        await alice.login("alice")
-        await bob.login("bob")
+    async with logged_in(notebook_server.url, "alice", "bob") as (alice, bob):
         async with alice.kernel("/notebooks/square/") as kernel:
             await kernel.read_until_completed()
             [slider] = kernel.ui_element_ids()
@@ -95,14 +96,11 @@ async def test_virtual_files_belong_to_the_login_whose_session_made_them(
     import re
 
     async with (
-        NotebookClient(notebook_server.url) as alice,
-        NotebookClient(notebook_server.url) as bob,
+        # alice_elsewhere: another browser of the same user.
+        logged_in(notebook_server.url, "alice", "bob", "alice") as clients,
         NotebookClient(notebook_server.url) as anonymous,
-        NotebookClient(notebook_server.url) as alice_elsewhere,
     ):
-        await alice.login("alice")
-        await bob.login("bob")
-        await alice_elsewhere.login("alice")  # another browser, same user
+        alice, bob, alice_elsewhere = clients
         async with alice.kernel("/notebooks/files/") as kernel:
             await kernel.read_until_completed()
             [name] = re.findall(FILE_LINK, " ".join(kernel.outputs))
@@ -207,9 +205,8 @@ async def test_marimos_editor_apis_are_not_found_even_for_the_sessions_owner(
 async def test_those_doors_tell_strangers_no_more_than_the_page(notebook_server):
     async with (
         NotebookClient(notebook_server.url) as anonymous,
-        NotebookClient(notebook_server.url) as bob,
+        logged_in(notebook_server.url, "bob") as [bob],
     ):
-        await bob.login("bob")
         login = await anonymous.http.get("/notebooks/sales/auth/login")
         assert login.status_code == 401
         forbidden = await bob.http.get("/notebooks/sales/sse?session_id=s_abcdef")

@@ -6,18 +6,13 @@ from __future__ import annotations
 import pytest
 import websockets
 
-from tests.live import NotebookClient, new_session_id, square_output
+from tests.live import logged_in, new_session_id, square_output
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 async def test_session_ids_belong_to_whoever_opened_them(notebook_server):
-    async with (
-        NotebookClient(notebook_server.url) as alice,
-        NotebookClient(notebook_server.url) as bob,
-    ):
-        await alice.login("alice")
-        await bob.login("bob")
+    async with logged_in(notebook_server.url, "alice", "bob") as (alice, bob):
         async with alice.kernel("/notebooks/square/") as kernel:
             await kernel.read_until_completed()
             [slider] = kernel.ui_element_ids()
