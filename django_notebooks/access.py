@@ -21,8 +21,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db.models import Q
-from django.utils.module_loading import import_string
 
+from . import conf
 from .registry import Notebook
 
 
@@ -38,7 +38,7 @@ class Access(enum.Enum):
 
 
 def _in_any_group(user: Any, names: tuple[str, ...]) -> bool:
-    return user.groups.filter(name__in=names).exists()
+    return bool(user.groups.filter(name__in=names).exists())
 
 
 def _passes_rules(user: Any, notebook: Notebook) -> bool:
@@ -81,11 +81,7 @@ def decide(user: Any, notebook: Notebook) -> Access:
     ):
         return Access.FORBIDDEN
     if notebook.access:
-        rule = (
-            notebook.access
-            if callable(notebook.access)
-            else import_string(notebook.access)
-        )
+        rule = conf.import_object(notebook.access)
         if not rule(user, notebook):
             return Access.FORBIDDEN
     return Access.ALLOWED

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -33,6 +33,16 @@ from django.utils.translation import ngettext
 
 from . import headless, layers, registry
 from .models import NotebookGrant, NotebookSession, RegisteredNotebook
+
+# Django's admin classes are generic to type checkers only (django-stubs).
+if TYPE_CHECKING:
+    SessionAdminBase = admin.ModelAdmin[NotebookSession]
+    GrantAdminBase = admin.ModelAdmin[NotebookGrant]
+    GrantFormBase = forms.ModelForm[NotebookGrant]
+    RegisteredNotebookAdminBase = admin.ModelAdmin[RegisteredNotebook]
+else:
+    SessionAdminBase = GrantAdminBase = RegisteredNotebookAdminBase = admin.ModelAdmin
+    GrantFormBase = forms.ModelForm
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +109,7 @@ def _still_open(rows: set[tuple[Any, str]]) -> set[tuple[Any, str]]:
 
 
 @admin.register(NotebookSession)
-class NotebookSessionAdmin(admin.ModelAdmin):
+class NotebookSessionAdmin(SessionAdminBase):
     """Open kernel websockets; read-only, and "delete" means terminate.
 
     Seeing the page needs ``view_notebooksession``; terminating needs
@@ -258,7 +268,7 @@ def notebook_choices(current: str | None = None) -> list[Any]:
     return [("", "---------"), *groups]
 
 
-class NotebookGrantForm(forms.ModelForm):
+class NotebookGrantForm(GrantFormBase):
     """A grant of one registered notebook to exactly one user or group."""
 
     notebook = forms.ChoiceField(
@@ -305,7 +315,7 @@ class NotebookGrantForm(forms.ModelForm):
 
 
 @admin.register(NotebookGrant)
-class NotebookGrantAdmin(admin.ModelAdmin):
+class NotebookGrantAdmin(GrantAdminBase):
     """Grants: a user, or a group's members, may open a notebook even if the
     notebook's ``groups`` and ``permissions`` would turn them away.
 
@@ -358,7 +368,7 @@ def access_rules(notebook: registry.Notebook) -> list[str]:
 
 
 @admin.register(RegisteredNotebook)
-class RegisteredNotebookAdmin(admin.ModelAdmin):
+class RegisteredNotebookAdmin(RegisteredNotebookAdminBase):
     """The notebooks of ``DJANGO_NOTEBOOKS``: a list, with no database table.
 
     Seeing the list needs ``view_registerednotebook``; the "check that they

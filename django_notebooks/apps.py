@@ -7,6 +7,8 @@ class DjangoNotebooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import autoreload, checks, conf, revocation  # noqa: F401  (registers checks, signals)
+        from . import autoreload, checks, revocation
 
+        checks.register_checks()
+        autoreload.connect_signals()
         revocation.connect_signals()

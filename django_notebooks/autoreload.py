@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from django.dispatch import receiver
 from django.utils.autoreload import autoreload_started
 
 # The process's real __main__ (manage.py), seen before any kernel ran.
@@ -35,7 +34,13 @@ def restore_main_module() -> None:
         sys.modules["__main__"] = _process_main
 
 
-@receiver(autoreload_started, dispatch_uid="django_notebooks.autoreload")
+def connect_signals() -> None:
+    """Called from the app's ``ready()``, before any kernel can run."""
+    autoreload_started.connect(
+        _guard_reloader, dispatch_uid="django_notebooks.autoreload"
+    )
+
+
 def _guard_reloader(sender: Any, **kwargs: Any) -> None:
     watched_files = sender.watched_files
 

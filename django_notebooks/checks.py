@@ -1,27 +1,32 @@
 """System checks: configuration mistakes reported by ``manage.py check`` and
-at server start, instead of at the first request."""
+at server start, instead of at the first request.
+
+:func:`register_checks` registers them; the app's ``ready()`` calls it.
+"""
 
 from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import marimo
 from channels.security.websocket import OriginValidator
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import conf, query, registry
 
 
-@register(Tags.compatibility)
-def check_installation(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    errors = []
+def check_installation(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     if not apps.is_installed("channels"):
         errors.append(
             Error(
@@ -57,8 +62,9 @@ def _version_tuple(version: str) -> tuple[int, ...] | None:
     return tuple(int(part or 0) for part in match.groups())
 
 
-@register(Tags.compatibility)
-def check_marimo_version(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_marimo_version(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     installed = _version_tuple(marimo.__version__)
     minimum = _version_tuple(MARIMO_MINIMUM_VERSION)
     if installed is None or minimum is None or installed >= minimum:
@@ -73,8 +79,11 @@ def check_marimo_version(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     ]
 
 
-@register(Tags.compatibility)
-def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_notebooks(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []  # check_settings says why
     try:
         notebooks = registry.explicit_notebooks()
         directories = registry.directories()
@@ -86,7 +95,7 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_notebooks.E003",
             )
         ]
-    errors: list[Any] = []
+    errors: list[CheckMessage] = []
     for slug, notebook in notebooks.items():
         if not registry.NAME_PATTERN.fullmatch(slug):
             errors.append(
@@ -155,8 +164,11 @@ def check_notebooks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
-@register(Tags.compatibility)
-def check_query_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_query_options(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []  # check_settings says why
     try:
         entries = [
             (f"Notebook {slug!r}", notebook.query)
@@ -167,7 +179,7 @@ def check_query_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         ]
     except ImproperlyConfigured:
         return []  # E003 says it
-    errors = []
+    errors: list[CheckMessage] = []
     for where, option in entries:
         if option is None:
             continue
@@ -212,8 +224,9 @@ def _routes_kernel_consumer(router: Any) -> bool:
     return False
 
 
-@register(Tags.security, deploy=False)
-def check_websocket_stack(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_websocket_stack(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     asgi_path = getattr(settings, "ASGI_APPLICATION", None)
     if not asgi_path:
         return []  # E002 says it
@@ -232,7 +245,7 @@ def check_websocket_stack(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return []  # not a ProtocolTypeRouter: nothing we can inspect
     websocket_app = mapping.get("websocket")
     chain = _layers(websocket_app)
-    warnings = []
+    warnings: list[CheckMessage] = []
     http_app = mapping.get("http")
     from .asgi import FastPathMiddleware
 
@@ -276,8 +289,9 @@ def check_websocket_stack(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return warnings
 
 
-@register(Tags.compatibility)
-def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_channel_layer(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
     backend = layers.get("default", {}).get("BACKEND", "")
     if not backend:
@@ -310,21 +324,53 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return []
 
 
-@register(Tags.compatibility)
-def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    user_config = getattr(settings, conf.SETTING_NAME, {}) or {}
-    errors = []
-    unknown = sorted(set(user_config) - set(conf.DEFAULTS))
+def _settings_usable() -> bool:
+    """Whether the setting loads; when it does not, check_settings says why
+    and the checks that read it stay quiet rather than repeat it."""
+    try:
+        conf.get_settings()
+    except ImproperlyConfigured:
+        return False
+    return True
+
+
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Each key of DJANGO_NOTEBOOKS: known (E010), of its type (E015, E012 for
+    FRONTEND), and marimo's options ones marimo takes (E011)."""
+    try:
+        project = conf.project_setting()
+    except ImproperlyConfigured as error:
+        return [
+            Error(
+                str(error),
+                hint="DJANGO_NOTEBOOKS = {'NOTEBOOKS': {...}, ...}: see the "
+                "settings reference.",
+                id="django_notebooks.E015",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    unknown = conf.unknown_keys()
     if unknown:
         errors.append(
             Error(
                 f"DJANGO_NOTEBOOKS has unknown keys {unknown}.",
-                hint=f"Known keys: {sorted(conf.DEFAULTS)}. Check the spelling.",
+                hint=f"Known keys: {sorted(conf.KEYS)}. Check the spelling.",
                 id="django_notebooks.E010",
             )
         )
+    errors.extend(
+        Error(problem.message, hint=problem.hint, id=problem.check_id)
+        for problem in conf.problems()
+    )
+    marimo_options = project.get("MARIMO") or {}
     accepted = set(inspect.signature(marimo.create_asgi_app).parameters)
-    unknown_options = sorted(set(user_config.get("MARIMO", {}) or {}) - accepted)
+    unknown_options = (
+        sorted(set(marimo_options) - accepted)
+        if isinstance(marimo_options, dict)
+        else []
+    )
     if unknown_options:
         errors.append(
             Error(
@@ -337,26 +383,68 @@ def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
-FRONTEND_MODES = ("bridge", "staticfiles", "marimo")
+def check_hooks(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Every dotted path the setting names for a function imports (E016);
+    ``query`` options have their own check (E013)."""
+    if not _settings_usable():
+        return []
+    config = conf.get_settings()
+    paths = [
+        (f"DJANGO_NOTEBOOKS[{name!r}]", getattr(config, name))
+        for name in ("USER_CONTEXT", "REQUEST_META")
+    ]
+    try:
+        paths += [
+            (f"Notebook {slug!r}: 'access'", notebook.access)
+            for slug, notebook in registry.explicit_notebooks().items()
+        ] + [
+            (f"Directory {key!r}: 'access'", options.get("access"))
+            for key, options in registry.directories().items()
+        ]
+    except ImproperlyConfigured:
+        pass  # E003 says it; the top-level hooks are still checked
+    errors: list[CheckMessage] = []
+    for where, value in paths:
+        if not isinstance(value, str):
+            continue
+        try:
+            target = conf.import_object(value)
+        except Exception as error:  # an import may fail in any way
+            errors.append(
+                Error(
+                    f"{where} is {value!r}, which cannot be imported: {error}",
+                    hint="Give the dotted path of a function, e.g. "
+                    "'myproject.notebooks.user_context', or the function itself.",
+                    id="django_notebooks.E016",
+                )
+            )
+            continue
+        if not callable(target):
+            errors.append(
+                Error(
+                    f"{where} is {value!r}, which names {type(target).__name__}, "
+                    "not a function.",
+                    hint="Give the dotted path of a function.",
+                    id="django_notebooks.E016",
+                )
+            )
+    return errors
+
+
 FRONTEND_FINDER = "django_notebooks.finders.MarimoFrontendFinder"
 
 
-@register(Tags.staticfiles)
-def check_frontend(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    mode = conf.get("FRONTEND")
-    if mode not in FRONTEND_MODES and not (
-        isinstance(mode, str) and ("://" in mode or mode.startswith("/"))
-    ):
-        return [
-            Error(
-                f"DJANGO_NOTEBOOKS['FRONTEND'] is {mode!r}.",
-                hint=f"Use one of {list(FRONTEND_MODES)} or the URL of a copy of "
-                "marimo's frontend (it may contain {version}).",
-                id="django_notebooks.E012",
-            )
-        ]
+def check_frontend(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The staticfiles finder that FRONTEND = "staticfiles" needs (W006);
+    the value itself is check_settings' (E012)."""
+    if not _settings_usable():
+        return []
     finders = getattr(settings, "STATICFILES_FINDERS", [])
-    if mode == "staticfiles" and FRONTEND_FINDER not in finders:
+    if conf.get_settings().FRONTEND == "staticfiles" and FRONTEND_FINDER not in finders:
         return [
             Warning(
                 "FRONTEND is 'staticfiles' but collectstatic will not find "
@@ -366,3 +454,20 @@ def check_frontend(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+def register_checks() -> None:
+    """Register every check with Django's framework (``AppConfig.ready``).
+    Registering twice is harmless: the framework keeps a set."""
+    for check in (
+        check_installation,
+        check_marimo_version,
+        check_notebooks,
+        check_query_options,
+        check_channel_layer,
+        check_settings,
+        check_hooks,
+    ):
+        register(check, Tags.compatibility)
+    register(check_websocket_stack, Tags.security)
+    register(check_frontend, Tags.staticfiles)

@@ -1,86 +1,229 @@
-"""The ``DJANGO_NOTEBOOKS`` setting, with defaults.
+"""The ``DJANGO_NOTEBOOKS`` setting, as one typed object.
 
-The setting is read when it is used, never at import time, so that
-``override_settings`` in tests and settings changed at runtime are honoured.
+:func:`get_settings` reads the setting when it is used, never at import time,
+so that ``override_settings`` in tests and settings changed at runtime are
+honoured; the object is cached until the setting changes. Each key has a type
+rule (:data:`KEYS`): a wrong value raises ``ImproperlyConfigured`` when the
+setting is read, and check ``django_notebooks.E015`` (or the key's own check)
+reports it at startup, before the first request.
+
+Every dotted path the setting holds (hooks, access rules, query forms) is
+imported by :func:`import_object`, cached until the setting changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from django.conf import settings
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 SETTING_NAME = "DJANGO_NOTEBOOKS"
 
-DEFAULTS: dict[str, Any] = {
-    # slug -> path, or slug -> {"path": ..., "title", "description", "public",
-    # "groups", "permissions", "access"}
-    "NOTEBOOKS": {},
-    # key -> directory path, or key -> {"path": ..., same access keys}; every
-    # marimo notebook in the directory is served at <key>/<file stem>/.
-    "DIRECTORIES": {},
-    # Options passed to marimo.create_asgi_app(); see docs/reference/settings.
-    "MARIMO": {},
-    # Who serves marimo's frontend files: "bridge" (compressed, cached for a
-    # year), "staticfiles" (collectstatic), "marimo", or a CDN URL with
-    # {version}. See frontend.py.
-    "FRONTEND": "bridge",
-    # Dotted path to callable(user) -> dict: what notebooks see as request.user.
-    "USER_CONTEXT": None,
-    # Dotted path to callable(request_or_scope) -> dict: request.meta.
-    "REQUEST_META": None,
-    # Cookie names that notebook code may read; every other cookie is removed.
-    "ALLOWED_COOKIES": [],
-    # Open kernel websockets one user (or anonymous visitor) may have at once.
-    "MAX_SESSIONS_PER_USER": 20,
-    # Largest websocket message a browser may send (marimo's frontend sends
-    # none: everything goes through HTTP POSTs).
-    "MAX_WEBSOCKET_MESSAGE_BYTES": 64 * 1024,
-    # Answer 404 (not 403) for notebooks the user may not open, and ask
-    # anonymous users to log in for unknown ones, so that deny answers never
-    # tell whether a notebook exists.
-    "CONCEAL_FORBIDDEN": False,
-    # Show the notebook's absolute file path in its page (marimo does).
-    "EXPOSE_FILE_PATHS": False,
-}
+# A function, or the dotted path of one.
+Hook = str | Callable[..., Any] | None
+
+# Who serves marimo's frontend files besides a URL; see frontend.py.
+FRONTEND_MODES = ("bridge", "staticfiles", "marimo")
 
 # marimo options this project decides itself: a token would add marimo's own
 # login on top of Django's, and the bridge already refuses cross-site calls.
 RESERVED_MARIMO_OPTIONS = frozenset({"token"})
 
 
+@dataclass(frozen=True)
+class NotebookSettings:
+    """The effective ``DJANGO_NOTEBOOKS`` setting: the project's values over
+    the defaults, one attribute per key (docs: reference/settings)."""
+
+    #: slug -> path, or slug -> {"path": ..., "title", "description",
+    #: "public", "groups", "permissions", "access", "query"}.
+    NOTEBOOKS: Mapping[str, Any]
+    #: key -> directory, or key -> {"path": ..., access keys}: every marimo
+    #: notebook in the directory is served at <key>/<file stem>/.
+    DIRECTORIES: Mapping[str, Any]
+    #: Options passed to marimo.create_asgi_app().
+    MARIMO: Mapping[str, Any]
+    #: "bridge", "staticfiles", "marimo", or the URL of a copy of marimo's
+    #: frontend (it may contain {version}).
+    FRONTEND: str
+    #: callable(user) -> dict: what notebooks see as request.user.
+    USER_CONTEXT: Hook
+    #: callable(scope) -> dict: what notebooks see as request.meta.
+    REQUEST_META: Hook
+    #: Cookie names notebook code may read; every other cookie is removed.
+    ALLOWED_COOKIES: tuple[str, ...]
+    #: Open kernel websockets one user (or anonymous visitor) may have.
+    MAX_SESSIONS_PER_USER: int | None
+    #: Largest websocket message a browser may send (marimo's frontend
+    #: sends none: everything goes through HTTP POSTs).
+    MAX_WEBSOCKET_MESSAGE_BYTES: int
+    #: 404 (not 403) for notebooks the user may not open, and a login for
+    #: unknown ones, so that no answer tells whether a notebook exists.
+    CONCEAL_FORBIDDEN: bool
+    #: Leave the notebook's absolute file path in its page (marimo does).
+    EXPOSE_FILE_PATHS: bool
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the setting: its default and the rule its value follows."""
+
+    default: Any
+    #: What a valid value is, in the words of the check's hint.
+    expected: str
+    is_valid: Callable[[Any], bool]
+    #: The system check that reports a wrong value.
+    check_id: str = "django_notebooks.E015"
+    #: Turns a valid value into the attribute's type.
+    convert: Callable[[Any], Any] = lambda value: value
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_hook(value: Any) -> bool:
+    return value is None or isinstance(value, str) or callable(value)
+
+
+def is_name_list(value: Any) -> bool:
+    """A list (tuple, set) of strings; a string is not one, although Python
+    iterates it: ``"csrftoken"`` would mean the cookies ``c``, ``s``, ..."""
+    return (
+        isinstance(value, Collection)
+        and not isinstance(value, str | bytes | Mapping)
+        and all(isinstance(item, str) for item in value)
+    )
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_frontend(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value in FRONTEND_MODES or "://" in value or value.startswith("/")
+    )
+
+
+KEYS: dict[str, Key] = {
+    "NOTEBOOKS": Key({}, "a dict of slug -> path or entry", _is_mapping),
+    "DIRECTORIES": Key({}, "a dict of key -> directory or entry", _is_mapping),
+    "MARIMO": Key({}, "a dict of marimo.create_asgi_app() options", _is_mapping),
+    "FRONTEND": Key(
+        "bridge",
+        f"one of {list(FRONTEND_MODES)} or the URL of a copy of marimo's "
+        "frontend (it may contain {version})",
+        _is_frontend,
+        check_id="django_notebooks.E012",
+    ),
+    "USER_CONTEXT": Key(None, "a function, its dotted path, or None", _is_hook),
+    "REQUEST_META": Key(None, "a function, its dotted path, or None", _is_hook),
+    "ALLOWED_COOKIES": Key(
+        (),
+        'a list of cookie names, e.g. ["theme"]',
+        is_name_list,
+        convert=tuple,
+    ),
+    "MAX_SESSIONS_PER_USER": Key(
+        20,
+        "a positive integer, or None for no cap",
+        lambda value: value is None or _is_positive_int(value),
+    ),
+    "MAX_WEBSOCKET_MESSAGE_BYTES": Key(
+        64 * 1024, "a positive integer (bytes)", _is_positive_int
+    ),
+    "CONCEAL_FORBIDDEN": Key(False, "True or False", lambda v: isinstance(v, bool)),
+    "EXPOSE_FILE_PATHS": Key(False, "True or False", lambda v: isinstance(v, bool)),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A value in the project's setting that breaks its key's rule."""
+
+    key: str
+    message: str
+    hint: str
+    check_id: str
+
+
+def project_setting() -> Mapping[str, Any]:
+    """The project's ``DJANGO_NOTEBOOKS`` as written (``None`` is empty)."""
+    value = getattr(django_settings, SETTING_NAME, None) or {}
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"{SETTING_NAME} must be a dict, not {type(value).__name__}."
+        )
+    return value
+
+
+def unknown_keys() -> list[str]:
+    """Keys of the project's setting this app does not know (check E010)."""
+    return sorted(set(project_setting()) - set(KEYS))
+
+
+def problems() -> list[Problem]:
+    """Each key whose value breaks its rule, in the order of :data:`KEYS`."""
+    project = project_setting()
+    found = []
+    for name, key in KEYS.items():
+        if name in project and not key.is_valid(project[name]):
+            value = project[name]
+            found.append(
+                Problem(
+                    key=name,
+                    message=f"{SETTING_NAME}[{name!r}] is {value!r} "
+                    f"({type(value).__name__}).",
+                    hint=f"Use {key.expected}.",
+                    check_id=key.check_id,
+                )
+            )
+    return found
+
+
 @cache
-def get_config() -> dict[str, Any]:
-    """The effective setting: the project's values over the defaults."""
-    user_config = getattr(settings, SETTING_NAME, {}) or {}
-    return {**DEFAULTS, **user_config}
-
-
-def get(name: str) -> Any:
-    """One key of the effective setting."""
-    return get_config()[name]
+def get_settings() -> NotebookSettings:
+    """The effective setting; raises ``ImproperlyConfigured`` for a value
+    that breaks its key's rule. Cached until the setting changes."""
+    wrong = problems()
+    if wrong:
+        raise ImproperlyConfigured(f"{wrong[0].message} {wrong[0].hint}")
+    project = project_setting()
+    return NotebookSettings(
+        **{
+            name: key.convert(project.get(name, key.default))
+            for name, key in KEYS.items()
+        }
+    )
 
 
 def marimo_options() -> dict[str, Any]:
     """Keyword arguments for ``marimo.create_asgi_app()``."""
-    options = {"quiet": True, **get("MARIMO")}
+    options = {"quiet": True, **get_settings().MARIMO}
     for name in RESERVED_MARIMO_OPTIONS:
         options.pop(name, None)
     return options
 
 
+def import_object(value: Any) -> Any:
+    """What a setting's dotted path names (imported once), or ``value``
+    itself when it is not a string (a function or class given directly)."""
+    return _import_cached(value) if isinstance(value, str) else value
+
+
 def import_hook(name: str) -> Any:
-    """Import the callable a dotted-path setting names, or ``None`` if unset."""
-    dotted_path = get(name)
-    if not dotted_path:
-        return None
-    if callable(dotted_path):
-        return dotted_path
-    return _import_cached(dotted_path)
+    """The function a hook key (``USER_CONTEXT``, ``REQUEST_META``) names,
+    or ``None`` if unset."""
+    value = getattr(get_settings(), name)
+    return import_object(value) if value else None
 
 
 @cache
@@ -91,5 +234,5 @@ def _import_cached(dotted_path: str) -> Any:
 @receiver(setting_changed)
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING_NAME:
-        get_config.cache_clear()
+        get_settings.cache_clear()
         _import_cached.cache_clear()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -96,13 +97,15 @@ def _comes_from_this_site(scope: dict[str, Any]) -> bool:
     )
 
 
-@database_sync_to_async
-def _fresh_user(user: Any) -> Any:
+def _reload_user(user: Any) -> Any:
     """The user as the database has it now (permissions are cached on the
     instance, so the scope's user would answer from before the change)."""
     if not getattr(user, "is_authenticated", False):
         return user
     return user._meta.model._default_manager.filter(pk=user.pk).first()
+
+
+_fresh_user: Callable[[Any], Awaitable[Any]] = database_sync_to_async(_reload_user)
 
 
 def _session_opened(
@@ -178,7 +181,8 @@ def _sendable_close(message: dict[str, Any]) -> dict[str, Any]:
     return sendable
 
 
-class KernelConsumer(AsyncConsumer):
+# channels has no type hints: its base class is Any to mypy.
+class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
     """Relays a notebook's kernel websocket to marimo, after the same access
     decision as the notebook's page and a check that the session id belongs
     to whoever connects."""
@@ -279,7 +283,7 @@ class KernelConsumer(AsyncConsumer):
             user_context=user_context,
             meta=meta,
             user_id=getattr(user, "pk", None),
-            limit=conf.get("MAX_SESSIONS_PER_USER"),
+            limit=conf.get_settings().MAX_SESSIONS_PER_USER,
         )
         if claim is sessions.Claim.NOT_OWNER:
             return await self._refuse(CLOSE_REFUSED)
@@ -287,7 +291,7 @@ class KernelConsumer(AsyncConsumer):
             # Accept first, so that the page can show why.
             await self.send({"type": "websocket.accept"})
             self.accepted = True
-            limit = conf.get("MAX_SESSIONS_PER_USER")
+            limit = conf.get_settings().MAX_SESSIONS_PER_USER
             return await self._close(
                 CLOSE_TOO_MANY,
                 alert=(
@@ -339,7 +343,7 @@ class KernelConsumer(AsyncConsumer):
         size = len(message.get("bytes") or b"") + len(
             (message.get("text") or "").encode()
         )
-        if size > conf.get("MAX_WEBSOCKET_MESSAGE_BYTES"):
+        if size > conf.get_settings().MAX_WEBSOCKET_MESSAGE_BYTES:
             await self._close(CLOSE_TOO_BIG)
             await self.inbox.put(
                 {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
@@ -405,7 +409,7 @@ class KernelConsumer(AsyncConsumer):
             await self.channel_layer.group_add(
                 relay.session_group(self.session_id), self.channel_name
             )
-        return recorded
+        return bool(recorded)
 
     async def _record_closed(self) -> None:
         assert self.session_id and self.notebook

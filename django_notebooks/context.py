@@ -63,7 +63,7 @@ def session_context(
     cleaned = None
     if notebook is not None and notebook.query is not None:
         cleaned = query.session_query(notebook, scope.get("query_string", b""))
-    meta = request_meta(scope) if conf.get("REQUEST_META") else {}
+    meta = request_meta(scope) if conf.get_settings().REQUEST_META else {}
     if cleaned is not None:
         meta = {**meta, "query": cleaned}
     return user_context(user), meta
@@ -142,7 +142,7 @@ def _filtered_cookie_header(value: bytes, allowed: Iterable[str]) -> bytes | Non
 def safe_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The request headers without credentials: no ``Authorization``, and a
     ``Cookie`` header holding only the cookies on ``ALLOWED_COOKIES``."""
-    allowed = conf.get("ALLOWED_COOKIES")
+    allowed = conf.get_settings().ALLOWED_COOKIES
     kept = []
     for name, value in headers:
         lowered = name.lower()

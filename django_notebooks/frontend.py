@@ -63,7 +63,7 @@ GZIP_LEVEL = 6
 
 def asset_url() -> str | None:
     """What to pass as marimo's ``asset_url`` (``None``: marimo's own)."""
-    mode = conf.get("FRONTEND")
+    mode = conf.get_settings().FRONTEND
     version = marimo.__version__
     if mode == "bridge":
         return reverse("django_notebooks:frontend", args=[version, ""]).rstrip("/")
@@ -153,7 +153,7 @@ def answer(
 
     Shared by the Django view and the ASGI fast path.
     """
-    if conf.get("FRONTEND") != "bridge":
+    if conf.get_settings().FRONTEND != "bridge":
         return None  # the frontend is served elsewhere: nothing here
     file_path = _file_for(version, path)
     if file_path is None:

@@ -159,7 +159,7 @@ def export_html(
     and :class:`HeadlessError` when no file was written.
     """
     if include_code is None:
-        include_code = bool(conf.get("MARIMO").get("include_code", False))
+        include_code = bool(conf.get_settings().MARIMO.get("include_code", False))
     destination = Path(destination).absolute()
     destination.parent.mkdir(parents=True, exist_ok=True)
     # So that an old file is never taken for this run's.
@@ -356,7 +356,7 @@ def _describe(error: dict[str, Any], traceback: str) -> str:
             if match and (match.group(2) or "") == first_line:
                 return f"{match.group(1)}: {message}" if message else match.group(1)
     if kind in ("exception", ""):
-        return message
+        return str(message)
     return f"{kind}: {message}"
 
 

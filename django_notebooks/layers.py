@@ -34,7 +34,7 @@ def alias() -> str:
     """The alias of the layer for the bridge's own messages: the project's
     default layer, or the in-process one when it has none."""
     if get_channel_layer(DEFAULT_CHANNEL_LAYER) is not None:
-        return DEFAULT_CHANNEL_LAYER
+        return str(DEFAULT_CHANNEL_LAYER)
     # Channels forgets its layers when CHANNEL_LAYERS changes (in tests):
     # the in-process layer comes back then, as the project's would.
     channel_layers.backends.setdefault(IN_PROCESS_ALIAS, InMemoryChannelLayer())

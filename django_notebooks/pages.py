@@ -46,7 +46,7 @@ def prepare_page(
         return response
     if not response.get("Content-Type", "").startswith("text/html"):
         return response
-    if not conf.get("EXPOSE_FILE_PATHS"):
+    if not conf.get_settings().EXPOSE_FILE_PATHS:
         content = response.content
         for old, new in _replacements(notebook_file):
             content = content.replace(old, new)

@@ -25,8 +25,8 @@ from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.utils.html import format_html, format_html_join
-from django.utils.module_loading import import_string
 
+from . import conf
 from .registry import Notebook
 
 # Parameters marimo's frontend and server use themselves: never the notebook's.
@@ -101,7 +101,7 @@ def resolve(option: Any) -> type:
     ``TypeError`` for anything else that is neither (check E013 says so at
     startup).
     """
-    cls = import_string(option) if isinstance(option, str) else option
+    cls = conf.import_object(option)
     if isinstance(cls, type) and (
         issubclass(cls, forms.BaseForm) or is_pydantic_model(cls)
     ):

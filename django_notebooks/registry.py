@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -30,6 +30,23 @@ from . import conf
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ACCESS_KEYS = ("public", "groups", "permissions", "access")
 ENTRY_KEYS = frozenset({"path", "title", "description", "query", *ACCESS_KEYS})
+
+# The type of each option but "path" and "query" (check E013 tries those).
+# A string where a list belongs would be read letter by letter.
+ENTRY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "title": (lambda value: isinstance(value, str), "a string"),
+    "description": (lambda value: isinstance(value, str), "a string"),
+    "public": (lambda value: isinstance(value, bool), "True or False"),
+    "groups": (conf.is_name_list, 'a list of group names, e.g. ["analysts"]'),
+    "permissions": (
+        conf.is_name_list,
+        'a list of permissions, e.g. ["sales.view_order"]',
+    ),
+    "access": (
+        lambda value: value is None or isinstance(value, str) or callable(value),
+        "a function (user, notebook) -> bool, or its dotted path",
+    ),
+}
 
 T = TypeVar("T")
 
@@ -84,6 +101,12 @@ def _entry_options(name: str, value: Any) -> dict[str, Any]:
             raise ImproperlyConfigured(
                 f"DJANGO_NOTEBOOKS entry {name!r} needs a 'path' key."
             )
+        for key, (is_valid, expected) in ENTRY_RULES.items():
+            if key in value and not is_valid(value[key]):
+                raise ImproperlyConfigured(
+                    f"DJANGO_NOTEBOOKS entry {name!r}: {key!r} is "
+                    f"{value[key]!r}; use {expected}."
+                )
         return {**value, "path": Path(value["path"])}
     raise ImproperlyConfigured(
         f"DJANGO_NOTEBOOKS entry {name!r} must be a path or a dict with a "
@@ -119,10 +142,10 @@ def _per_config(function: Callable[[], T]) -> Callable[[], T]:
 
     @wraps(function)
     def wrapper() -> T:
-        config = conf.get_config()
+        config = conf.get_settings()
         if memo[0] is not config:
             memo[:] = [config, function()]
-        return memo[1]
+        return cast(T, memo[1])
 
     return wrapper
 
@@ -131,7 +154,7 @@ def _per_config(function: Callable[[], T]) -> Callable[[], T]:
 def explicit_notebooks() -> dict[str, Notebook]:
     """The ``NOTEBOOKS`` entries, by slug."""
     notebooks = {}
-    for slug, value in _mapping_setting("NOTEBOOKS").items():
+    for slug, value in conf.get_settings().NOTEBOOKS.items():
         options = _entry_options(slug, value)
         notebooks[slug] = _notebook(slug, options["path"], options)
     return notebooks
@@ -142,18 +165,8 @@ def directories() -> dict[str, dict[str, Any]]:
     """The ``DIRECTORIES`` entries, by key, as option dicts."""
     return {
         key: _entry_options(key, value)
-        for key, value in _mapping_setting("DIRECTORIES").items()
+        for key, value in conf.get_settings().DIRECTORIES.items()
     }
-
-
-def _mapping_setting(name: str) -> Mapping[str, Any]:
-    value = conf.get(name)
-    if not isinstance(value, Mapping):
-        raise ImproperlyConfigured(
-            f"DJANGO_NOTEBOOKS[{name!r}] must be a dict of name -> entry, "
-            f"not {type(value).__name__}."
-        )
-    return value
 
 
 _marker_cache: dict[Path, tuple[int, bool]] = {}

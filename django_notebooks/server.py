@@ -34,18 +34,18 @@ class NotebookApps:
     """The marimo apps of this process, by notebook file."""
 
     def __init__(self) -> None:
-        self._apps: dict[tuple[Path, tuple], ASGIApp] = {}
-        self._session_managers: dict[tuple[Path, tuple], Any] = {}
+        self._apps: dict[tuple[Path, tuple[Any, ...]], ASGIApp] = {}
+        self._session_managers: dict[tuple[Path, tuple[Any, ...]], Any] = {}
         self._lock = threading.Lock()
         self._exit_hook_installed = False
         self._options_for: object = None
         self._options: dict[str, Any] = {}
-        self._options_key: tuple = ()
+        self._options_key: tuple[Any, ...] = ()
 
     def app_for(self, path: Path) -> ASGIApp:
         """The marimo app serving the notebook file at ``path``."""
         # Every kernel call asks: the options are worked out once per setting.
-        config = conf.get_config()
+        config = conf.get_settings()
         if self._options_for is not config:
             self._options = self._current_options()
             self._options_key = tuple(sorted(self._options.items()))
@@ -74,7 +74,7 @@ class NotebookApps:
         return None
 
     def _build(
-        self, key: tuple[Path, tuple], path: Path, options: dict[str, Any]
+        self, key: tuple[Path, tuple[Any, ...]], path: Path, options: dict[str, Any]
     ) -> ASGIApp:
         def remember_session_manager(app: Any) -> Any:
             # marimo calls this with the notebook's own Starlette app.

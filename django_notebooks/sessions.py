@@ -57,9 +57,10 @@ def visitor_from_cookie(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        return signing.loads(value, salt=VISITOR_SALT)
+        visitor = signing.loads(value, salt=VISITOR_SALT)
     except signing.BadSignature:
         return None
+    return visitor if isinstance(visitor, str) else None
 
 
 class Claim(enum.Enum):

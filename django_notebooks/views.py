@@ -120,7 +120,7 @@ async def _serve(
     found = registry.locate(location)
     if found is None:
         if (
-            conf.get("CONCEAL_FORBIDDEN")
+            conf.get_settings().CONCEAL_FORBIDDEN
             and not (await get_user(request)).is_authenticated
         ):
             is_page = request.method in SAFE_METHODS and _looks_like_page(location)
@@ -166,7 +166,9 @@ async def _serve_read(
 
     if is_page and notebook.query is not None:
         # The kernel websocket checks the query again: this is for a clear page.
-        refusal = await database_sync_to_async(page_refusal)(request, notebook)
+        refusal: HttpResponse | None = await database_sync_to_async(page_refusal)(
+            request, notebook
+        )
         if refusal is not None:
             return refusal
     file_name = marimo_routes.virtual_file_name(found.subpath)
@@ -364,7 +366,7 @@ def _refuse(request: HttpRequest, decision: Access, *, is_page: bool) -> HttpRes
     as private ones do: nobody learns which notebooks exist beyond what their
     index shows them.
     """
-    if decision is Access.FORBIDDEN and conf.get("CONCEAL_FORBIDDEN"):
+    if decision is Access.FORBIDDEN and conf.get_settings().CONCEAL_FORBIDDEN:
         if is_page:
             raise Http404("No such notebook.")
         return json_error(404, "No such notebook.")
@@ -387,7 +389,7 @@ def _identity(user: Any) -> dict[str, Any]:
 
 
 def _asgi_scope(request: HttpRequest) -> dict[str, Any]:
-    scope = getattr(request, "scope", None)
+    scope: dict[str, Any] | None = getattr(request, "scope", None)
     if scope is not None:
         return scope
     # Under WSGI (e.g. the sync test client) there is no ASGI scope: make one.

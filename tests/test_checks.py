@@ -348,8 +348,9 @@ def test_a_list_instead_of_a_dict_is_reported_not_a_crash(key):
 @pytest.mark.parametrize("value", ["static", "", None, 3])
 def test_e012_frontend_must_be_a_mode_or_a_url(value):
     with override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": value}):
-        ids = [m.id for m in checks.check_frontend()]
-    assert ids == ["django_notebooks.E012"]
+        message = only("django_notebooks.E012")
+        assert ids() == ["django_notebooks.E012"]
+    assert "'bridge'" in message.hint
 
 
 @pytest.mark.parametrize(
@@ -357,6 +358,7 @@ def test_e012_frontend_must_be_a_mode_or_a_url(value):
 )
 def test_frontend_modes_and_urls_pass(value):
     with override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, "FRONTEND": value}):
+        assert checks.check_settings() == []
         assert checks.check_frontend() == []
 
 
@@ -395,3 +397,96 @@ def test_the_minimum_marimo_version_is_the_one_pyproject_requires():
         dependencies = tomllib.load(file)["project"]["dependencies"]
     [marimo_requirement] = [d for d in dependencies if re.match(r"marimo\b", d)]
     assert marimo_requirement == f"marimo>={checks.MARIMO_MINIMUM_VERSION}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("ALLOWED_COOKIES", "csrftoken", "a list of cookie names"),
+        ("MAX_SESSIONS_PER_USER", "20", "a positive integer"),
+        ("MAX_WEBSOCKET_MESSAGE_BYTES", 0, "a positive integer"),
+        ("CONCEAL_FORBIDDEN", "no", "True or False"),
+        ("REQUEST_META", 3, "a function"),
+        ("MARIMO", "quiet", "a dict"),
+    ],
+)
+def test_e015_a_value_of_the_wrong_type(key, value, hint):
+    with override_settings(DJANGO_NOTEBOOKS={**DJANGO_NOTEBOOKS, key: value}):
+        message = only("django_notebooks.E015")
+        # The checks that read the setting do not repeat it or crash.
+        assert ids() == ["django_notebooks.E015"]
+    assert message.level == ERROR
+    assert key in message.msg and repr(value) in message.msg
+    assert hint in message.hint
+
+
+@override_settings(DJANGO_NOTEBOOKS="sq")
+def test_e015_a_setting_that_is_not_a_dict():
+    message = only("django_notebooks.E015")
+    assert "must be a dict" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "text"),
+    [
+        ("groups", "analysts", "a list of group names"),
+        ("permissions", "sales.view_order", "a list of permissions"),
+        ("public", "yes", "True or False"),
+        ("title", 3, "a string"),
+        ("access", 3, "a function"),
+    ],
+)
+def test_e003_an_entry_option_of_the_wrong_type(option, value, text):
+    # "groups": "analysts" would otherwise mean the groups "a", "n", ...
+    with override_settings(
+        DJANGO_NOTEBOOKS={"NOTEBOOKS": {"sq": {"path": SQUARE, option: value}}}
+    ):
+        message = only("django_notebooks.E003")
+    assert option in message.msg and text in message.msg
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"USER_CONTEXT": "tests.test_checks.missing_hook"},
+        {"REQUEST_META": "no_such_module.meta"},
+        {"REQUEST_META": "tests.settings.DJANGO_NOTEBOOKS"},  # not a function
+        {"NOTEBOOKS": {"sq": {"path": SQUARE, "access": "tests.nowhere.rule"}}},
+        {"DIRECTORIES": {"lab": {"path": LAB, "access": "tests.nowhere.rule"}}},
+    ],
+)
+def test_e016_a_dotted_path_that_does_not_import_a_function(setting):
+    with override_settings(DJANGO_NOTEBOOKS=setting):
+        message = only("django_notebooks.E016")
+    [value] = [
+        v if isinstance(v, str) else next(iter(v.values()))["access"]
+        for v in setting.values()
+    ]
+    assert repr(value) in message.msg
+    assert "dotted path" in message.hint
+
+
+def test_dotted_paths_that_import_pass():
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            "USER_CONTEXT": "django_notebooks.context.default_user_context",
+            "NOTEBOOKS": {
+                "sq": {"path": SQUARE, "access": "tests.access_rules.is_ops"}
+            },
+        }
+    ):
+        assert checks.check_hooks() == []
+
+
+def test_the_checks_are_registered_by_the_app_config():
+    from django.core.checks.registry import registry
+
+    registered = registry.get_checks(include_deployment_checks=True)
+    for check in (
+        checks.check_settings,
+        checks.check_hooks,
+        checks.check_notebooks,
+        checks.check_websocket_stack,
+        checks.check_frontend,
+    ):
+        assert check in registered

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import marimo
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_notebooks import conf
@@ -23,43 +25,49 @@ def other_user_hook(user):
 
 @override_settings(DJANGO_NOTEBOOKS={})
 def test_defaults_when_the_setting_is_empty():
-    assert conf.get("NOTEBOOKS") == {}
-    assert conf.get("DIRECTORIES") == {}
-    assert conf.get("MARIMO") == {}
-    assert conf.get("USER_CONTEXT") is None
-    assert conf.get("REQUEST_META") is None
-    assert conf.get("ALLOWED_COOKIES") == []
+    assert conf.get_settings().NOTEBOOKS == {}
+    assert conf.get_settings().DIRECTORIES == {}
+    assert conf.get_settings().MARIMO == {}
+    assert conf.get_settings().USER_CONTEXT is None
+    assert conf.get_settings().REQUEST_META is None
+    assert conf.get_settings().ALLOWED_COOKIES == ()
     assert conf.marimo_options() == {"quiet": True}
+
+
+def test_every_key_has_a_rule_and_an_attribute():
+    attributes = {field.name for field in dataclasses.fields(conf.NotebookSettings)}
+    assert set(conf.KEYS) == attributes
 
 
 @override_settings(DJANGO_NOTEBOOKS=None)
 def test_defaults_when_the_setting_is_none():
-    assert conf.get_config() == conf.DEFAULTS
+    defaults = {name: key.convert(key.default) for name, key in conf.KEYS.items()}
+    assert conf.get_settings() == conf.NotebookSettings(**defaults)
 
 
 def test_project_values_override_defaults_and_keep_the_rest():
     with override_settings(DJANGO_NOTEBOOKS={"ALLOWED_COOKIES": ["theme"]}):
-        assert conf.get("ALLOWED_COOKIES") == ["theme"]
-        assert conf.get("NOTEBOOKS") == {}
+        assert conf.get_settings().ALLOWED_COOKIES == ("theme",)
+        assert conf.get_settings().NOTEBOOKS == {}
 
 
 def test_override_settings_takes_effect_and_is_undone():
-    before = conf.get("NOTEBOOKS")
+    before = conf.get_settings().NOTEBOOKS
     assert "square" in before
     with override_settings(
         DJANGO_NOTEBOOKS={"NOTEBOOKS": {"only": NOTEBOOKS_DIR / "square.py"}}
     ):
-        assert list(conf.get("NOTEBOOKS")) == ["only"]
+        assert list(conf.get_settings().NOTEBOOKS) == ["only"]
         with override_settings(DJANGO_NOTEBOOKS={}):
-            assert conf.get("NOTEBOOKS") == {}
-        assert list(conf.get("NOTEBOOKS")) == ["only"]
-    assert conf.get("NOTEBOOKS") == before
+            assert conf.get_settings().NOTEBOOKS == {}
+        assert list(conf.get_settings().NOTEBOOKS) == ["only"]
+    assert conf.get_settings().NOTEBOOKS == before
 
 
 def test_other_settings_changing_do_not_matter():
-    config = conf.get_config()
+    config = conf.get_settings()
     with override_settings(LOGIN_URL="/elsewhere/"):
-        assert conf.get_config() == config
+        assert conf.get_settings() is config
 
 
 @override_settings(
@@ -112,3 +120,61 @@ def test_a_wrong_dotted_path_fails_with_the_path_in_the_error():
     ):
         with pytest.raises(ImportError, match="missing"):
             conf.import_hook("REQUEST_META")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        # A string iterates as its letters: it would allow the cookies
+        # "c", "s", "r", ... and drop "csrftoken".
+        ("ALLOWED_COOKIES", "csrftoken", "a list of cookie names"),
+        ("ALLOWED_COOKIES", ["theme", 3], "a list of cookie names"),
+        ("MAX_SESSIONS_PER_USER", "20", "a positive integer"),
+        ("MAX_SESSIONS_PER_USER", 0, "a positive integer"),
+        ("MAX_WEBSOCKET_MESSAGE_BYTES", None, "a positive integer"),
+        ("MAX_WEBSOCKET_MESSAGE_BYTES", True, "a positive integer"),
+        ("CONCEAL_FORBIDDEN", "yes", "True or False"),
+        ("EXPOSE_FILE_PATHS", 1, "True or False"),
+        ("USER_CONTEXT", 3, "a function"),
+        ("MARIMO", [("quiet", True)], "a dict"),
+        ("NOTEBOOKS", ["square.py"], "a dict"),
+        ("FRONTEND", "static", "'bridge'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_when_read(key, value, expected):
+    with override_settings(DJANGO_NOTEBOOKS={key: value}):
+        with pytest.raises(ImproperlyConfigured) as raised:
+            conf.get_settings()
+    assert f"DJANGO_NOTEBOOKS[{key!r}] is {value!r}" in str(raised.value)
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "read"),
+    [
+        ("ALLOWED_COOKIES", ["theme", "lang"], ("theme", "lang")),
+        ("ALLOWED_COOKIES", ("theme",), ("theme",)),
+        ("ALLOWED_COOKIES", {"theme"}, ("theme",)),
+        ("MAX_SESSIONS_PER_USER", None, None),
+        ("MAX_SESSIONS_PER_USER", 3, 3),
+        ("USER_CONTEXT", user_hook, user_hook),
+        ("FRONTEND", "https://cdn.example/{version}", "https://cdn.example/{version}"),
+    ],
+)
+def test_values_of_the_right_type_are_read_as_typed(key, value, read):
+    with override_settings(DJANGO_NOTEBOOKS={key: value}):
+        assert getattr(conf.get_settings(), key) == read
+
+
+@override_settings(DJANGO_NOTEBOOKS=["not", "a", "dict"])
+def test_a_setting_that_is_not_a_dict_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="must be a dict, not list"):
+        conf.get_settings()
+
+
+def test_one_loader_imports_every_dotted_path_and_caches_it():
+    assert conf.import_object("tests.test_conf.user_hook") is user_hook
+    assert conf.import_object(user_hook) is user_hook
+    with override_settings(DJANGO_NOTEBOOKS={}):
+        # Cleared with the setting: a changed module would be imported again.
+        assert conf._import_cached.cache_info().currsize == 0

@@ -93,7 +93,7 @@ def notebook(
         )
         decision = (
             Access.LOGIN_REQUIRED
-            if conf.get("CONCEAL_FORBIDDEN")
+            if conf.get_settings().CONCEAL_FORBIDDEN
             and not getattr(user, "is_authenticated", False)
             else Access.FORBIDDEN
         )
@@ -130,7 +130,7 @@ def _request(context: template.Context) -> HttpRequest:
             "TEMPLATES setting, and render with the request (render(request, "
             "...) or render_to_string(..., request=request))."
         )
-    return request
+    return cast(HttpRequest, request)
 
 
 def _unavailable(
@@ -145,7 +145,7 @@ def _unavailable(
     one). With ``CONCEAL_FORBIDDEN`` it says no more than the notebook's URL
     would: forbidden and unknown notebooks look alike, and the notebook's
     title (from the settings) is not shown, only one given to the tag."""
-    conceal = conf.get("CONCEAL_FORBIDDEN")
+    conceal = conf.get_settings().CONCEAL_FORBIDDEN
     if decision is Access.LOGIN_REQUIRED:
         reason = "login_required"
     elif found is None or conceal:
