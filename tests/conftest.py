@@ -43,3 +43,13 @@ def either_channel_layer(request):
             yield
     else:
         yield
+
+
+@pytest.fixture
+async def close_marimo_sessions():
+    """Stop the kernels a test opened (in process) while its event loop
+    still runs."""
+    yield
+    from django_notebooks.server import notebook_apps
+
+    notebook_apps.close_all_sessions()

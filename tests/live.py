@@ -8,12 +8,12 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 import websockets
+
+from tests.helpers import new_session_id, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = {
@@ -52,6 +54,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_listening(
+    process: subprocess.Popen[bytes],
+    port: int,
+    name: str,
+    log: Callable[[], str],
+    timeout: float = 60,
+) -> None:
+    """Return once ``process`` takes connections on 127.0.0.1:``port``; fail
+    with ``log()`` if it exits first or is not listening by ``timeout``."""
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited early:\n{log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(
+        listening,
+        timeout,
+        lambda: f"{name} did not start listening:\n{log()}",
+        interval=0.1,
+    )
 
 
 def server_env(db_path: Path, **extra: str) -> dict[str, str]:
@@ -142,20 +171,11 @@ class LiveServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_until_listening()
-
-    def _wait_until_listening(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
+        try:
+            wait_until_listening(self.process, self.port, self.kind, self.log)
+        except AssertionError:
+            self.stop()
+            raise
 
     def log(self) -> str:
         if not self._log.closed:
@@ -218,12 +238,6 @@ async def communicator_outputs(communicator: Any) -> list[str]:
                 outputs.append(data)
         if frame["op"] == "completed-run":
             return outputs
-
-
-def new_session_id() -> str:
-    """A session id shaped like the ones marimo's frontend makes."""
-    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
-    return "s_" + "".join(secrets.choice(alphabet) for _ in range(6))
 
 
 UI_ELEMENT = re.compile(r"object-id=(?:\\?['\"])([^'\"\\]+)")

@@ -4,50 +4,31 @@ AuthMiddlewareStack -> URLRouter -> KernelConsumer -> marimo, in process)."""
 from __future__ import annotations
 
 import json
-import secrets
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.auth import AuthMiddlewareStack
-from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client, override_settings
 
-import django_notebooks.routing
 from django_notebooks import consumers, sessions
 from django_notebooks.models import NotebookSession
-from django_notebooks.server import notebook_apps
+from tests.helpers import (
+    FIRST_RUN_TIMEOUT,
+    communicator,
+    connected_and_run,
+    first_run,
+    login,
+    new_session_id,
+    outputs,
+    printed,
+    websocket_application,
+)
 from tests.live import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-# No AllowedHostsOriginValidator on purpose: the consumer must refuse other
-# sites by itself, for projects that forgot the validator.
-application = AuthMiddlewareStack(
-    URLRouter(django_notebooks.routing.websocket_urlpatterns)
-)
-ORIGIN = "http://testserver"
-FIRST_RUN_TIMEOUT = 60
-
-
-def new_session_id() -> str:
-    return "s_" + secrets.token_hex(4)
-
-
-@sync_to_async
-def login(username: str, *, groups: tuple[str, ...] = ()) -> str:
-    """Create ``username`` and a Django login for it; the session cookie value."""
-    user = User.objects.create_user(
-        username, password=None, first_name=username.title()
-    )
-    for name in groups:
-        user.groups.add(Group.objects.get_or_create(name=name)[0])
-    client = Client()
-    client.force_login(user)
-    return client.cookies["sessionid"].value
 
 
 @sync_to_async
@@ -55,46 +36,6 @@ def another_login(username: str) -> str:
     client = Client()
     client.force_login(User.objects.get(username=username))
     return client.cookies["sessionid"].value
-
-
-def communicator(
-    path: str,
-    *,
-    sessionid: str | None = None,
-    origin: str | None = ORIGIN,
-    app=application,
-) -> WebsocketCommunicator:
-    headers = [(b"host", b"testserver")]
-    if origin is not None:
-        headers.append((b"origin", origin.encode()))
-    if sessionid is not None:
-        headers.append((b"cookie", f"sessionid={sessionid}".encode()))
-    return WebsocketCommunicator(app, path, headers=headers)
-
-
-async def frames_until_completed(ws: WebsocketCommunicator) -> list[dict]:
-    frames = []
-    while True:
-        frame = json.loads(await ws.receive_from(timeout=FIRST_RUN_TIMEOUT))
-        frames.append(frame)
-        if frame["op"] == "completed-run":
-            return frames
-
-
-def outputs(frames: list[dict]) -> str:
-    texts = []
-    for frame in frames:
-        output = (frame.get("data") or {}).get("output") or {}
-        if isinstance(output.get("data"), str):
-            texts.append(output["data"])
-    return " ".join(texts)
-
-
-@pytest.fixture
-async def close_marimo_sessions():
-    """Stop the kernels a test opened while its event loop still runs."""
-    yield
-    notebook_apps.close_all_sessions()
 
 
 async def refused(ws: WebsocketCommunicator) -> int:
@@ -170,22 +111,13 @@ async def test_forbidden_user_is_refused():
 
 async def test_allowed_user_runs_the_notebook(close_marimo_sessions):
     sessionid = await login("alice", groups=("sales",))
-    session_id = new_session_id()
-    ws = communicator(
-        f"/notebooks/whoami/ws?session_id={session_id}", sessionid=sessionid
+    frames = await first_run(
+        f"/notebooks/whoami/ws?session_id={new_session_id()}", sessionid
     )
-    try:
-        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        frames = await frames_until_completed(ws)
-    finally:
-        await ws.disconnect()
     ops = [frame["op"] for frame in frames]
     assert ops[0] == "kernel-ready"
     assert ops[-1] == "completed-run"
-    seen = json.loads(
-        outputs(frames).replace("&quot;", '"').split("WHOAMI ", 1)[1].split("</")[0]
-    )
+    seen = printed(frames, "WHOAMI")
     assert seen["user"]["username"] == "alice"
     assert seen["user"]["groups"] == ["sales"]
     assert seen["user"]["is_authenticated"] is True
@@ -197,18 +129,12 @@ async def test_allowed_user_runs_the_notebook(close_marimo_sessions):
 
 async def test_allowed_user_through_the_projects_full_stack(close_marimo_sessions):
     sessionid = await login("alice")
-    full_stack = AllowedHostsOriginValidator(application)
-    ws = communicator(
+    full_stack = AllowedHostsOriginValidator(websocket_application())
+    frames = await first_run(
         f"/notebooks/lab/demo/ws?session_id={new_session_id()}",
-        sessionid=sessionid,
+        sessionid,
         app=full_stack,
     )
-    try:
-        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        frames = await frames_until_completed(ws)
-    finally:
-        await ws.disconnect()
     assert "lab demo notebook" in outputs(frames)
 
 
@@ -220,9 +146,7 @@ async def test_session_id_owned_by_someone_else_is_refused(close_marimo_sessions
     path = f"/notebooks/square/ws?session_id={session_id}"
     owner = communicator(path, sessionid=alice)
     try:
-        connected, _ = await owner.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        await frames_until_completed(owner)
+        await connected_and_run(owner)
         assert (
             await refused(communicator(path, sessionid=bob)) == consumers.CLOSE_REFUSED
         )
@@ -244,15 +168,7 @@ async def test_session_id_owned_by_someone_else_is_refused(close_marimo_sessions
 async def test_session_binding_is_recorded_for_the_opener(close_marimo_sessions):
     sessionid = await login("alice")
     session_id = new_session_id()
-    ws = communicator(
-        f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
-    )
-    try:
-        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        await frames_until_completed(ws)
-    finally:
-        await ws.disconnect()
+    await first_run(f"/notebooks/square/ws?session_id={session_id}", sessionid)
     # Kernel calls from this login find the session, with the user the
     # notebook saw; another login does not.
     binding = sessions.bindings.get_for_login(
@@ -281,15 +197,9 @@ async def test_websocket_follows_a_different_include_prefix(close_marimo_session
         )
         == consumers.CLOSE_NOT_FOUND
     )
-    ws = communicator(
-        f"/deep/under/here/square/ws?session_id={session_id}", sessionid=sessionid
+    frames = await first_run(
+        f"/deep/under/here/square/ws?session_id={session_id}", sessionid
     )
-    try:
-        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        frames = await frames_until_completed(ws)
-    finally:
-        await ws.disconnect()
     assert "square=9 user=alice" in outputs(frames)
 
 
@@ -315,8 +225,7 @@ async def test_sessions_per_user_are_capped_with_a_reason_the_page_shows(
         f"/notebooks/lab/demo/ws?session_id={new_session_id()}", sessionid=sessionid
     )
     try:
-        assert (await first.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        await frames_until_completed(first)
+        await connected_and_run(first)
         # Also from another browser: the cap is per user, not per login.
         for cookie in (sessionid, other_login):
             extra = communicator(
@@ -334,14 +243,7 @@ async def test_sessions_per_user_are_capped_with_a_reason_the_page_shows(
     finally:
         await first.disconnect()
     # Closing the first session frees its place.
-    again = communicator(
-        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
-    )
-    try:
-        assert (await again.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        await frames_until_completed(again)
-    finally:
-        await again.disconnect()
+    await first_run(f"/notebooks/square/ws?session_id={new_session_id()}", sessionid)
 
 
 @override_settings(
@@ -353,8 +255,7 @@ async def test_oversized_client_message_closes_the_socket(close_marimo_sessions)
         f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
     )
     try:
-        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        await frames_until_completed(ws)
+        await connected_and_run(ws)
         await ws.send_to(
             text_data="{}"
         )  # small client frames are fine (marimo ignores them)
@@ -379,10 +280,8 @@ async def test_logout_closes_the_sessions_of_that_login(
         f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=other_login
     )
     try:
-        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        assert (await untouched.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        await frames_until_completed(ws)
-        await frames_until_completed(untouched)
+        await connected_and_run(ws)
+        await connected_and_run(untouched)
         await logout(sessionid)
         frames, close = await messages_until_close(ws)
         assert frames[-1]["op"] == "alert"
@@ -410,10 +309,8 @@ async def test_losing_the_group_closes_the_session(close_marimo_sessions):
         f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
     )
     try:
-        assert (await ws.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        assert (await still_allowed.connect(timeout=FIRST_RUN_TIMEOUT))[0]
-        await frames_until_completed(ws)
-        await frames_until_completed(still_allowed)
+        await connected_and_run(ws)
+        await connected_and_run(still_allowed)
         await remove_from_group("alice", "sales")
         _frames, close = await messages_until_close(ws)
         assert close["code"] == consumers.CLOSE_REVOKED

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.live import NotebookClient, free_port, require_redis
+from tests.live import (
+    NotebookClient,
+    free_port,
+    require_redis,
+    wait_until_listening,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = ROOT / "example_project"
@@ -93,7 +96,7 @@ def serving(
         )
     server = Demo(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until_listening(server)
+        wait_until_listening(process, port, " ".join(argv), server.output, 90)
         yield server
     finally:
         server.stop()
@@ -105,20 +108,6 @@ def running_demo(db_path: Path, log_path: Path) -> Any:
     # that this test did not start.
     argv = ["example_project/manage.py", "demo", "--noreload", "--port"]
     return serving(argv, ROOT, example_env(db_path), log_path)
-
-
-def wait_until_listening(demo: Demo, timeout: float = 90) -> None:
-    port = int(demo.url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if demo.process.poll() is not None:
-            raise AssertionError(f"manage.py demo exited early:\n{demo.output()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"manage.py demo did not start listening:\n{demo.output()}")
 
 
 async def notebook_links(client: NotebookClient) -> list[str]:

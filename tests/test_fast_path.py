@@ -6,7 +6,6 @@ from __future__ import annotations
 import httpx
 import marimo
 import pytest
-from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, override_settings
 
 from django_notebooks import _marimo
@@ -14,13 +13,19 @@ from django_notebooks.asgi import FastPathMiddleware
 from django_notebooks.server import notebook_apps
 from tests.asgi import django_asgi_app
 from tests.compat import create_user, force_login
-from tests.live import UI_ELEMENT, new_session_id
+from tests.helpers import (
+    ORIGIN,
+    communicator,
+    connected_and_run,
+    new_session_id,
+    outputs,
+)
+from tests.live import UI_ELEMENT
 from tests.live import communicator_outputs as read_until_completed
 from tests.settings import DJANGO_NOTEBOOKS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = "http://testserver"
 CALL = "/notebooks/square/api/kernel/set_ui_element_value"
 
 
@@ -31,36 +36,31 @@ async def kernel(django_user_model):
     user = await create_user(django_user_model, "alice", "pw")
     login = AsyncClient()
     await force_login(login, user)
-    cookie = f"sessionid={login.cookies['sessionid'].value}"
+    sessionid = login.cookies["sessionid"].value
+    cookie = f"sessionid={sessionid}"
     session_id = new_session_id()
 
     from tests.asgi import application
 
-    communicator = WebsocketCommunicator(
-        application.application_mapping["websocket"],
+    # The test project's websocket stack, as tests/asgi.py mounts it.
+    ws = communicator(
         f"/notebooks/square/ws?session_id={session_id}",
-        headers=[
-            (b"host", b"testserver"),
-            (b"origin", ORIGIN.encode()),
-            (b"cookie", cookie.encode()),
-        ],
+        sessionid=sessionid,
+        app=application.application_mapping["websocket"],
     )
-    connected, _ = await communicator.connect(timeout=30)
-    assert connected
-    outputs = await read_until_completed(communicator)
-    [slider] = UI_ELEMENT.findall(" ".join(outputs))
+    [slider] = UI_ELEMENT.findall(outputs(await connected_and_run(ws)))
     transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
         http.headers.update({"Cookie": cookie, "Origin": ORIGIN})
-        yield http, session_id, slider, communicator
-    await communicator.disconnect()
+        yield http, session_id, slider, ws
+    await ws.disconnect()
     manager = notebook_apps.session_manager_for(DJANGO_NOTEBOOKS["NOTEBOOKS"]["square"])
     if manager is not None:
         manager.close_all_sessions()
 
 
 async def test_owner_kernel_call_is_answered_before_django(kernel):
-    http, session_id, slider, communicator = kernel
+    http, session_id, slider, ws = kernel
     response = await http.post(
         CALL,
         json={"objectIds": [slider], "values": [7]},
@@ -70,7 +70,7 @@ async def test_owner_kernel_call_is_answered_before_django(kernel):
     assert response.json() == {"success": True}
     assert "x-frame-options" not in response.headers  # no Django view ran
     assert "access-control-allow-origin" not in response.headers
-    assert "square=49 user=alice" in " ".join(await read_until_completed(communicator))
+    assert "square=49 user=alice" in " ".join(await read_until_completed(ws))
 
 
 @pytest.mark.parametrize(

@@ -6,17 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
+from tests.helpers import notebooks_with
 from tests.settings import NOTEBOOKS_DIR, TEMPLATES
 
 pytestmark = pytest.mark.django_db
-
-
-def notebooks_with(**options):
-    return override_settings(DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, **options})
 
 
 def logged_in(username: str = "alice") -> Client:
@@ -74,31 +70,35 @@ def test_logged_in_users_without_notebooks_get_an_empty_state():
     assert '<ul class="dn-notebooks">' not in html
 
 
-def test_the_template_and_its_blocks_can_be_overridden(tmp_path):
+def index_with_template(tmp_path, name: str, source: str) -> str:
+    """The index page, with ``django_notebooks/<name>`` overridden by
+    ``source`` in a project template directory."""
     folder = tmp_path / "django_notebooks"
     folder.mkdir()
-    (folder / "index.html").write_text(
+    (folder / name).write_text(source)
+    with override_settings(TEMPLATES=[{**TEMPLATES[0], "DIRS": [tmp_path]}]):
+        return logged_in().get("/notebooks/").content.decode()
+
+
+def test_the_template_and_its_blocks_can_be_overridden(tmp_path):
+    html = index_with_template(
+        tmp_path,
+        "index.html",
         '{% extends "django_notebooks/index.html" %}'
-        "{% block notebook %}<li>{{ notebook.slug }}</li>{% endblock %}"
+        "{% block notebook %}<li>{{ notebook.slug }}</li>{% endblock %}",
     )
-    with override_settings(
-        TEMPLATES=[{**TEMPLATES[0], "DIRS": [tmp_path]}],
-    ):
-        html = logged_in().get("/notebooks/").content.decode()
     assert "<li>square</li>" in html and "<li>lab/demo</li>" in html
     assert "Notebooks</h1>" in html
 
 
 def test_the_inline_style_can_be_swapped_for_a_stylesheet(tmp_path):
     # For a Content-Security-Policy that refuses inline styles.
-    folder = tmp_path / "django_notebooks"
-    folder.mkdir()
-    (folder / "base.html").write_text(
+    html = index_with_template(
+        tmp_path,
+        "base.html",
         '{% extends "django_notebooks/base.html" %}'
-        '{% block style %}<link rel="stylesheet" href="/static/site.css">{% endblock %}'
+        '{% block style %}<link rel="stylesheet" href="/static/site.css">{% endblock %}',
     )
-    with override_settings(TEMPLATES=[{**TEMPLATES[0], "DIRS": [tmp_path]}]):
-        html = logged_in().get("/notebooks/").content.decode()
     assert "<style" not in html and ".dn-notebook" not in html
     assert '<link rel="stylesheet" href="/static/site.css">' in html
     assert '<a href="/notebooks/square/">Square</a>' in html

@@ -15,23 +15,20 @@ import pydantic
 import pytest
 from django import forms
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 
 from django_notebooks import checks, consumers, context, query, registry
-from tests.compat import force_login
+from tests.helpers import (
+    communicator,
+    first_run,
+    logged_in_client,
+    login,
+    new_session_id,
+    printed,
+)
 from tests.live import ROOT
 from tests.notebooks.query_forms import SalesModel, SalesQuery
 from tests.settings import NOTEBOOKS_DIR
-from tests.test_consumers import (
-    FIRST_RUN_TIMEOUT,
-    close_marimo_sessions,  # noqa: F401 (a fixture)
-    communicator,
-    frames_until_completed,
-    login,
-    new_session_id,
-    outputs,
-)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -253,16 +250,9 @@ def test_an_invalid_session_query_raises_before_the_hook_runs():
 # The page
 
 
-async def logged_in() -> AsyncClient:
-    user = await User.objects.acreate(username="alice")
-    client = AsyncClient()
-    await force_login(client, user)
-    return client
-
-
 @with_query_notebooks()
 async def test_invalid_query_gets_the_400_page_listing_each_error():
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get(
         "/notebooks/q-form/?region=<script>alert(1)</script>&since=tomorrow&limit=0"
     )
@@ -281,7 +271,7 @@ async def test_invalid_query_gets_the_400_page_listing_each_error():
 @with_query_notebooks()
 @pytest.mark.parametrize("slug", ["q-form", "q-model", "lab/demo"])
 async def test_valid_query_serves_the_page(slug):
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get(f"/notebooks/{slug}/?{VALID}")
     assert response.status_code == 200
     assert "<marimo-" in response.content.decode()
@@ -290,7 +280,7 @@ async def test_valid_query_serves_the_page(slug):
 @with_query_notebooks()
 @pytest.mark.parametrize("slug", ["q-model", "lab/demo"])
 async def test_every_kind_of_entry_refuses_an_invalid_query(slug):
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get(f"/notebooks/{slug}/?region=west")
     assert response.status_code == 400
 
@@ -307,7 +297,7 @@ async def test_every_kind_of_entry_refuses_an_invalid_query(slug):
     ],
 )
 async def test_garbage_queries_get_400_never_500(garbage):
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get(f"/notebooks/q-form/?{garbage}")
     assert response.status_code == 400
 
@@ -324,7 +314,7 @@ async def test_access_is_decided_before_the_query_is_looked_at():
 
 @with_query_notebooks()
 async def test_the_redirect_to_the_slash_keeps_the_query_for_the_check():
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get("/notebooks/q-form?region=west")
     assert response.status_code == 302
     assert response["Location"] == "/notebooks/q-form/?region=west"
@@ -333,7 +323,7 @@ async def test_the_redirect_to_the_slash_keeps_the_query_for_the_check():
 @with_query_notebooks()
 async def test_only_the_page_checks_the_query():
     # Assets and files below the page carry no notebook parameters.
-    client = await logged_in()
+    client = await logged_in_client("alice")
     response = await client.get("/notebooks/q-form/health?region=west")
     assert response.status_code == 200
 
@@ -348,7 +338,7 @@ async def test_the_400_page_template_can_be_overridden(tmp_path, settings):
         {**settings.TEMPLATES[0], "DIRS": [tmp_path, *settings.TEMPLATES[0]["DIRS"]]}
     ]
     with with_query_notebooks():
-        client = await logged_in()
+        client = await logged_in_client("alice")
         response = await client.get("/notebooks/q-form/?since=2024-05-01")
     assert response.status_code == 400
     assert response.content.decode() == "OURS q-form region"
@@ -404,21 +394,12 @@ async def test_websocket_refuses_before_looking_at_the_query():
 
 
 @with_query_notebooks()
-async def test_the_notebook_gets_the_cleaned_values(close_marimo_sessions):  # noqa: F811
+async def test_the_notebook_gets_the_cleaned_values(close_marimo_sessions):
     sessionid = await login("alice")
-    ws = communicator(
-        f"/notebooks/q-model/ws?session_id={new_session_id()}&{VALID}",
-        sessionid=sessionid,
+    frames = await first_run(
+        f"/notebooks/q-model/ws?session_id={new_session_id()}&{VALID}", sessionid
     )
-    try:
-        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
-        assert connected
-        frames = await frames_until_completed(ws)
-    finally:
-        await ws.disconnect()
-    seen = json.loads(
-        outputs(frames).replace("&quot;", '"').split("QUERY ", 1)[1].split("</")[0]
-    )
+    seen = printed(frames, "QUERY")
     assert seen["query"] == {"region": "north", "since": "2024-05-01", "limit": 4}
     assert seen["types"] == {"region": "str", "since": "date", "limit": "int"}
     assert seen["meta_keys"] == ["query", "site"]

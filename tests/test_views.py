@@ -6,46 +6,35 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import marimo
 import pytest
-from channels.auth import AuthMiddlewareStack
-from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth.models import Group, User
 from django.test import AsyncClient, override_settings
 from django.urls import reverse
 
-import django_notebooks.routing
 from django_notebooks import sessions
-from django_notebooks.server import notebook_apps
-from tests.compat import force_login, session_key
+from tests.compat import session_key
+from tests.helpers import (
+    ORIGIN,
+    communicator,
+    connected_and_run,
+    frames_until_completed,
+    new_session_id,
+    notebooks_with,
+    outputs,
+)
+from tests.helpers import logged_in_client as logged_in
+from tests.live import UI_ELEMENT
 from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = "http://testserver"
 KERNEL_CALL = "/notebooks/square/api/kernel/set_ui_element_value"
 PREFIX = "/deep/under/here/"
-
-
-def new_session_id() -> str:
-    return "s_" + secrets.token_hex(4)
-
-
-async def logged_in(username: str, *, groups: tuple[str, ...] = ()) -> AsyncClient:
-    user = await User.objects.acreate(username=username, first_name=username.title())
-    for name in groups:
-        group, _ = await Group.objects.aget_or_create(name=name)
-        await user.groups.aadd(group)
-    client = AsyncClient()
-    await force_login(client, user)
-    client.user = user
-    return client
 
 
 async def bound_session(client: AsyncClient, notebook: str = "square") -> str:
@@ -71,8 +60,17 @@ def kernel_headers(session_id: str | None = None, **extra: str) -> dict[str, str
     return headers
 
 
-def notebooks_with(**options):
-    return override_settings(DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, **options})
+async def kernel_call(
+    client: AsyncClient, session_id: str | None, body: Any, path: str = KERNEL_CALL
+) -> Any:
+    """POST ``body`` (JSON, or bytes as they are) to a kernel endpoint as the
+    frontend does, for ``session_id``."""
+    return await client.post(
+        path,
+        body,
+        content_type="application/json",
+        headers=kernel_headers(session_id),
+    )
 
 
 def hrefs(html: str) -> list[str]:
@@ -121,11 +119,11 @@ async def test_forbidden_user_gets_403_everywhere():
     health = await client.get("/notebooks/sales/health")
     assert health.status_code == 403
     assert health.json() == {"error": "You may not use this notebook."}
-    post = await client.post(
-        "/notebooks/sales/api/kernel/set_ui_element_value",
+    post = await kernel_call(
+        client,
+        new_session_id(),
         {"objectIds": [], "values": []},
-        content_type="application/json",
-        headers=kernel_headers(new_session_id()),
+        "/notebooks/sales/api/kernel/set_ui_element_value",
     )
     assert post.status_code == 403
 
@@ -322,12 +320,7 @@ async def test_body_over_the_upload_limit_is_413():
     client = await logged_in("alice")
     session_id = await bound_session(client)
     body = json.dumps({"objectIds": ["x"], "values": ["y" * 500]})
-    response = await client.post(
-        KERNEL_CALL,
-        body,
-        content_type="application/json",
-        headers=kernel_headers(session_id),
-    )
+    response = await kernel_call(client, session_id, body)
     assert response.status_code == 413
     assert "too large" in response.json()["error"]
 
@@ -343,24 +336,14 @@ async def test_body_over_the_upload_limit_is_413():
 async def test_malformed_kernel_call_body_is_400(body, message):
     client = await logged_in("alice")
     session_id = await bound_session(client)
-    response = await client.post(
-        KERNEL_CALL,
-        body,
-        content_type="application/json",
-        headers=kernel_headers(session_id),
-    )
+    response = await kernel_call(client, session_id, body)
     assert response.status_code == 400
     assert message in response.json()["error"]
 
 
 async def test_kernel_call_without_marimo_session_id_is_400():
     client = await logged_in("alice")
-    response = await client.post(
-        KERNEL_CALL,
-        {"objectIds": [], "values": []},
-        content_type="application/json",
-        headers=kernel_headers(),
-    )
+    response = await kernel_call(client, None, {"objectIds": [], "values": []})
     assert response.status_code == 400
     assert "Marimo-Session-Id" in response.json()["error"]
 
@@ -394,20 +377,12 @@ async def test_kernel_call_for_a_session_this_login_did_not_open_is_403():
     alices_session = await bound_session(alice)
     body = {"objectIds": [], "values": []}
     for client, session_id in ((bob, alices_session), (alice, new_session_id())):
-        response = await client.post(
-            KERNEL_CALL,
-            body,
-            content_type="application/json",
-            headers=kernel_headers(session_id),
-        )
+        response = await kernel_call(client, session_id, body)
         assert response.status_code == 403
         assert "not yours" in response.json()["error"]
     # A session opened for one notebook does not drive another.
-    other = await alice.post(
-        "/notebooks/whoami/api/kernel/set_ui_element_value",
-        body,
-        content_type="application/json",
-        headers=kernel_headers(alices_session),
+    other = await kernel_call(
+        alice, alices_session, body, "/notebooks/whoami/api/kernel/set_ui_element_value"
     )
     assert other.status_code == 403
 
@@ -418,20 +393,9 @@ async def test_kernel_call_after_the_websocket_closed_is_410():
     sessions.bindings.release(
         session_id, sessions.owner_of(client.user, session_key(client), None)
     )
-    response = await client.post(
-        KERNEL_CALL,
-        {"objectIds": [], "values": []},
-        content_type="application/json",
-        headers=kernel_headers(session_id),
-    )
+    response = await kernel_call(client, session_id, {"objectIds": [], "values": []})
     assert response.status_code == 410
     assert "reload" in response.json()["error"]
-
-
-@pytest.fixture
-async def close_marimo_sessions():
-    yield
-    notebook_apps.close_all_sessions()
 
 
 async def test_widget_change_reaches_the_kernel_opened_over_the_websocket(
@@ -442,41 +406,19 @@ async def test_widget_change_reaches_the_kernel_opened_over_the_websocket(
     client = await logged_in("alice")
     sessionid = client.cookies[settings.SESSION_COOKIE_NAME].value
     session_id = new_session_id()
-    ws = WebsocketCommunicator(
-        AuthMiddlewareStack(URLRouter(django_notebooks.routing.websocket_urlpatterns)),
-        f"/notebooks/square/ws?session_id={session_id}",
-        headers=[
-            (b"host", b"testserver"),
-            (b"origin", ORIGIN.encode()),
-            (b"cookie", f"sessionid={sessionid}".encode()),
-        ],
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
     )
-
-    async def read_until_completed() -> str:
-        texts = []
-        while True:
-            frame = json.loads(await ws.receive_from(timeout=60))
-            output = (frame.get("data") or {}).get("output") or {}
-            if isinstance(output.get("data"), str):
-                texts.append(output["data"])
-            if frame["op"] == "completed-run":
-                return " ".join(texts)
-
     try:
-        connected, _ = await ws.connect(timeout=60)
-        assert connected
-        first = await read_until_completed()
+        first = outputs(await connected_and_run(ws))
         assert "square=9 user=alice" in first
-        [slider] = re.findall(r"object-id=(?:\\?['\"])([^'\"\\]+)", first)
-        response = await client.post(
-            KERNEL_CALL,
-            {"objectIds": [slider], "values": [7]},
-            content_type="application/json",
-            headers=kernel_headers(session_id),
+        [slider] = UI_ELEMENT.findall(first)
+        response = await kernel_call(
+            client, session_id, {"objectIds": [slider], "values": [7]}
         )
         assert response.status_code == 200, response.content
         assert response.json() == {"success": True}
-        assert "square=49 user=alice" in await read_until_completed()
+        assert "square=49 user=alice" in outputs(await frames_until_completed(ws))
     finally:
         await ws.disconnect()
 
