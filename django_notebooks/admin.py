@@ -2,9 +2,10 @@
 
 - Notebook sessions: the open kernel websockets of every server process,
   read-only. Deleting one (or the "Terminate" action) tells the consumer
-  holding it, over the channel layer, to close it.
+  holding it, over the channel layer, to close it, and answers at once.
 - Notebooks: the notebooks of ``DJANGO_NOTEBOOKS`` (they are not in the
-  database), with a "check that they load" action that runs them headless.
+  database), with a "check that they load" action that runs them headless
+  in the background, the result kept in :class:`NotebookCheck`.
 - Notebook grants: give a user or a group a notebook, without code changes.
 
 See ``docs/topics/admin.md`` for the permissions each page needs.
@@ -13,8 +14,9 @@ See ``docs/topics/admin.md`` for the permissions each page needs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,17 +24,23 @@ from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import headless, layers, registry
-from .models import NotebookGrant, NotebookSession, RegisteredNotebook
+from .models import (
+    NotebookCheck,
+    NotebookGrant,
+    NotebookSession,
+    RegisteredNotebook,
+)
 
 # Django's admin classes are generic to type checkers only (django-stubs).
 if TYPE_CHECKING:
@@ -47,22 +55,23 @@ else:
 logger = logging.getLogger(__name__)
 
 TERMINATE = "notebooks.terminate"
-# How long "terminate" waits for the processes holding the sessions to close
-# them (each deletes its row when its websocket has closed). A row still
-# there afterwards belongs to a process that no longer answers.
+# How long after "terminate" the sessions' processes have to close them (each
+# deletes its row when its websocket has closed). A row still there
+# afterwards belongs to a process that no longer answers, and is removed.
 ANSWER_WAIT = 3.0
-POLL_EVERY = 0.05
-# How long "check that they load" lets one notebook run.
+POLL_EVERY = 0.1
+# How long "check that they load" lets one notebook run; a check not finished
+# a minute after that was cut short (its server process stopped).
 CHECK_TIMEOUT = 60.0
+CHECK_ABANDONED_AFTER = CHECK_TIMEOUT + 60.0
 
 
 @dataclass
 class Termination:
-    """What became of the sessions "terminate" was asked to end."""
+    """What "terminate" did with the sessions it was asked to end."""
 
-    closed: int = 0
-    # No answer from their process within ANSWER_WAIT: rows deleted.
-    stale: int = 0
+    # Told to close: they close within moments, each deleting its own row.
+    told: int = 0
     # Could not be told (no channel name, or the channel layer failed):
     # left as they are, they may still be open.
     unreachable: int = 0
@@ -72,9 +81,10 @@ def terminate(
     rows: Sequence[NotebookSession], *, wait: float | None = None
 ) -> Termination:
     """Tell the consumers holding these sessions to close them, wherever they
-    run; wait for them (``ANSWER_WAIT`` seconds at most); delete the rows of
-    sessions whose process does not answer (layers.py: without a channel
-    layer, only sessions of this process can be told)."""
+    run, and return at once (layers.py: without a channel layer, only
+    sessions of this process can be told). A background thread removes, after
+    ``ANSWER_WAIT`` seconds, the rows of sessions whose process never
+    answered."""
     layer = layers.bridge_layer()
     outcome = Termination()
     told = []
@@ -88,24 +98,57 @@ def terminate(
             logger.exception("Could not tell notebook session %s to close", row)
             outcome.unreachable += 1
         else:
-            told.append(row)
-    waiting = {(row.pk, row.channel_name) for row in told}
-    deadline = time.monotonic() + (ANSWER_WAIT if wait is None else wait)
+            told.append((row.pk, row.channel_name))
+    outcome.told = len(told)
+    if told:
+        in_background(
+            remove_unanswered, set(told), ANSWER_WAIT if wait is None else wait
+        )
+    return outcome
+
+
+def in_background(function: Callable[..., Any], *args: Any) -> threading.Thread:
+    """Run ``function(*args)`` in a thread of its own, so that an admin page
+    answers at once; its errors are logged, its database connections closed."""
+
+    def run() -> None:
+        try:
+            function(*args)
+        except Exception:
+            logger.exception("django_notebooks: %s failed", function.__name__)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(
+        target=run, name=f"django_notebooks-{function.__name__}", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def remove_unanswered(rows: set[tuple[Any, str]], wait: float) -> int:
+    """Wait up to ``wait`` seconds for these (pk, channel name) rows to go,
+    then delete those still there: their server process has stopped. Returns
+    how many were deleted."""
+    deadline = time.monotonic() + wait
+    waiting = set(rows)
     while waiting:
-        waiting &= _still_open(waiting)
+        found = NotebookSession.objects.filter(pk__in=[pk for pk, _ in waiting])
+        waiting &= set(found.values_list("pk", "channel_name"))
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(POLL_EVERY)
     for pk, channel_name in waiting:
         NotebookSession.objects.filter(pk=pk, channel_name=channel_name).delete()
-    outcome.stale = len(waiting)
-    outcome.closed = len(told) - outcome.stale
-    return outcome
-
-
-def _still_open(rows: set[tuple[Any, str]]) -> set[tuple[Any, str]]:
-    found = NotebookSession.objects.filter(pk__in=[pk for pk, _channel in rows])
-    return set(found.values_list("pk", "channel_name"))
+    if waiting:
+        logger.warning(
+            "%d notebook session(s) did not answer 'terminate' within %g s: "
+            "the server process holding them has stopped; their records "
+            "were removed.",
+            len(waiting),
+            wait,
+        )
+    return len(waiting)
 
 
 @admin.register(NotebookSession)
@@ -191,37 +234,26 @@ class NotebookSessionAdmin(SessionAdminBase):
         def run() -> None:
             self._report(request, terminate(rows))
 
-        # Wait for the sessions outside any transaction (the delete view runs
-        # in one): their processes delete their rows as they close, which a
-        # transaction still open here could hold up (SQLite locks).
+        # Tell the sessions once the delete view's transaction has ended: the
+        # thread that removes unanswered rows must not wait on its locks
+        # (SQLite), nor miss rows it has not committed.
         transaction.on_commit(run, using=router.db_for_write(NotebookSession))
 
     def _report(self, request: HttpRequest, outcome: Termination) -> None:
-        if outcome.closed:
+        if outcome.told:
             self.message_user(
                 request,
                 ngettext(
-                    "Terminated %(count)d notebook session.",
-                    "Terminated %(count)d notebook sessions.",
-                    outcome.closed,
+                    "Asked %(count)d notebook session to close: it ends within "
+                    "seconds and leaves this list. A session whose server "
+                    "process has stopped is removed after %(wait)s seconds.",
+                    "Asked %(count)d notebook sessions to close: they end within "
+                    "seconds and leave this list. Sessions whose server "
+                    "process has stopped are removed after %(wait)s seconds.",
+                    outcome.told,
                 )
-                % {"count": outcome.closed},
+                % {"count": outcome.told, "wait": f"{ANSWER_WAIT:g}"},
                 messages.SUCCESS,
-            )
-        if outcome.stale:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d notebook session did not answer within %(wait)s "
-                    "seconds: the server process holding it has stopped, so "
-                    "its record was removed.",
-                    "%(count)d notebook sessions did not answer within %(wait)s "
-                    "seconds: the server processes holding them have stopped, "
-                    "so their records were removed.",
-                    outcome.stale,
-                )
-                % {"count": outcome.stale, "wait": f"{ANSWER_WAIT:g}"},
-                messages.WARNING,
             )
         if outcome.unreachable:
             self.message_user(
@@ -348,6 +380,73 @@ class NotebookRow:
     url: str | None
     rules: list[str]
     grants: int
+    last_check: NotebookCheck | None = None
+
+    @property
+    def check_running(self) -> bool:
+        return self.last_check is not None and check_state(self.last_check) == RUNNING
+
+    @property
+    def check_result(self) -> str:
+        return "" if self.last_check is None else describe_check(self.last_check)
+
+
+RUNNING, FINISHED, ABANDONED = "running", "finished", "abandoned"
+
+
+def check_state(check: NotebookCheck) -> str:
+    """Whether a check is still running, has finished, or was cut short."""
+    if check.finished_at is not None:
+        return FINISHED
+    running_for = (timezone.now() - check.started_at).total_seconds()
+    return RUNNING if running_for < CHECK_ABANDONED_AFTER else ABANDONED
+
+
+def describe_check(check: NotebookCheck) -> str:
+    """A check's result in words, for the notebook list."""
+    state = check_state(check)
+    if state == RUNNING:
+        return str(_("Checking…"))
+    if state == ABANDONED:
+        return str(_("The check stopped before it finished: run it again."))
+    seconds = f"{check.seconds or 0:.1f}"
+    if check.ok:
+        return str(_("Loads: it ran in %(seconds)s s.") % {"seconds": seconds})
+    return str(
+        _("Does not load (after %(seconds)s s): %(problems)s")
+        % {"seconds": seconds, "problems": check.problems}
+    )
+
+
+def start_check(notebook: registry.Notebook) -> bool:
+    """Start a background check of ``notebook`` unless one is running;
+    whether one was started."""
+    with transaction.atomic():
+        check, created = NotebookCheck.objects.select_for_update().get_or_create(
+            notebook=notebook.slug
+        )
+        if not created and check_state(check) == RUNNING:
+            return False
+        check.started_at = timezone.now()
+        check.finished_at = check.ok = check.seconds = None
+        check.problems = ""
+        check.save()
+    transaction.on_commit(lambda: in_background(run_check, notebook, check.pk))
+    return True
+
+
+def run_check(notebook: registry.Notebook, check_pk: Any) -> None:
+    """Run ``notebook`` headless and record the result on its check."""
+    run = headless.check(notebook, timeout=CHECK_TIMEOUT)
+    problems = "; ".join(
+        f"{failure.cell}: {failure.message}" for failure in run.failures
+    ) or str(_("no cell failed, but the run did not complete"))
+    NotebookCheck.objects.filter(pk=check_pk).update(
+        finished_at=timezone.now(),
+        ok=run.ok,
+        seconds=run.seconds,
+        problems="" if run.ok else problems,
+    )
 
 
 def access_rules(notebook: registry.Notebook) -> list[str]:
@@ -404,13 +503,15 @@ class RegisteredNotebookAdmin(RegisteredNotebookAdminBase):
                 raise PermissionDenied
             self._check(request, request.POST.getlist("notebooks"))
             return HttpResponseRedirect(request.get_full_path())
+        rows = self._rows()
         context = {
             **self.admin_site.each_context(request),
             "title": capfirst(self.opts.verbose_name_plural),
             "subtitle": None,
             "opts": self.opts,
             "app_label": self.opts.app_label,
-            "rows": self._rows(),
+            "rows": rows,
+            "checking": any(row.check_running for row in rows),
             "can_check": self.has_check_permission(request),
             "grants_url": _changelist_url(NotebookGrant, self.admin_site.name),
             **(extra_context or {}),
@@ -423,12 +524,14 @@ class RegisteredNotebookAdmin(RegisteredNotebookAdminBase):
         counts: dict[str, int] = {}
         for slug in NotebookGrant.objects.values_list("notebook", flat=True):
             counts[slug] = counts.get(slug, 0) + 1
+        checks = {check.notebook: check for check in NotebookCheck.objects.all()}
         return [
             NotebookRow(
                 notebook,
                 _notebook_url(notebook),
                 access_rules(notebook),
                 counts.get(notebook.slug, 0),
+                checks.get(notebook.slug),
             )
             for notebook in registry.all_notebooks()
         ]
@@ -450,34 +553,15 @@ class RegisteredNotebookAdmin(RegisteredNotebookAdminBase):
                     messages.ERROR,
                 )
                 continue
-            run = headless.check(notebook, timeout=CHECK_TIMEOUT)
-            self._report_check(request, notebook, run)
-
-    def _report_check(
-        self,
-        request: HttpRequest,
-        notebook: registry.Notebook,
-        run: headless.HeadlessRun,
-    ) -> None:
-        names = {"title": notebook.title, "slug": notebook.slug}
-        seconds = f"{run.seconds:.1f}"
-        if run.ok:
-            self.message_user(
-                request,
-                _("%(title)s (%(slug)s) loads: it ran in %(seconds)s s.")
-                % {**names, "seconds": seconds},
-                messages.SUCCESS,
-            )
-            return
-        problems = "; ".join(
-            f"{failure.cell}: {failure.message}" for failure in run.failures
-        ) or str(_("no cell failed, but the run did not complete"))
-        self.message_user(
-            request,
-            _("%(title)s (%(slug)s) does not load (after %(seconds)s s): %(problems)s")
-            % {**names, "seconds": seconds, "problems": problems},
-            messages.ERROR,
-        )
+            names = {"title": notebook.title, "slug": notebook.slug}
+            if start_check(notebook):
+                message = _(
+                    "Checking %(title)s (%(slug)s) in the background: its "
+                    "result appears in the Last check column."
+                )
+            else:
+                message = _("%(title)s (%(slug)s) is being checked already.")
+            self.message_user(request, message % names, messages.INFO)
 
 
 def _notebook_url(notebook: registry.Notebook) -> str | None:

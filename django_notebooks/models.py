@@ -9,6 +9,8 @@
   from the admin, on top of the rules in ``DJANGO_NOTEBOOKS``.
 - :class:`RegisteredNotebook`: no table; the admin's page of the notebooks in
   ``DJANGO_NOTEBOOKS`` and the permissions to see and check them.
+- :class:`NotebookCheck`: the last "check that it loads" of each notebook,
+  run in the background from that page.
 """
 
 from __future__ import annotations
@@ -128,3 +130,23 @@ class RegisteredNotebook(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+
+class NotebookCheck(models.Model):
+    """The last headless run of a notebook that the admin asked for: running
+    while ``finished_at`` is empty, then its result."""
+
+    notebook = models.CharField(_("notebook"), max_length=255, unique=True)
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    ok = models.BooleanField(_("loads"), null=True)
+    seconds = models.FloatField(_("seconds"), null=True, blank=True)
+    # The cells that raised and their errors, "; "-separated.
+    problems = models.TextField(_("problems"), blank=True)
+
+    class Meta:
+        verbose_name = _("notebook check")
+        verbose_name_plural = _("notebook checks")
+
+    def __str__(self) -> str:
+        return self.notebook
