@@ -11,7 +11,8 @@ from contextlib import aclosing
 import pytest
 from django.http import HttpResponse, StreamingHttpResponse
 
-from django_notebooks.forwarding import UpstreamError, forward_http
+from django_notebooks.forwarding import QUEUE_SIZE, UpstreamError, forward_http
+from tests.helpers import async_wait_until
 
 SCOPE = {"type": "http", "method": "GET", "path": "/notebooks/square/", "headers": []}
 WAIT = 2.0
@@ -190,6 +191,8 @@ async def test_receive_blocks_after_the_body_until_the_response_finished():
         watcher = asyncio.create_task(receive())
         await send(start(200))
         for index in range(3):
+            # An app that takes its time (not a wait for anything): a
+            # disconnect reported early would show up between these chunks.
             await asyncio.sleep(0.05)
             if watcher.done():
                 seen.append(("disconnect before the end", watcher.result()))
@@ -202,7 +205,7 @@ async def test_receive_blocks_after_the_body_until_the_response_finished():
 
     response = await forward(app)
     assert await asyncio.wait_for(read_all(response), WAIT) == b"012"
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: seen, WAIT, "the app saw no disconnect")
     assert seen == [{"type": "http.disconnect"}]
 
 
@@ -225,11 +228,14 @@ async def test_receive_blocks_while_a_single_body_answer_is_prepared():
     assert seen == [None, {"type": "http.disconnect"}]
 
 
-async def send_like_djangos_asgi_handler(response, client_reads):
+async def send_like_djangos_asgi_handler(response, client_reads, parts=None):
     """What django.core.handlers.asgi.ASGIHandler.send_response does with a
-    streaming response; ``client_reads`` is set while the client reads."""
+    streaming response; ``client_reads`` is set while the client reads (the
+    parts it got so far are appended to ``parts``)."""
     async with aclosing(aiter(response)) as content:
-        async for _part in content:
+        async for part in content:
+            if parts is not None:
+                parts.append(part)
             await client_reads.wait()
 
 
@@ -249,17 +255,21 @@ async def finish_leftover_tasks(before: set) -> list[str]:
     for _ in range(5):
         for task in pending:
             task.cancel()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a turn for each to take its cancellation
     return leftover
 
 
-def endless_app(stopped: asyncio.Event):
+def endless_app(stopped: asyncio.Event, sends: list[int]):
+    """An app that streams until the client goes; ``sends[0]`` counts the
+    body messages it has begun to send."""
+
     async def app(scope, receive, send):
         await receive()
         disconnected = asyncio.create_task(receive())
         try:
             await send(start(200))
             while not disconnected.done():
+                sends[0] += 1
                 await send(body(b"x" * 100, more=True))
         finally:
             disconnected.cancel()
@@ -286,10 +296,21 @@ async def test_a_client_reading_to_the_end_leaves_no_task_behind():
 async def test_a_client_going_away_mid_stream_stops_the_app():
     before = asyncio.all_tasks()
     stopped = asyncio.Event()
-    response = await forward(endless_app(stopped))
+    sends = [0]
+    response = await forward(endless_app(stopped, sends))
     slow_client = asyncio.Event()
-    client = asyncio.create_task(send_like_djangos_asgi_handler(response, slow_client))
-    await asyncio.sleep(0.1)  # marimo fills the relay queue meanwhile
+    parts = []
+    client = asyncio.create_task(
+        send_like_djangos_asgi_handler(response, slow_client, parts)
+    )
+    # The client has its first chunk, and marimo fills the relay queue
+    # meanwhile, then waits in send(): one chunk with the client, QUEUE_SIZE
+    # in the queue, and one more on its way.
+    await async_wait_until(
+        lambda: parts and sends[0] >= QUEUE_SIZE + 2,
+        WAIT,
+        "the client got no chunk, or the app did not fill the queue",
+    )
     # The client disconnects: Django's handler cancels the response task
     # and drops the response.
     client.cancel()

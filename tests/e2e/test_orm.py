@@ -16,7 +16,6 @@ import html
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import async_wait_until
 from tests.live import ROOT, USERS, LiveServer, NotebookClient, prepare_database
 
 pytestmark = [
@@ -209,15 +209,6 @@ def threads(pid: int) -> int:
     return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
 
 
-async def eventually(probe: Callable[[], Any], expected: Any, timeout: float) -> Any:
-    """``probe()`` once it returns ``expected``, or its last value after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while (value := probe()) != expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    return value
-
-
 async def at_rest(probe: Callable[[], int], seconds: float = 1) -> int:
     """The lowest value of ``probe()`` over ``seconds``: Django closes a
     request's connections just after sending its response."""
@@ -267,9 +258,13 @@ async def test_orm_in_cells_and_connections_closed(server, database):
             shown = [html.unescape(text) for text in kernel.outputs]
             assert any("<QuerySet [<User: alice>]>" in text for text in shown)
             assert any("<User: bob>" in text for text in shown)
-            open_now = await eventually(lambda: database.connections(pid), baseline, 5)
-            assert open_now == baseline, (
-                f"{open_now} connections while a session is open, {baseline} before"
+            await async_wait_until(
+                lambda: database.connections(pid) == baseline,
+                5,
+                lambda: (
+                    f"{database.connections(pid)} connections while a session"
+                    f" is open, {baseline} before"
+                ),
             )
         # The documentation's examples show what they say.
         for index, (_cell, shown) in enumerate(documented_cells()):
@@ -281,6 +276,11 @@ async def test_orm_in_cells_and_connections_closed(server, database):
             )
 
         # The threads the server keeps once those sessions' kernels have ended.
+        # A wait kept on purpose: marimo ends a kernel SESSION_TTL seconds
+        # after its websocket closed, on a timer in the server, and nothing
+        # outside shows that it has but the thread count measured here;
+        # polling that count until it stops falling could take a reading
+        # before the last kernel ended, and make the check below laxer.
         await asyncio.sleep(SESSION_TTL + 3)
         idle_threads = threads(pid)
 
@@ -290,9 +290,15 @@ async def test_orm_in_cells_and_connections_closed(server, database):
         assert [errors for _, errors in runs] == [[]] * SESSIONS
         assert [seen for seen, _ in runs] == [EXPECTED] * SESSIONS
 
-        ended = await eventually(lambda: threads(pid) <= idle_threads, True, 30)
-        assert ended, f"{threads(pid)} threads, {idle_threads} before: kernels left"
-        after = await eventually(lambda: database.connections(pid), baseline, 10)
-        assert after == baseline, f"{after} connections after, {baseline} before"
+        await async_wait_until(
+            lambda: threads(pid) <= idle_threads,
+            30,
+            lambda: f"{threads(pid)} threads, {idle_threads} before: kernels left",
+        )
+        await async_wait_until(
+            lambda: database.connections(pid) == baseline,
+            10,
+            lambda: f"{database.connections(pid)} connections after, {baseline} before",
+        )
 
     assert "SynchronousOnlyOperation" not in server.log()
