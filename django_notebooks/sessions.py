@@ -185,6 +185,11 @@ class SessionBindings:
             return binding
         return None
 
+    def knows(self, session_id: str) -> bool:
+        """Whether some login opened ``session_id`` in this process (and it
+        has not expired)."""
+        return session_id in self._bindings
+
     def add_files(self, session_id: str, names: set[str]) -> None:
         """Record virtual files that ``session_id``'s kernel sent its page."""
         binding = self._bindings.get(session_id)

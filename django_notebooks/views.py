@@ -219,7 +219,14 @@ async def _serve_kernel_call(
         decision = await access.adecide(user, found.notebook)
         if decision is not Access.ALLOWED:
             return _refuse(request, decision, is_page=False)
-        admitted = kernel_calls.NOT_YOURS
+        # A session no process knows has ended (its process restarted, say):
+        # 410 tells its owner to reload. One that is open here is another
+        # login's.
+        admitted = (
+            kernel_calls.NOT_YOURS
+            if sessions.bindings.knows(session_id or "")
+            else kernel_calls.SESSION_ENDED
+        )
     if isinstance(admitted, kernel_calls.Refusal):
         return json_error(admitted.status, admitted.message)
     try:

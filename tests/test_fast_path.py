@@ -77,7 +77,7 @@ async def test_owner_kernel_call_is_answered_before_django(kernel):
     ("headers", "status"),
     [
         ({"Origin": "https://evil.example"}, 403),
-        ({"Marimo-Session-Id": "s_notmine"}, 403),
+        ({"Marimo-Session-Id": "s_notmine"}, 410),  # no process knows it
         ({"Host": "evil.example"}, 400),
         ({"Cookie": ""}, 401),
     ],

@@ -376,15 +376,29 @@ async def test_kernel_call_for_a_session_this_login_did_not_open_is_403():
     bob = await logged_in("bob")
     alices_session = await bound_session(alice)
     body = {"objectIds": [], "values": []}
-    for client, session_id in ((bob, alices_session), (alice, new_session_id())):
-        response = await kernel_call(client, session_id, body)
-        assert response.status_code == 403
-        assert "not yours" in response.json()["error"]
+    response = await kernel_call(bob, alices_session, body)
+    assert response.status_code == 403
+    assert "not yours" in response.json()["error"]
     # A session opened for one notebook does not drive another.
     other = await kernel_call(
         alice, alices_session, body, "/notebooks/whoami/api/kernel/set_ui_element_value"
     )
     assert other.status_code == 403
+
+
+async def test_kernel_call_for_a_session_no_process_knows_is_410():
+    # As after a clean restart of the process that held it: the owner is
+    # told to reload, not that the session is someone else's.
+    alice = await logged_in("alice")
+    session_id = await bound_session(alice)
+    sessions.bindings.forget(session_id)
+    body = {"objectIds": [], "values": []}
+    for unknown in (session_id, new_session_id()):
+        response = await kernel_call(alice, unknown, body)
+        assert response.status_code == 410
+        assert response.json() == {
+            "error": "This notebook session has ended: reload the page."
+        }
 
 
 async def test_kernel_call_after_the_websocket_closed_is_410():
