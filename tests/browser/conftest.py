@@ -84,6 +84,22 @@ def browser(chromium, request):
     return chromium
 
 
+@pytest.fixture
+def visit_server(notebook_server):
+    """The server the ``visit`` fixture's tab is on (a module may name
+    another by overriding this fixture)."""
+    return notebook_server
+
+
+@pytest.fixture
+def visit(browser, visit_server, tmp_path):
+    """A browser tab on ``visit_server`` (tests/browser/visit.py)."""
+    from tests.browser.visit import visiting
+
+    with visiting(browser, visit_server, tmp_path) as visit:
+        yield visit
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item):
     """On CI a missing browser fails the test itself (not its setup)."""

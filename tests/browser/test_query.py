@@ -8,14 +8,16 @@ import json
 
 import pytest
 
-from tests.browser.test_frontend import FIRST_RENDER_MS, Visit
-from tests.live import USERS, LiveServer
+from tests.browser.visit import FIRST_RENDER_MS
+from tests.live import LiveServer
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def query_server(live_db, tmp_path_factory):
+def visit_server(live_db, tmp_path_factory):
+    """The test project with its query notebooks (``visit`` opens its tab
+    here)."""
     server = LiveServer(
         "daphne",
         live_db,
@@ -27,34 +29,11 @@ def query_server(live_db, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def visit(browser, query_server, tmp_path):
-    if isinstance(browser, str):  # no browser, on CI: the test fails (conftest.py)
-        yield None
-        return
-    context = browser.new_context(viewport={"width": 1280, "height": 720})
-    context.set_default_timeout(30_000)
-    try:
-        yield Visit(context.new_page(), query_server, tmp_path)
-    finally:
-        context.close()
-
-
-def log_in(visit: Visit, username: str) -> None:
-    page = visit.page
-    with visit.step(f"log in as {username}"):
-        page.goto(f"{visit.origin}/accounts/login/")
-        page.locator("input[name=username]").fill(username)
-        page.locator("input[name=password]").fill(USERS[username][0])
-        with page.expect_navigation():
-            page.get_by_role("button", name="Log in").click()
-
-
 def test_the_pages_query_reaches_the_notebook(visit):
     page = visit.page
     path = "/notebooks/query-form/"
     query = "region=south&region=north&since=2024-05-01&limit=7&other=a%20b"
-    log_in(visit, "alice")
+    visit.log_in("alice")
 
     with visit.step("first render"):
         page.goto(f"{visit.origin}{path}?{query}")
@@ -85,7 +64,7 @@ def test_the_pages_query_reaches_the_notebook(visit):
 def test_an_invalid_query_shows_the_400_page(visit):
     page = visit.page
     path = "/notebooks/query-form/"
-    log_in(visit, "alice")
+    visit.log_in("alice")
     response = page.goto(f"{visit.origin}{path}?region=west&since=2024-05-01")
     assert response.status == 400
     assert "region: Select a valid choice." in page.inner_text("body")
