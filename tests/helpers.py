@@ -4,10 +4,11 @@ to live servers is in tests/live.py, fixtures are in tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -166,6 +167,17 @@ async def connected_and_run(ws: Any) -> list[dict]:
     connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
     assert connected, "the websocket was refused"
     return await frames_until_completed(ws)
+
+
+@contextlib.asynccontextmanager
+async def running(*sockets: Any) -> AsyncIterator[list[list[dict]]]:
+    """Connect each of ``sockets`` and let its first run finish (the frames
+    of each); disconnect them all after."""
+    try:
+        yield [await connected_and_run(ws) for ws in sockets]
+    finally:
+        for ws in sockets:
+            await ws.disconnect()
 
 
 async def first_run(path: str, sessionid: str, **options: Any) -> list[dict]:

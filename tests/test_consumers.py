@@ -24,6 +24,7 @@ from tests.helpers import (
     new_session_id,
     outputs,
     printed,
+    running,
     websocket_application,
 )
 from tests.live import free_port
@@ -279,18 +280,13 @@ async def test_logout_closes_the_sessions_of_that_login(
     untouched = communicator(
         f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=other_login
     )
-    try:
-        await connected_and_run(ws)
-        await connected_and_run(untouched)
+    async with running(ws, untouched):
         await logout(sessionid)
         frames, close = await messages_until_close(ws)
         assert frames[-1]["op"] == "alert"
         assert close["code"] == consumers.CLOSE_REVOKED
         # The user's other login keeps its session.
         assert await untouched.receive_nothing(timeout=0.5)
-    finally:
-        await ws.disconnect()
-        await untouched.disconnect()
     # Kernel calls for the revoked session are refused from now on.
     assert (
         sessions.bindings.get_for_login(
@@ -308,16 +304,11 @@ async def test_losing_the_group_closes_the_session(close_marimo_sessions):
     still_allowed = communicator(
         f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
     )
-    try:
-        await connected_and_run(ws)
-        await connected_and_run(still_allowed)
+    async with running(ws, still_allowed):
         await remove_from_group("alice", "sales")
         _frames, close = await messages_until_close(ws)
         assert close["code"] == consumers.CLOSE_REVOKED
         assert await still_allowed.receive_nothing(timeout=0.5)
-    finally:
-        await ws.disconnect()
-        await still_allowed.disconnect()
 
 
 @sync_to_async

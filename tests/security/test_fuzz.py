@@ -178,6 +178,16 @@ def open_session(notebook_server):
         yield RawServer(notebook_server.url, cookie), session_id, websocket
 
 
+def origin_header(server, origin: str) -> str:
+    """The Origin header a fuzzed request names: its own site's, another's,
+    or a sandboxed page's."""
+    return {
+        "self": f"http://{server.host}:{server.port}",
+        "evil": "https://evil.example",
+        "null": "null",
+    }[origin]
+
+
 @pytest.mark.e2e
 @FUZZ
 @given(
@@ -245,11 +255,7 @@ def test_forwarding_view_never_errors(
             "garbage": garbage,
         }[use_session]
     if origin:
-        headers["Origin"] = {
-            "self": f"http://{server.host}:{server.port}",
-            "evil": "https://evil.example",
-            "null": "null",
-        }[origin]
+        headers["Origin"] = origin_header(server, origin)
     target = path + (f"?{query}" if query else "")
     status = server.request(method, target, headers, body)
     event(f"status {status}")
@@ -278,11 +284,7 @@ def test_websocket_handshakes_never_error(open_session, path, query, origin, log
     if logged_in:
         headers["Cookie"] = server.cookie
     if origin:
-        headers["Origin"] = {
-            "self": f"http://{server.host}:{server.port}",
-            "evil": "https://evil.example",
-            "null": "null",
-        }[origin]
+        headers["Origin"] = origin_header(server, origin)
     status = server.request("GET", f"{path}?{query}", headers, b"")
     event(f"status {status}")
     assert status < 500 or status == 101, (path, query, headers, status)
