@@ -83,6 +83,20 @@ def wait_until_listening(
     )
 
 
+def stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> bool:
+    """Send ``sig`` to ``process`` (if it still runs) and wait for it to
+    exit; kill it after ``timeout`` seconds. Whether it exited by itself."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return False
+    return True
+
+
 def server_env(db_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -185,16 +199,10 @@ class LiveServer:
     def stop(self, timeout: float = 15) -> float:
         """SIGTERM the server; return the seconds it took to exit."""
         started = time.monotonic()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                self._log.close()
-                return float("inf")
+        exited = stop_process(self.process, signal.SIGTERM, timeout)
         self._log.close()
+        if not exited:
+            return float("inf")
         self.returncode = self.process.returncode
         return time.monotonic() - started
 

@@ -20,6 +20,7 @@ from tests.live import (
     NotebookClient,
     free_port,
     require_redis,
+    stop_process,
     wait_until_listening,
 )
 
@@ -68,14 +69,8 @@ class Demo:
     def stop(self, timeout: float = 30) -> int | None:
         """Ctrl-C, as a user quits runserver; the exit code, or ``None`` if
         the server did not exit in time (it is then killed)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                return None
+        if not stop_process(self.process, signal.SIGINT, timeout):
+            return None
         return self.process.returncode
 
 
