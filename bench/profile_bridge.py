@@ -41,9 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository
 
-import run  # noqa: E402  (bench/run.py)
+from bench import client, servers  # noqa: E402
 
 # Which package a sample is "in": the innermost frame from one of these
 # (stdlib frames such as asyncio count for the package that called them).
@@ -116,7 +116,7 @@ def function_name(frame: str) -> str:
     return f"{fn} ({file})"
 
 
-async def drive(session: run.Session, stop_at: float) -> int:
+async def drive(session: client.Session, stop_at: float) -> int:
     count = 0
     while time.monotonic() < stop_at:
         await session.interact()
@@ -124,11 +124,13 @@ async def drive(session: run.Session, stop_at: float) -> int:
     return count
 
 
-async def drive_opens(target: run.Target, at_once: int, stop_at: float) -> int:
+async def drive_opens(target: servers.Target, at_once: int, stop_at: float) -> int:
     """Open ``at_once`` sessions together, close them, again, until ``stop_at``."""
     count = 0
     while time.monotonic() < stop_at:
-        sessions = [run.Session(target, run.burst_person(i)) for i in range(at_once)]
+        sessions = [
+            client.Session(target, client.burst_person(i)) for i in range(at_once)
+        ]
         try:
             await asyncio.gather(*(s.open() for s in sessions))
             count += at_once
@@ -138,9 +140,9 @@ async def drive_opens(target: run.Target, at_once: int, stop_at: float) -> int:
 
 
 async def profile_target(
-    target: run.Target, seconds: float, rate: int, out: Path, opens: int = 0
+    target: servers.Target, seconds: float, rate: int, out: Path, opens: int = 0
 ) -> tuple[int, Path, float]:
-    session = run.Session(target)
+    session = client.Session(target)
     await session.open()
     try:
         for _ in range(20):  # warm-up
@@ -275,9 +277,9 @@ def report(
 
 
 async def main_async(
-    args: argparse.Namespace, targets: list[run.Target], out: Path
+    args: argparse.Namespace, targets: list[servers.Target], out: Path
 ) -> dict:
-    await run.log_in(targets, people(args))
+    await client.log_in(targets, people(args))
     results = {}
     for target in targets:
         print(
@@ -293,7 +295,7 @@ async def main_async(
 
 def people(args: argparse.Namespace) -> int:
     """Logins needed: alice, plus bench users for the opens (up to the cap each)."""
-    return 1 + (run.burst_person(args.opens - 1) if args.opens else 0)
+    return 1 + (client.burst_person(args.opens - 1) if args.opens else 0)
 
 
 def main() -> int:
@@ -320,11 +322,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dn-profile-"))
     out = args.keep or workdir
     out.mkdir(parents=True, exist_ok=True)
-    targets: list[run.Target] = []
+    targets: list[servers.Target] = []
     try:
         try:
-            db = run.prepare_users(workdir, people(args))
-            targets = run.start_servers(
+            db = servers.prepare_users(workdir, people(args))
+            targets = servers.start_servers(
                 [k for k in args.servers.split(",") if k],
                 workdir,
                 db,
@@ -333,7 +335,7 @@ def main() -> int:
             results = asyncio.run(main_async(args, targets, out))
         finally:
             if targets:
-                run.stop_servers([t.server for t in targets])
+                servers.stop_servers([t.server for t in targets])
         unit = "session open" if args.opens else "interaction"
         print(report(results, args.rate, args.top, unit))
     finally:
