@@ -34,7 +34,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import headless, layers, registry
+from . import channel_messages, headless, layers, registry
 from .models import (
     NotebookCheck,
     NotebookGrant,
@@ -54,7 +54,6 @@ else:
 
 logger = logging.getLogger(__name__)
 
-TERMINATE = "notebooks.terminate"
 # How long after "terminate" the sessions' processes have to close them (each
 # deletes its row when its websocket has closed). A row still there
 # afterwards belongs to a process that no longer answers, and is removed.
@@ -93,7 +92,9 @@ def terminate(
             outcome.unreachable += 1
             continue
         try:
-            async_to_sync(layer.send)(row.channel_name, {"type": TERMINATE})
+            async_to_sync(layer.send)(
+                row.channel_name, {"type": channel_messages.TERMINATE}
+            )
         except Exception:
             logger.exception("Could not tell notebook session %s to close", row)
             outcome.unreachable += 1

@@ -6,8 +6,9 @@ middleware that is not async-native, the session and user lookups) and starts
 a thread per request: about 3 ms on a small machine, more than marimo takes to
 answer a widget change. Two kinds of requests need none of it:
 
-- kernel calls from the owner of a session: their checks (kernel_calls.py)
-  read only headers and this process's session bindings;
+- kernel calls from the owner of a session: their admission (admission.py)
+  reads only headers and this process's session bindings, or sends the call
+  to the process holding the session;
 - marimo's frontend files (frontend.py): public, the same for everyone.
 
 Wrap the project's HTTP application to answer those directly::
@@ -15,7 +16,8 @@ Wrap the project's HTTP application to answer those directly::
     "http": FastPathMiddleware(get_asgi_application()),
 
 Everything else, and every kernel call that is not admitted at once (not the
-owner, cross-site, ...), goes to Django as before. The project's own HTTP
+owner, cross-site, ...), goes to Django as before: the view takes the same
+decision, and adds what needs Django (the user, for a 401 or 403). The project's own HTTP
 middleware does not run for the requests answered here, as it does not for
 websockets.
 """
@@ -23,19 +25,17 @@ websockets.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from django.conf import settings
-from django.http import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
 from . import (
+    admission,
     context,
     frontend,
-    kernel_calls,
     marimo_routes,
     registry,
     relay,
@@ -59,15 +59,20 @@ def _allowed_host(host: str) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
-async def _send_json(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+async def _send_reply(
+    send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                *headers,
+                *(
+                    []
+                    if any(name.lower() == b"content-length" for name, _ in headers)
+                    else [(b"content-length", str(len(body)).encode())]
+                ),
             ],
         }
     )
@@ -146,72 +151,35 @@ class FastPathMiddleware:
             or marimo_routes.route_of(found.subpath) is not Route.KERNEL_CALL
         ):
             return False  # the view answers (404 for what marimo is not asked)
-        headers = context.scope_headers(scope)
-        host = headers.get("host", "")
-        if not _allowed_host(host):
+        caller = admission.Caller.from_scope(scope)
+        if not _allowed_host(caller.host):
             return False  # Django answers 400 for a disallowed host
-        cookies = parse_cookie(headers.get("cookie", ""))
-        admitted = kernel_calls.admit(
-            found.notebook,
-            origin=headers.get("origin"),
-            referer=headers.get("referer"),
-            fetch_site=headers.get("sec-fetch-site"),
-            host=host,
-            scheme=scope.get("scheme", "http"),
-            session_id=headers.get(kernel_calls.SESSION_HEADER.lower()),
-            session_key=cookies.get(settings.SESSION_COOKIE_NAME),
-            visitor=sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
-        )
-        notebook = found.notebook
-        mount = scope["path"][: len(scope["path"]) - len(found.subpath)]
-        session_id = headers.get(kernel_calls.SESSION_HEADER.lower())
-        if admitted is None and session_id and await relay.held_elsewhere(session_id):
-            # Another server process holds this session: it checks the owner.
-            body = await self._read_body(receive, send)
-            if body is None:
-                return True
-            reply = await relay.forward(
-                session_id,
-                relay.request_message(
-                    scope,
-                    kind="kernel",
-                    notebook=notebook,
-                    mount=mount,
-                    session_id=session_id,
-                    session_key=cookies.get(settings.SESSION_COOKIE_NAME),
-                    visitor=sessions.visitor_from_cookie(
-                        cookies.get(sessions.VISITOR_COOKIE)
-                    ),
-                    body=body,
-                ),
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": reply.status,
-                    "headers": reply.headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": reply.body})
-            return True
-        if not isinstance(admitted, sessions.Binding):
-            # Refusals that need the access decision, and all others, are
-            # answered by the view, with the project's middleware.
+        admitted = await admission.kernel_call(found.notebook, caller)
+        if not isinstance(admitted, sessions.Binding | admission.Elsewhere):
+            # Refusals, and callers that are not the owner (whether that is a
+            # 401, 403 or 410 takes the access decision), are answered by the
+            # view, with the project's middleware.
             return False
-
         body = await self._read_body(receive, send)
         if body is None:
+            return True
+        if isinstance(admitted, admission.Elsewhere):
+            # Another server process holds this session: it checks the owner.
+            reply = await relay.forward_request(
+                scope, found, caller, kind="kernel", body=body
+            )
+            await _send_reply(send, reply.status, reply.headers, reply.body)
             return True
         marimo_scope = context.marimo_scope(
             scope,
             path=scope["path"],
-            root_path=mount.rstrip("/"),
+            root_path=found.mount(scope["path"]).rstrip("/"),
             user=admitted.user_context,
             meta=admitted.meta,
-            notebook_file=str(notebook.path),
+            notebook_file=str(found.notebook.path),
         )
         await self._forward(
-            notebook_apps.app_for(notebook.path), marimo_scope, body, send
+            notebook_apps.app_for(found.notebook.path), marimo_scope, body, send
         )
         return True
 
@@ -229,12 +197,17 @@ class FastPathMiddleware:
             body += message.get("body", b"")
             more_body = message.get("more_body", False)
             if limit is not None and len(body) > limit:
-                refusal: kernel_calls.Refusal | None = kernel_calls.TOO_LARGE
+                refusal: admission.Refusal | None = admission.TOO_LARGE
                 break
         else:
-            refusal = kernel_calls.check_body(body)
+            refusal = admission.body_refusal(body)
         if refusal is not None:
-            await _send_json(send, refusal.status, refusal.message)
+            await _send_reply(
+                send,
+                refusal.status,
+                [(b"content-type", b"application/json")],
+                refusal.body(),
+            )
             return None
         return body
 

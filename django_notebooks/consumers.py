@@ -9,7 +9,6 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
@@ -20,41 +19,56 @@ from django.urls import Resolver404, resolve
 from . import (
     _marimo,
     access,
+    admission,
+    channel_messages,
     conf,
     context,
     layers,
     marimo_routes,
-    origins,
     records,
     registry,
     relay,
-    revocation,
     sessions,
     signals,
 )
 from .access import Access
-from .query import InvalidQuery
+from .admission import WebsocketRefusal
 from .server import notebook_apps
 
 logger = logging.getLogger(__name__)
 
-# Close codes sent before the handshake is accepted; servers answer the
-# handshake with HTTP 403 whatever the code, the code only shows in logs.
-CLOSE_REFUSED = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_BAD_REQUEST = 4400
-# Close codes for an accepted websocket (applications may use 4000-4999).
+# Close codes: the admission's (admission.py), and for an accepted websocket
+# (applications may use 4000-4999) the consumer's own.
+CLOSE_REFUSED = admission.CLOSE_REFUSED
+CLOSE_NOT_FOUND = admission.CLOSE_NOT_FOUND
+CLOSE_BAD_REQUEST = admission.CLOSE_BAD_REQUEST
+CLOSE_TOO_MANY = admission.CLOSE_TOO_MANY
 CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
-CLOSE_TOO_MANY = 4429
 CLOSE_GONE = 4410
 CLOSE_UNAVAILABLE = 4503
-# marimo's frontend stops reconnecting on these close reasons (where the
-# server passes reasons on) and says the user is not authorised, or that the
-# kernel is not found.
-REASON_UNAUTHORIZED = "MARIMO_UNAUTHORIZED"
-REASON_NO_SESSION = "MARIMO_NO_SESSION"
-REASON_SHUTDOWN = "MARIMO_SHUTDOWN"
+REASON_UNAUTHORIZED = marimo_routes.REASON_UNAUTHORIZED
+REASON_NO_SESSION = marimo_routes.REASON_NO_SESSION
+REASON_SHUTDOWN = marimo_routes.REASON_SHUTDOWN
+
+LOST = WebsocketRefusal(
+    CLOSE_GONE,
+    REASON_NO_SESSION,
+    alert=(
+        "Notebook session lost",
+        "The server process running this session stopped or cannot be "
+        "reached. Reload the page to start again.",
+    ),
+)
+UNAVAILABLE = WebsocketRefusal(
+    CLOSE_UNAVAILABLE,
+    REASON_NO_SESSION,
+    alert=(
+        "Notebook unavailable",
+        "The server cannot open notebooks right now (its message service is "
+        "not answering). Reload the page in a moment.",
+    ),
+)
 # How long a disconnect waits for marimo's handler to finish.
 DISCONNECT_TIMEOUT = 5.0
 VIEW_NAMES = frozenset({"notebook_location", "notebook"})
@@ -80,21 +94,6 @@ def locate_kernel(path: str) -> tuple[registry.Location, str] | None:
     ):
         return None
     return found, path[: -len(marimo_routes.WEBSOCKET_PATH)]
-
-
-def _comes_from_this_site(scope: dict[str, Any]) -> bool:
-    """Browsers always send Origin on a websocket handshake; refuse other
-    sites even if the project forgot AllowedHostsOriginValidator. Either
-    scheme is accepted: behind a TLS proxy the server sees plain ws."""
-    headers = context.scope_headers(scope)
-    origin = headers.get("origin")
-    if origin is None:
-        return True
-    host = headers.get("host", "")
-    return any(
-        origins.is_trusted_origin(origin, host=host, scheme=scheme)
-        for scheme in ("https", "http")
-    )
 
 
 def _reload_user(user: Any) -> Any:
@@ -230,112 +229,60 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         root_path = self.scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
-
         found = locate_kernel(path)
         if found is None:
-            return await self._refuse(CLOSE_NOT_FOUND)
+            return await self._refuse(WebsocketRefusal(CLOSE_NOT_FOUND))
         location, mount = found
-        notebook = location.notebook
         if "user" not in self.scope:
             logger.error(
                 "KernelConsumer found no user in the websocket scope: wrap "
                 "django_notebooks.routing.websocket_urlpatterns in "
                 "channels.auth.AuthMiddlewareStack in your asgi.py."
             )
-            return await self._refuse(CLOSE_REFUSED)
-        if not _comes_from_this_site(self.scope):
-            return await self._refuse(CLOSE_REFUSED)
-        user = self.scope["user"]
-        if await access.adecide(user, notebook) is not Access.ALLOWED:
-            return await self._refuse(CLOSE_REFUSED)
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        session_id = (query.get("session_id") or [""])[0]
-        if not session_id:
-            return await self._refuse(CLOSE_BAD_REQUEST)
-
-        session = self.scope.get("session")
-        cookies = self.scope.get("cookies") or {}
-        owner = sessions.owner_of(
-            user,
-            session.session_key if session is not None else None,
-            sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
-        )
-        if owner is None:
-            return await self._refuse(CLOSE_REFUSED)
-        # REQUEST_META runs once per session, here, where the project's hook
-        # sees the websocket's scope with its user and session; the session's
-        # kernel calls reuse the result. So does the notebook's query check:
-        # this query string, not the page's, is what marimo runs with.
-        try:
-            user_context, meta = await database_sync_to_async(context.session_context)(
-                user, self.scope, notebook
-            )
-        except InvalidQuery as invalid:
-            await self.send({"type": "websocket.accept"})
-            self.accepted = True
-            return await self._close(
-                CLOSE_BAD_REQUEST, REASON_NO_SESSION, alert=invalid.alert
-            )
-        claim = sessions.bindings.claim(
-            session_id,
-            owner=owner,
-            notebook=notebook.slug,
-            user_context=user_context,
-            meta=meta,
-            user_id=getattr(user, "pk", None),
-            limit=conf.get_settings().MAX_SESSIONS_PER_USER,
-        )
-        if claim is sessions.Claim.NOT_OWNER:
-            return await self._refuse(CLOSE_REFUSED)
-        if claim is sessions.Claim.OVER_LIMIT:
-            # Accept first, so that the page can show why.
-            await self.send({"type": "websocket.accept"})
-            self.accepted = True
-            limit = conf.get_settings().MAX_SESSIONS_PER_USER
-            return await self._close(
-                CLOSE_TOO_MANY,
-                alert=(
-                    "Too many open notebook sessions",
-                    f"You have {limit} open already: close one, then reload this page.",
-                ),
-            )
-        self.session_id, self.owner, self.notebook = session_id, owner, notebook
-        try:
-            recorded = await self._record_opened(user)
-            if recorded:
-                await self._join_revocation_groups(user, session)
-        except layers.LayerUnavailable:
-            # A session that revocation could not reach is not opened.
-            return await self._refuse_unreachable()
-        if not recorded:
-            # The browser reconnected to another server process than the one
-            # holding its kernel (which may have stopped): kernels cannot
-            # move, so the page must start a new session.
-            sessions.bindings.release(session_id, owner)
+            return await self._refuse(admission.REFUSED)
+        admitted = await admission.websocket(location.notebook, self.scope)
+        if isinstance(admitted, WebsocketRefusal):
+            return await self._refuse(admitted)
+        self.session_id, self.owner = admitted.session_id, admitted.owner
+        self.notebook = admitted.notebook
+        refusal = await self._open_session()
+        if refusal is not None:
+            sessions.bindings.release(admitted.session_id, admitted.owner)
+            if refusal.code == CLOSE_UNAVAILABLE:
+                sessions.bindings.forget(admitted.session_id)
             self.session_id = None
-            await self.send({"type": "websocket.accept"})
-            self.accepted = True
-            return await self._close(
-                CLOSE_GONE,
-                REASON_NO_SESSION,
-                alert=(
-                    "Notebook session lost",
-                    "The server process running this session stopped or "
-                    "cannot be reached. Reload the page to start again.",
-                ),
-            )
-
+            return await self._refuse(refusal)
         scope = context.marimo_scope(
             {**self.scope, "path": path},
             path=self.scope["path"],
             root_path=(root_path + mount).rstrip("/"),
-            user=user_context,
-            meta=meta,
-            notebook_file=str(notebook.path),
+            user=admitted.user_context,
+            meta=admitted.meta,
+            notebook_file=str(location.notebook.path),
         )
-        app = notebook_apps.app_for(notebook.path)
+        app = notebook_apps.app_for(location.notebook.path)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
         await self.inbox.put({"type": "websocket.connect"})
+
+    async def _open_session(self) -> WebsocketRefusal | None:
+        """Record the admitted session and join its groups; why it cannot
+        open, if it cannot."""
+        user = self.scope["user"]
+        try:
+            recorded = await self._record_opened(user)
+            if recorded:
+                await self._join_revocation_groups(user, self.scope.get("session"))
+        except layers.LayerUnavailable:
+            # A session that revocation could not reach is not opened.
+            await self._leave_groups()
+            await self._record_closed()
+            return UNAVAILABLE
+        if not recorded:
+            # The browser reconnected to another server process than the one
+            # holding its kernel (which may have stopped): kernels cannot
+            # move, so the page must start a new session.
+            return LOST
+        return None
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.marimo_task is None or self.closed:
@@ -372,26 +319,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             except layers.LayerUnavailable:
                 pass  # the layer forgets groups of channels nobody reads
 
-    async def _refuse_unreachable(self) -> None:
-        """Refuse a new session while the channel layer is down, saying so."""
-        assert self.session_id and self.owner
-        await self._leave_groups()
-        await self._record_closed()
-        sessions.bindings.release(self.session_id, self.owner)
-        sessions.bindings.forget(self.session_id)
-        self.session_id = None
-        await self.send({"type": "websocket.accept"})
-        self.accepted = True
-        await self._close(
-            CLOSE_UNAVAILABLE,
-            REASON_NO_SESSION,
-            alert=(
-                "Notebook unavailable",
-                "The server cannot open notebooks right now (its message "
-                "service is not answering). Reload the page in a moment.",
-            ),
-        )
-
     # The session's database record, its signals and its channel-layer group.
 
     async def _record_opened(self, user: Any) -> bool:
@@ -405,9 +332,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             channel_name=getattr(self, "channel_name", "") or "",
         )
         if recorded and self.channel_layer is not None:
-            self.revocation_groups += (relay.session_group(self.session_id),)
+            self.revocation_groups += (channel_messages.session_group(self.session_id),)
             await self.channel_layer.group_add(
-                relay.session_group(self.session_id), self.channel_name
+                channel_messages.session_group(self.session_id), self.channel_name
             )
         return bool(recorded)
 
@@ -455,9 +382,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _join_revocation_groups(self, user: Any, session: Any) -> None:
         if self.channel_layer is None or not getattr(user, "is_authenticated", False):
             return
-        groups = [revocation.user_group(user.pk)]
+        groups = [channel_messages.user_group(user.pk)]
         if session is not None and session.session_key:
-            groups.append(revocation.login_group(session.session_key))
+            groups.append(channel_messages.login_group(session.session_key))
         self.revocation_groups += tuple(groups)
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -529,9 +456,13 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             message = _sendable_close(message)
         await self.send(message)
 
-    async def _refuse(self, code: int) -> None:
-        """Refuse the handshake (the browser sees HTTP 403)."""
-        await self._close(code)
+    async def _refuse(self, refusal: WebsocketRefusal) -> None:
+        """Refuse the websocket. With an alert, accept the handshake first
+        so that the page can show it; without, the browser sees HTTP 403."""
+        if refusal.alert is not None:
+            await self.send({"type": "websocket.accept"})
+            self.accepted = True
+        await self._close(refusal.code, refusal.reason, alert=refusal.alert)
 
     async def _close(
         self, code: int, reason: str | None = None, alert: tuple[str, str] | None = None

@@ -38,6 +38,14 @@ class Route(enum.Enum):
 WEBSOCKET_PATH = "ws"
 VIRTUAL_FILE_PREFIX = "@file/"
 KERNEL_API_PREFIX = "api/kernel/"
+# The header that names the session a kernel call is for.
+SESSION_HEADER = "Marimo-Session-Id"
+# Close reasons marimo's frontend acts on (where the server passes reasons
+# on): it stops reconnecting and says the user is not authorised, that the
+# kernel is not found, or that the server shut down.
+REASON_UNAUTHORIZED = "MARIMO_UNAUTHORIZED"
+REASON_NO_SESSION = "MARIMO_NO_SESSION"
+REASON_SHUTDOWN = "MARIMO_SHUTDOWN"
 
 # Files the run-mode page asks for below its own URL: the health check the
 # frontend makes before it connects, the icons and manifest the page links,

@@ -86,6 +86,11 @@ class Location:
     # False when the URL named the notebook without its trailing slash.
     has_slash: bool = True
 
+    def mount(self, path: str) -> str:
+        """The URL of the notebook's page within ``path``, the full URL path
+        of a request at this location (what marimo's app is mounted at)."""
+        return path[: len(path) - len(self.subpath)]
+
 
 def _entry_options(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, str | Path):

@@ -17,8 +17,6 @@ Only the browser login's session key or visitor id travel, never cookies.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import uuid
 import weakref
@@ -29,14 +27,12 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from . import context, kernel_calls, marimo_routes, records, registry, sessions
+from . import admission, channel_messages, context, records, registry
 from .forwarding import passed_headers, single_body_receive
 from .server import notebook_apps
 
 logger = logging.getLogger(__name__)
 
-REQUEST_TYPE = "notebooks.kernel_call"
-REPLY_TYPE = "notebooks.kernel_reply"
 # A forwarded call that gets no answer in this time went to a process that
 # has stopped: the session is gone. (marimo answers kernel calls at once;
 # their results come over the websocket.)
@@ -154,12 +150,6 @@ def reply_channel(layer: Any) -> ReplyChannel:
     return channel
 
 
-def session_group(session_id: str) -> str:
-    """The channel-layer group of the consumer holding a session's websocket."""
-    digest = hashlib.sha256(session_id.encode()).hexdigest()[:40]
-    return f"notebooks.session.{digest}"
-
-
 async def held_elsewhere(session_id: str) -> bool:
     """Whether another server process holds this session's websocket."""
     if get_channel_layer() is None:
@@ -177,13 +167,10 @@ async def held_elsewhere(session_id: str) -> bool:
 
 def request_message(
     scope: dict[str, Any],
+    location: registry.Location,
+    caller: admission.Caller,
     *,
     kind: str,
-    notebook: registry.Notebook,
-    mount: str,
-    session_id: str,
-    session_key: str | None,
-    visitor: str | None,
     body: bytes,
     user: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -193,17 +180,17 @@ def request_message(
     ``"file"`` (a download, already allowed here: ``user`` is who asks).
     """
     return {
-        "type": REQUEST_TYPE,
+        "type": channel_messages.KERNEL_CALL,
         "kind": kind,
-        "notebook": notebook.slug,
-        "session_id": session_id,
-        "session_key": session_key,
-        "visitor": visitor,
+        "notebook": location.notebook.slug,
+        "session_id": caller.session_id,
+        "session_key": caller.session_key,
+        "visitor": caller.visitor,
         "user": user,
         "method": scope["method"],
         "scheme": scope.get("scheme", "http"),
         "path": scope["path"],
-        "mount": mount,
+        "mount": location.mount(scope["path"]),
         "query_string": scope.get("query_string", b""),
         "headers": [
             [name, value]
@@ -213,6 +200,21 @@ def request_message(
         "server": list(scope["server"]) if scope.get("server") else None,
         "body": body,
     }
+
+
+async def forward_request(
+    scope: dict[str, Any],
+    location: registry.Location,
+    caller: admission.Caller,
+    *,
+    kind: str,
+    body: bytes,
+    user: dict[str, Any] | None = None,
+) -> Reply:
+    """Send the request to the process holding ``caller.session_id``."""
+    assert caller.session_id
+    message = request_message(scope, location, caller, kind=kind, body=body, user=user)
+    return await forward(caller.session_id, message)
 
 
 async def forward(session_id: str, message: dict[str, Any]) -> Reply:
@@ -238,7 +240,7 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         answering = await replies.expect(call_id)
         message = {**message, "reply_to": replies.name, "call_id": call_id}
         while not answering.done() and loop.time() < deadline:
-            await layer.group_send(session_group(session_id), message)
+            await layer.group_send(channel_messages.session_group(session_id), message)
             wait = min(RESEND_AFTER, deadline - loop.time())
             await asyncio.wait({answering}, timeout=max(wait, 0))
         if not answering.done():
@@ -252,13 +254,13 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
         )
         _known_elsewhere.pop(session_id, None)
         await database_sync_to_async(records.forget_elsewhere)(session_id)
-        return refused(kernel_calls.SESSION_ENDED)
+        return refused(admission.SESSION_ENDED)
     except Exception:
         logger.exception(
             "The channel layer failed while forwarding a call for notebook session %s",
             session_id,
         )
-        return refused(kernel_calls.UNREACHABLE)
+        return refused(admission.UNREACHABLE)
     finally:
         replies.forget(call_id)
     return Reply(
@@ -268,15 +270,16 @@ async def forward(session_id: str, message: dict[str, Any]) -> Reply:
     )
 
 
-def refused(refusal: kernel_calls.Refusal) -> Reply:
-    """A kernel-call refusal as an answer."""
-    return json_reply(refusal.status, refusal.message)
+def refused(refusal: admission.Refusal) -> Reply:
+    """A refusal as an answer."""
+    return Reply(
+        refusal.status, [(b"content-type", b"application/json")], refusal.body()
+    )
 
 
 def json_reply(status: int, message: str) -> Reply:
-    """An error answer, shaped as the bridge's other kernel-call refusals."""
-    body = json.dumps({"error": message}).encode()
-    return Reply(status, [(b"content-type", b"application/json")], body)
+    """An error answer, shaped as the bridge's other refusals."""
+    return refused(admission.Refusal(status, message))
 
 
 async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> None:
@@ -310,7 +313,7 @@ async def _send_reply(reply_to: str, call_id: str | None, reply: Reply) -> None:
         await layer.send(
             reply_to,
             {
-                "type": REPLY_TYPE,
+                "type": channel_messages.KERNEL_REPLY,
                 "call_id": call_id,
                 "status": reply.status,
                 "headers": [list(header) for header in reply.headers],
@@ -324,23 +327,19 @@ async def _run(message: dict[str, Any]) -> Reply:
     if notebook is None:
         return json_reply(404, "No such notebook.")
     meta: dict[str, Any] = {}
-    binding = sessions.bindings.get_for_login(
-        message["session_id"],
-        notebook=notebook.slug,
-        session_key=message["session_key"],
-        visitor=message["visitor"],
+    caller = admission.Caller.of_login(
+        message["session_id"], message["session_key"], message["visitor"]
     )
     if message["kind"] == "kernel":
-        if binding is None:
-            return refused(kernel_calls.NOT_YOURS)
-        if not binding.connections:
-            return refused(kernel_calls.SESSION_ENDED)
-        user, meta = binding.user_context, binding.meta
+        admitted = admission.owned_call(notebook, caller)
+        if isinstance(admitted, admission.Refusal):
+            return refused(admitted)
+        user, meta = admitted.user_context, admitted.meta
     else:
         # A download: only of a file this session's kernel made.
-        name = marimo_routes.virtual_file_name(message["path"][len(message["mount"]) :])
-        if binding is None or name not in binding.files:
-            return json_reply(404, "No such file.")
+        subpath = message["path"][len(message["mount"]) :]
+        if not admission.owned_download(notebook, caller, subpath):
+            return refused(admission.NO_SUCH_FILE)
         user = message["user"] or {}
     scope = context.marimo_scope(
         {

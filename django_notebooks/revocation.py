@@ -12,7 +12,6 @@ layer carries it within this process (layers.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -22,23 +21,9 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
-from . import layers
+from . import channel_messages, layers
 
 logger = logging.getLogger(__name__)
-
-REVOKE = "notebooks.revoke"
-RECHECK = "notebooks.recheck"
-
-
-def user_group(user_id: Any) -> str:
-    return f"django_notebooks.user.{user_id}"
-
-
-def login_group(session_key: str) -> str:
-    # Group names end up in the channel layer's storage (Redis): keep the
-    # session key itself out of it.
-    digest = hashlib.sha256(session_key.encode()).hexdigest()[:40]
-    return f"django_notebooks.login.{digest}"
 
 
 def _send(group: str, message_type: str) -> None:
@@ -51,7 +36,7 @@ def _send(group: str, message_type: str) -> None:
 
 def revoke_login(session_key: str) -> None:
     """Close every notebook session opened by this Django login."""
-    _send(login_group(session_key), REVOKE)
+    _send(channel_messages.login_group(session_key), channel_messages.REVOKE)
 
 
 def recheck_users(user_ids: Any) -> None:
@@ -61,7 +46,7 @@ def recheck_users(user_ids: Any) -> None:
 
     def send() -> None:
         for user_id in ids:
-            _send(user_group(user_id), RECHECK)
+            _send(channel_messages.user_group(user_id), channel_messages.RECHECK)
 
     if ids:
         transaction.on_commit(send)

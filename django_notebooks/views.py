@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,7 +18,6 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseRedirect,
-    JsonResponse,
     StreamingHttpResponse,
 )
 from django.shortcuts import render
@@ -25,9 +25,9 @@ from django.utils.cache import patch_vary_headers
 
 from . import (
     access,
+    admission,
     conf,
     context,
-    kernel_calls,
     marimo_routes,
     pages,
     records,
@@ -46,9 +46,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 logger = logging.getLogger(__name__)
 
 
-def json_error(status: int, message: str) -> JsonResponse:
+def json_error(status: int, message: str) -> HttpResponse:
     """An error answer for the marimo frontend (or any API client)."""
-    return JsonResponse({"error": message}, status=status)
+    return refusal_response(admission.Refusal(status, message))
+
+
+def refusal_response(refusal: admission.Refusal) -> HttpResponse:
+    return HttpResponse(
+        refusal.body(), status=refusal.status, content_type="application/json"
+    )
 
 
 async def get_user(request: HttpRequest) -> Any:
@@ -171,9 +177,8 @@ async def _serve_read(
         )
         if refusal is not None:
             return refusal
-    file_name = marimo_routes.virtual_file_name(found.subpath)
-    if file_name is not None:
-        return await _serve_virtual_file(request, found, user, file_name)
+    if marimo_routes.virtual_file_name(found.subpath) is not None:
+        return await _serve_virtual_file(request, found, user)
     response = await _forward(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
@@ -194,49 +199,34 @@ async def _serve_read(
 async def _serve_kernel_call(
     request: HttpRequest, found: registry.Location
 ) -> HttpResponse | StreamingHttpResponse:
-    """A kernel call (a POST); the rules are in kernel_calls.py."""
-    session = getattr(request, "session", None)
-    admitted = kernel_calls.admit(
-        found.notebook,
-        origin=request.headers.get("Origin"),
-        referer=request.headers.get("Referer"),
-        fetch_site=request.headers.get("Sec-Fetch-Site"),
-        host=request.get_host(),
-        scheme=request.scheme or "http",
-        session_id=request.headers.get(kernel_calls.SESSION_HEADER),
-        session_key=session.session_key if session is not None else None,
-        visitor=_visitor(request),
-    )
-    session_id = request.headers.get(kernel_calls.SESSION_HEADER)
-    if admitted is None and session_id and await relay.held_elsewhere(session_id):
+    """A kernel call (a POST), as admission.kernel_call() decides."""
+    caller = admission.Caller.from_request(request)
+    admitted = await admission.kernel_call(found.notebook, caller)
+    if isinstance(admitted, admission.Elsewhere):
         # Another server process holds this session: it checks the owner.
-        return await _forward_elsewhere(
-            request, found, session_id, kind="kernel", user=None
-        )
-    if admitted is None:
+        return await _forward_elsewhere(request, found, caller, kind="kernel")
+    if isinstance(admitted, admission.Stranger):
         # Not the owner: say whether logging in would help, as pages do.
         user = await get_user(request)
         decision = await access.adecide(user, found.notebook)
         if decision is not Access.ALLOWED:
             return _refuse(request, decision, is_page=False)
-        # A session no process knows has ended (its process restarted, say):
-        # 410 tells its owner to reload. One that is open here is another
-        # login's.
-        admitted = (
-            kernel_calls.NOT_YOURS
-            if sessions.bindings.knows(session_id or "")
-            else kernel_calls.SESSION_ENDED
-        )
-    if isinstance(admitted, kernel_calls.Refusal):
-        return json_error(admitted.status, admitted.message)
+        admitted = admission.stranger_refusal(admitted)
+    if isinstance(admitted, admission.Refusal):
+        return refusal_response(admitted)
+    body = _body(request)
+    if isinstance(body, admission.Refusal):
+        return refusal_response(body)
+    return await _forward(request, found, admitted.user_context, admitted.meta, body)
+
+
+def _body(request: HttpRequest) -> bytes | admission.Refusal:
+    """A kernel call's body, or why it is refused."""
     try:
         body = request.body
     except RequestDataTooBig:
-        return json_error(kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
-    refusal = kernel_calls.check_body(body)
-    if refusal is not None:
-        return json_error(refusal.status, refusal.message)
-    return await _forward(request, found, admitted.user_context, admitted.meta, body)
+        return admission.TOO_LARGE
+    return admission.body_refusal(body) or body
 
 
 async def _forward(
@@ -252,7 +242,7 @@ async def _forward(
     (never of an asset); those carry the session's user context and meta.
     """
     notebook = found.notebook
-    mount = request.path[: len(request.path) - len(found.subpath)]
+    mount = found.mount(request.path)
     scope = context.marimo_scope(
         _asgi_scope(request),
         path=request.path,
@@ -265,68 +255,48 @@ async def _forward(
 
 
 async def _serve_virtual_file(
-    request: HttpRequest, found: registry.Location, user: Any, name: str
+    request: HttpRequest, found: registry.Location, user: Any
 ) -> HttpResponse | StreamingHttpResponse:
     """A download (``@file/<name>``), only for the login whose session's
-    kernel made it, through the notebook it belongs to.
-
-    marimo keeps every session's virtual files in one store per process and
-    serves any name to anyone; before a kernel has started it would even read
-    the host's shared memory by the name in the URL. The bridge asks marimo
-    only for names the owner's own session sent its page (recorded by the
-    consumer), here or, through the channel layer, in the process holding it.
-    """
-    session = getattr(request, "session", None)
-    owner = sessions.owner_of(
-        user, session.session_key if session is not None else None, _visitor(request)
-    )
-    if owner is None:
-        return json_error(404, "No such file.")
-    if sessions.bindings.session_with_file(owner, found.notebook.slug, name):
+    kernel made it, through the notebook it belongs to (admission.py): from
+    marimo here, or through the channel layer from the process holding it.
+    Before a kernel has started marimo would even read the host's shared
+    memory by the name in the URL: it is never asked for another name."""
+    caller = admission.Caller.from_request(request)
+    here = admission.download_here(found, caller, user)
+    if here:
         return await _forward(request, found, _identity(user), {}, b"")
-    if get_channel_layer() is not None:
+    if here is not None and get_channel_layer() is not None:
         elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
-            owner, found.notebook.slug
+            caller.owner(user), found.notebook.slug
         )
         for session_id in elsewhere:
             response = await _forward_elsewhere(
-                request, found, session_id, kind="file", user=_identity(user)
+                request,
+                found,
+                replace(caller, session_id=session_id),
+                kind="file",
+                user=_identity(user),
             )
             if response.status_code != 404:
                 return response
-    return json_error(404, "No such file.")
+    return refusal_response(admission.NO_SUCH_FILE)
 
 
 async def _forward_elsewhere(
     request: HttpRequest,
     found: registry.Location,
-    session_id: str,
+    caller: admission.Caller,
     *,
     kind: str,
-    user: dict[str, Any] | None,
+    user: dict[str, Any] | None = None,
 ) -> HttpResponse:
-    """Send the request to the server process holding ``session_id``."""
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        return json_error(kernel_calls.TOO_LARGE.status, kernel_calls.TOO_LARGE.message)
-    refusal = kernel_calls.check_body(body) if kind == "kernel" else None
-    if refusal is not None:
-        return json_error(refusal.status, refusal.message)
-    session = getattr(request, "session", None)
-    reply = await relay.forward(
-        session_id,
-        relay.request_message(
-            _asgi_scope(request),
-            kind=kind,
-            notebook=found.notebook,
-            mount=request.path[: len(request.path) - len(found.subpath)],
-            session_id=session_id,
-            session_key=session.session_key if session is not None else None,
-            visitor=_visitor(request),
-            body=body,
-            user=user,
-        ),
+    """Send the request to the server process holding ``caller.session_id``."""
+    body = _body(request) if kind == "kernel" else b""
+    if isinstance(body, admission.Refusal):
+        return refusal_response(body)
+    reply = await relay.forward_request(
+        _asgi_scope(request), found, caller, kind=kind, body=body, user=user
     )
     response = HttpResponse(reply.body, status=reply.status)
     for name, value in reply.headers:

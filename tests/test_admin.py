@@ -20,7 +20,14 @@ from django.core import checks
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from django_notebooks import access, admin, consumers, headless, registry, revocation
+from django_notebooks import (
+    access,
+    admin,
+    channel_messages,
+    consumers,
+    headless,
+    registry,
+)
 from django_notebooks.access import Access
 from django_notebooks.admin import NotebookGrantForm
 from django_notebooks.models import NotebookCheck, NotebookGrant, NotebookSession
@@ -518,7 +525,7 @@ def test_users_who_pass_the_rules_cost_no_grant_query(django_assert_num_queries)
 async def user_channel(user_id) -> str:
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(revocation.user_group(user_id), channel)
+    await layer.group_add(channel_messages.user_group(user_id), channel)
     return channel
 
 
@@ -529,7 +536,7 @@ async def next_message(channel: str, timeout: float = 1.0):
         return None
 
 
-RECHECK = {"type": revocation.RECHECK}
+RECHECK = {"type": channel_messages.RECHECK}
 
 
 @pytest.mark.django_db(transaction=True)

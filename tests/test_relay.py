@@ -20,7 +20,15 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from django_notebooks import consumers, kernel_calls, records, relay, signals
+from django_notebooks import (
+    admission,
+    channel_messages,
+    consumers,
+    records,
+    relay,
+    sessions,
+    signals,
+)
 from django_notebooks.asgi import FastPathMiddleware
 from django_notebooks.models import NotebookSession
 from django_notebooks.server import notebook_apps
@@ -82,19 +90,26 @@ def elsewhere(monkeypatch):
     def move() -> None:
         monkeypatch.setattr(records, "PROCESS", "other-host:1:abc")
         # The asking side does not hold the session: its local check fails.
-        monkeypatch.setattr(kernel_calls, "admit", _not_here(kernel_calls.admit))
+        monkeypatch.setattr(admission, "kernel_call", _not_here(admission.kernel_call))
         relay._known_elsewhere.clear()
 
     yield move
     relay._known_elsewhere.clear()
 
 
-def _not_here(admit):
-    def admit_elsewhere(*args, **kwargs):
-        answer = admit(*args, **kwargs)
-        return None if not isinstance(answer, kernel_calls.Refusal) else answer
+def _not_here(kernel_call):
+    """admission.kernel_call() as a process without the session's binding
+    decides (the holder's own decision, in relay.py, is left as it is)."""
 
-    return admit_elsewhere
+    async def kernel_call_elsewhere(notebook, caller):
+        answer = await kernel_call(notebook, caller)
+        if not isinstance(answer, sessions.Binding):
+            return answer
+        if await relay.held_elsewhere(caller.session_id):
+            return admission.Elsewhere(caller.session_id)
+        return admission.Stranger(caller.session_id)
+
+    return kernel_call_elsewhere
 
 
 async def test_an_open_session_has_a_record_and_closing_deletes_it(alice):
@@ -225,7 +240,7 @@ async def test_the_holder_checks_the_owner_of_a_forwarded_call(
             },
         )
         assert response.status_code == 403
-        assert response.json() == {"error": kernel_calls.NOT_YOURS.message}
+        assert response.json() == {"error": admission.NOT_YOURS.message}
         # The asking side's own checks still come first.
         response = await http.post(
             CALL,
@@ -233,7 +248,7 @@ async def test_the_holder_checks_the_owner_of_a_forwarded_call(
             headers={"Origin": "https://evil.example", "Marimo-Session-Id": session_id},
         )
         assert response.status_code == 403
-        assert response.json() == {"error": kernel_calls.CROSS_SITE.message}
+        assert response.json() == {"error": admission.CROSS_SITE.message}
 
 
 async def test_a_bad_body_is_refused_before_forwarding(kernel, elsewhere):
@@ -276,7 +291,7 @@ async def test_a_holder_that_never_answers_ends_the_session(alice, monkeypatch, 
             },
         )
     assert response.status_code == 410
-    assert response.json() == {"error": kernel_calls.SESSION_ENDED.message}
+    assert response.json() == {"error": admission.SESSION_ENDED.message}
     assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
     assert session_id not in relay._known_elsewhere
 
@@ -324,7 +339,7 @@ async def test_a_request_the_layer_lost_is_sent_again(alice, monkeypatch):
     layer = get_channel_layer()
     session_id = new_session_id()
     holder = await layer.new_channel()
-    await layer.group_add(relay.session_group(session_id), holder)
+    await layer.group_add(channel_messages.session_group(session_id), holder)
     monkeypatch.setattr(relay, "RESEND_AFTER", 0.2)
 
     async def holder_that_misses_the_first():
@@ -334,14 +349,14 @@ async def test_a_request_the_layer_lost_is_sent_again(alice, monkeypatch):
         await layer.send(second["reply_to"], reply_to(second, b"ok"))
 
     answering = asyncio.create_task(holder_that_misses_the_first())
-    reply = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
+    reply = await relay.forward(session_id, {"type": channel_messages.KERNEL_CALL})
     await answering
     assert (reply.status, reply.body) == (200, b"ok")
 
 
 def reply_to(request: dict, body: bytes) -> dict:
     return {
-        "type": relay.REPLY_TYPE,
+        "type": channel_messages.KERNEL_REPLY,
         "call_id": request["call_id"],
         "status": 200,
         "headers": [],
@@ -353,7 +368,7 @@ async def test_answers_reach_their_own_calls_over_one_reply_channel():
     layer = get_channel_layer()
     session_id = new_session_id()
     holder = await layer.new_channel()
-    await layer.group_add(relay.session_group(session_id), holder)
+    await layer.group_add(channel_messages.session_group(session_id), holder)
 
     async def holder_answering_in_reverse():
         first = await layer.receive(holder)
@@ -367,8 +382,12 @@ async def test_answers_reach_their_own_calls_over_one_reply_channel():
 
     answering = asyncio.create_task(holder_answering_in_reverse())
     one, two = await asyncio.gather(
-        relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"one"}),
-        relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"two"}),
+        relay.forward(
+            session_id, {"type": channel_messages.KERNEL_CALL, "body": b"one"}
+        ),
+        relay.forward(
+            session_id, {"type": channel_messages.KERNEL_CALL, "body": b"two"}
+        ),
     )
     await answering
     assert (one.body, two.body) == (b"one", b"two")
@@ -376,7 +395,7 @@ async def test_answers_reach_their_own_calls_over_one_reply_channel():
     # The next call waits on the same channel again.
     answering = asyncio.create_task(holder_answering_once(layer, holder))
     three = await relay.forward(
-        session_id, {"type": relay.REQUEST_TYPE, "body": b"three"}
+        session_id, {"type": channel_messages.KERNEL_CALL, "body": b"three"}
     )
     assert three.body == b"three"
     assert (await answering)["reply_to"] == relay.reply_channel(layer).name
@@ -394,7 +413,7 @@ async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
     layer = get_channel_layer()
     session_id = new_session_id()
     holder = await layer.new_channel()
-    await layer.group_add(relay.session_group(session_id), holder)
+    await layer.group_add(channel_messages.session_group(session_id), holder)
     replies = relay.reply_channel(layer)
     receive = layer.receive
 
@@ -404,9 +423,9 @@ async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
         return await receive(channel)
 
     monkeypatch.setattr(layer, "receive", broken_receive)
-    failed = await relay.forward(session_id, {"type": relay.REQUEST_TYPE})
+    failed = await relay.forward(session_id, {"type": channel_messages.KERNEL_CALL})
     assert failed.status == 503
-    assert json.loads(failed.body) == {"error": kernel_calls.UNREACHABLE.message}
+    assert json.loads(failed.body) == {"error": admission.UNREACHABLE.message}
     assert "Redis went away" in caplog.text
     assert "The reply channel of forwarded calls failed" in caplog.text
     monkeypatch.setattr(layer, "receive", receive)
@@ -414,7 +433,9 @@ async def test_a_failing_layer_fails_the_waiting_calls_not_the_next(
 
     # The next call reads a channel of its own again, and is answered.
     answering = asyncio.create_task(holder_answering_once(layer, holder))
-    reply = await relay.forward(session_id, {"type": relay.REQUEST_TYPE, "body": b"ok"})
+    reply = await relay.forward(
+        session_id, {"type": channel_messages.KERNEL_CALL, "body": b"ok"}
+    )
     assert reply.body == b"ok"
     await answering
 
@@ -425,7 +446,7 @@ async def test_the_holder_runs_a_resent_call_once(kernel, elsewhere):
     reply_to = await layer.new_channel()
     record = await NotebookSession.objects.aget(session_id=session_id)
     message = {
-        "type": relay.REQUEST_TYPE,
+        "type": channel_messages.KERNEL_CALL,
         "kind": "kernel",
         "notebook": "square",
         "session_id": session_id,

@@ -158,5 +158,5 @@ async def test_the_admin_on_the_wsgi_side_ends_a_session_on_the_asgi_side(
             assert response.status_code == 302, response.text
             await closed_within(kernel, 5)
         after = await root.http.get(sessions)
-        assert "Terminated 1 notebook session." in after.text
+        assert "Asked 1 notebook session to close" in after.text
     assert f"POST {sessions}" in served_by(proxy, wsgi)

@@ -1,0 +1,376 @@
+"""Who may come in: one decision for every way into a notebook.
+
+Every request at or below a notebook's URL is decided here, whichever entry
+point it arrived at (the Django view, ``FastPathMiddleware`` or the kernel
+websocket consumer) and whichever process holds its session:
+
+- the page and what marimo serves below it (assets, ``@file`` downloads):
+  the access decision of access.py, and for a download, the session that
+  made the file (:func:`download`);
+- a kernel call, a POST for a widget change (:func:`kernel_call`): from this
+  site, naming a marimo session in the ``Marimo-Session-Id`` header that
+  this browser login opened over the websocket (still open), with a JSON
+  object as its body;
+- the kernel websocket (:func:`websocket`): from this site, the access
+  decision, the notebook's query parameters, and a session id nobody else
+  owns, within the user's cap of open sessions.
+
+What the request says about who sends it is read once, the same way from a
+Django request or an ASGI scope, into a :class:`Caller`. The answers are
+admissions or refusals; the entry points only carry them out.
+
+The access decision was made when the session's websocket opened, and
+revocation ends the session when it would change, so a kernel call from the
+session's owner needs no database query: that is what lets the fast path
+answer it without Django.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, parse_cookie
+
+from . import access, conf, context, marimo_routes, origins, records, sessions
+from .access import Access
+from .query import InvalidQuery
+from .registry import Location, Notebook
+
+SESSION_HEADER = marimo_routes.SESSION_HEADER
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused with this HTTP status and message."""
+
+    status: int
+    message: str
+
+    def body(self) -> bytes:
+        """The JSON answer marimo's frontend (or any API client) gets."""
+        return error_body(self.message)
+
+
+def error_body(message: str) -> bytes:
+    """``{"error": message}``: the shape of every error the bridge answers
+    below a notebook's URL."""
+    return json.dumps({"error": message}).encode()
+
+
+CROSS_SITE = Refusal(403, "Cross-site request refused.")
+NO_SESSION_HEADER = Refusal(400, f"The {SESSION_HEADER} header is missing.")
+NOT_YOURS = Refusal(403, "This notebook session is not yours.")
+SESSION_ENDED = Refusal(410, "This notebook session has ended: reload the page.")
+# A forwarded call whose channel layer failed (the session may be alive).
+UNREACHABLE = Refusal(
+    503, "The notebook session cannot be reached right now: try again."
+)
+TOO_LARGE = Refusal(413, "Request body too large.")
+NOT_JSON = Refusal(400, "The request body is not valid JSON.")
+NOT_AN_OBJECT = Refusal(400, "The request body must be a JSON object.")
+NO_SUCH_FILE = Refusal(404, "No such file.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What a request says about who sends it: where from, which browser
+    login (the Django session key, or an anonymous visitor's cookie) and
+    which marimo session it names."""
+
+    host: str
+    scheme: str
+    origin: str | None
+    referer: str | None
+    fetch_site: str | None
+    session_key: str | None
+    visitor: str | None
+    # The Marimo-Session-Id header of a kernel call, the session_id query
+    # parameter of a websocket.
+    session_id: str | None
+
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any]) -> Caller:
+        """From an ASGI scope: an HTTP request before Django has seen it (the
+        fast path), or a websocket behind Channels' AuthMiddlewareStack."""
+        headers = context.scope_headers(scope)
+        cookies = parse_cookie(headers.get("cookie", ""))
+        session = scope.get("session")
+        if scope["type"] == "websocket":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            session_id = (query.get("session_id") or [""])[0] or None
+        else:
+            session_id = headers.get(SESSION_HEADER.lower())
+        return cls(
+            host=headers.get("host", ""),
+            scheme=scope.get("scheme", "http"),
+            origin=headers.get("origin"),
+            referer=headers.get("referer"),
+            fetch_site=headers.get("sec-fetch-site"),
+            session_key=(
+                session.session_key
+                if session is not None
+                else cookies.get(settings.SESSION_COOKIE_NAME)
+            ),
+            visitor=sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
+            session_id=session_id,
+        )
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> Caller:
+        """From a Django request (the view)."""
+        session = getattr(request, "session", None)
+        return cls(
+            host=request.get_host(),
+            scheme=request.scheme or "http",
+            origin=request.headers.get("Origin"),
+            referer=request.headers.get("Referer"),
+            fetch_site=request.headers.get("Sec-Fetch-Site"),
+            session_key=session.session_key if session is not None else None,
+            visitor=sessions.visitor_from_cookie(
+                request.COOKIES.get(sessions.VISITOR_COOKIE)
+            ),
+            session_id=request.headers.get(SESSION_HEADER),
+        )
+
+    @classmethod
+    def of_login(
+        cls, session_id: str, session_key: str | None, visitor: str | None
+    ) -> Caller:
+        """The login a forwarded request carries (relay.py): only its session
+        key or visitor id travel between processes, never cookies."""
+        return cls("", "", None, None, None, session_key, visitor, session_id)
+
+    def owner(self, user: Any) -> str | None:
+        """The owner key of this browser login (sessions.py), if it has one."""
+        return sessions.owner_of(user, self.session_key, self.visitor)
+
+    def is_from_this_site(self) -> bool:
+        """A request (not a websocket) this site's pages sent."""
+        return origins.request_source_is_trusted(
+            origin=self.origin,
+            referer=self.referer,
+            fetch_site=self.fetch_site,
+            host=self.host,
+            scheme=self.scheme,
+        )
+
+    def websocket_is_from_this_site(self) -> bool:
+        """Browsers always send Origin on a websocket handshake; other sites
+        are refused even if the project forgot AllowedHostsOriginValidator.
+        Either scheme is accepted: behind a TLS proxy the server sees ws."""
+        if self.origin is None:
+            return True
+        return any(
+            origins.is_trusted_origin(self.origin, host=self.host, scheme=scheme)
+            for scheme in ("https", "http")
+        )
+
+
+# Kernel calls.
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """The session is held by another server process: send the call there
+    (relay.py); that process decides on the owner, with :func:`owned_call`."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Stranger:
+    """The caller opened no such session here. Whether the answer is 401,
+    403 or 404 takes the access decision, which needs the user (Django):
+    then :func:`stranger_refusal`."""
+
+    session_id: str
+
+
+KernelCallAdmission = sessions.Binding | Elsewhere | Stranger | Refusal
+
+
+async def kernel_call(notebook: Notebook, caller: Caller) -> KernelCallAdmission:
+    """Whether a kernel call runs here (its session's binding), goes to the
+    process holding its session, or is refused."""
+    if not caller.is_from_this_site():
+        return CROSS_SITE
+    if not caller.session_id:
+        return NO_SESSION_HEADER
+    admitted = owned_call(notebook, caller)
+    if admitted is not NOT_YOURS:
+        return admitted
+    from . import relay  # relay runs admitted calls: it imports this module
+
+    if await relay.held_elsewhere(caller.session_id):
+        return Elsewhere(caller.session_id)
+    return Stranger(caller.session_id)
+
+
+def owned_call(notebook: Notebook, caller: Caller) -> sessions.Binding | Refusal:
+    """The binding of the session a kernel call names, if this caller's login
+    opened it here for this notebook and its websocket is open."""
+    binding = sessions.bindings.get_for_login(
+        caller.session_id or "",
+        notebook=notebook.slug,
+        session_key=caller.session_key,
+        visitor=caller.visitor,
+    )
+    if binding is None:
+        return NOT_YOURS
+    if not binding.connections:
+        # marimo refuses calls for a session without its websocket, and
+        # forgets the session after its TTL (then answers 500): say so.
+        return SESSION_ENDED
+    if binding.activity_due():
+        records.touch_later(caller.session_id or "")
+    return binding
+
+
+def stranger_refusal(stranger: Stranger) -> Refusal:
+    """For a caller the access decision lets use the notebook: a session
+    another login opened here is not theirs; one no process knows has ended
+    (its process restarted, or it expired), and its owner should reload."""
+    if sessions.bindings.knows(stranger.session_id):
+        return NOT_YOURS
+    return SESSION_ENDED
+
+
+def body_refusal(body: bytes) -> Refusal | None:
+    """marimo's kernel API takes JSON objects; anything else is a 400 here
+    rather than an error deep inside marimo."""
+    if not body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return NOT_JSON
+    if not isinstance(parsed, dict):
+        return NOT_AN_OBJECT
+    return None
+
+
+# Downloads.
+
+
+def download_here(location: Location, caller: Caller, user: Any) -> bool | None:
+    """Whether the ``@file`` download at ``location`` is this caller's to
+    have from this process: ``True``, or ``False`` (maybe from a session of
+    theirs elsewhere), or ``None`` if the caller has no login to own one.
+
+    marimo keeps every session's virtual files in one store per process and
+    serves any name to anyone: the bridge serves only names the owner's own
+    session sent its page (recorded by the consumer).
+    """
+    owner = caller.owner(user)
+    name = marimo_routes.virtual_file_name(location.subpath)
+    if owner is None or name is None:
+        return None
+    return bool(
+        sessions.bindings.session_with_file(owner, location.notebook.slug, name)
+    )
+
+
+def owned_download(notebook: Notebook, caller: Caller, subpath: str) -> bool:
+    """In the process holding ``caller.session_id``: whether that session is
+    the caller's and its kernel made the file at ``subpath``."""
+    binding = sessions.bindings.get_for_login(
+        caller.session_id or "",
+        notebook=notebook.slug,
+        session_key=caller.session_key,
+        visitor=caller.visitor,
+    )
+    name = marimo_routes.virtual_file_name(subpath)
+    return binding is not None and name is not None and name in binding.files
+
+
+# The kernel websocket.
+
+
+@dataclass(frozen=True)
+class WebsocketRefusal:
+    """A kernel websocket refused with this close code. With an ``alert``
+    the handshake is accepted first, so that the page can show it."""
+
+    code: int
+    reason: str | None = None
+    alert: tuple[str, str] | None = None
+
+
+# Close codes sent before the handshake is accepted; servers answer the
+# handshake with HTTP 403 whatever the code, the code only shows in logs.
+CLOSE_REFUSED = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_BAD_REQUEST = 4400
+CLOSE_TOO_MANY = 4429
+
+REFUSED = WebsocketRefusal(CLOSE_REFUSED)
+
+
+@dataclass(frozen=True)
+class WebsocketAdmission:
+    """A kernel websocket let in: the session is bound to its owner."""
+
+    notebook: Notebook
+    session_id: str
+    owner: str
+    user_context: dict[str, Any]
+    meta: dict[str, Any]
+
+
+async def websocket(
+    notebook: Notebook, scope: dict[str, Any]
+) -> WebsocketAdmission | WebsocketRefusal:
+    """Decide on a kernel websocket for ``notebook`` and, if it may open,
+    bind its session id to the login opening it (until it closes).
+
+    ``scope`` is the websocket's, with Channels' ``user`` and ``session``.
+    """
+    caller = Caller.from_scope(scope)
+    if not caller.websocket_is_from_this_site():
+        return REFUSED
+    user = scope["user"]
+    if await access.adecide(user, notebook) is not Access.ALLOWED:
+        return REFUSED
+    if not caller.session_id:
+        return WebsocketRefusal(CLOSE_BAD_REQUEST)
+    owner = caller.owner(user)
+    if owner is None:
+        return REFUSED
+    # REQUEST_META runs once per session, here, where the project's hook sees
+    # the websocket's scope with its user and session; the session's kernel
+    # calls reuse the result. So does the notebook's query check: this query
+    # string, not the page's, is what marimo runs with.
+    try:
+        user_context, meta = await database_sync_to_async(context.session_context)(
+            user, scope, notebook
+        )
+    except InvalidQuery as invalid:
+        return WebsocketRefusal(
+            CLOSE_BAD_REQUEST, marimo_routes.REASON_NO_SESSION, alert=invalid.alert
+        )
+    limit = conf.get_settings().MAX_SESSIONS_PER_USER
+    claim = sessions.bindings.claim(
+        caller.session_id,
+        owner=owner,
+        notebook=notebook.slug,
+        user_context=user_context,
+        meta=meta,
+        user_id=getattr(user, "pk", None),
+        limit=limit,
+    )
+    if claim is sessions.Claim.NOT_OWNER:
+        return REFUSED
+    if claim is sessions.Claim.OVER_LIMIT:
+        return WebsocketRefusal(
+            CLOSE_TOO_MANY,
+            alert=(
+                "Too many open notebook sessions",
+                f"You have {limit} open already: close one, then reload this page.",
+            ),
+        )
+    return WebsocketAdmission(notebook, caller.session_id, owner, user_context, meta)
