@@ -22,8 +22,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db.models import Q
 
-from . import conf
-from .registry import Notebook
+from django_notebooks import conf
+from django_notebooks.registry import Notebook
 
 
 class Access(enum.Enum):
@@ -53,7 +53,9 @@ def _passes_rules(user: Any, notebook: Notebook) -> bool:
 def _is_granted(user: Any, notebook: Notebook) -> bool:
     """Whether a grant from the admin gives ``user`` (or one of the user's
     groups) this notebook."""
-    from .models import NotebookGrant  # access is imported before apps load
+    from django_notebooks.models import (
+        NotebookGrant,  # access is imported before apps load
+    )
 
     who = Q(user_id=user.pk)
     if hasattr(user, "groups"):

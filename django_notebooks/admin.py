@@ -34,13 +34,15 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import channel_messages, headless, layers, registry
-from .models import (
+from django_notebooks import registry
+from django_notebooks.marimo import headless
+from django_notebooks.models import (
     NotebookCheck,
     NotebookGrant,
     NotebookSession,
     RegisteredNotebook,
 )
+from django_notebooks.sessions import channel_messages, layers
 
 # Django's admin classes are generic to type checkers only (django-stubs).
 if TYPE_CHECKING:

@@ -36,12 +36,14 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, parse_cookie
 
-from . import access, conf, context, marimo_routes, origins, records, sessions
-from .access import Access
-from .query import InvalidQuery
-from .registry import Location, Notebook
+from django_notebooks import access, conf, context, origins
+from django_notebooks.access import Access
+from django_notebooks.marimo import routes
+from django_notebooks.query import InvalidQuery
+from django_notebooks.registry import Location, Notebook
+from django_notebooks.sessions import owners, records
 
-SESSION_HEADER = marimo_routes.SESSION_HEADER
+SESSION_HEADER = routes.SESSION_HEADER
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Caller:
                 if session is not None
                 else cookies.get(settings.SESSION_COOKIE_NAME)
             ),
-            visitor=sessions.visitor_from_cookie(cookies.get(sessions.VISITOR_COOKIE)),
+            visitor=owners.visitor_from_cookie(cookies.get(owners.VISITOR_COOKIE)),
             session_id=session_id,
         )
 
@@ -131,8 +133,8 @@ class Caller:
             referer=request.headers.get("Referer"),
             fetch_site=request.headers.get("Sec-Fetch-Site"),
             session_key=session.session_key if session is not None else None,
-            visitor=sessions.visitor_from_cookie(
-                request.COOKIES.get(sessions.VISITOR_COOKIE)
+            visitor=owners.visitor_from_cookie(
+                request.COOKIES.get(owners.VISITOR_COOKIE)
             ),
             session_id=request.headers.get(SESSION_HEADER),
         )
@@ -141,13 +143,13 @@ class Caller:
     def of_login(
         cls, session_id: str, session_key: str | None, visitor: str | None
     ) -> Caller:
-        """The login a forwarded request carries (relay.py): only its session
+        """The login a forwarded request carries (sessions/relay.py): only its session
         key or visitor id travel between processes, never cookies."""
         return cls("", "", None, None, None, session_key, visitor, session_id)
 
     def owner(self, user: Any) -> str | None:
-        """The owner key of this browser login (sessions.py), if it has one."""
-        return sessions.owner_of(user, self.session_key, self.visitor)
+        """The owner key of this browser login (sessions/owners.py), if it has one."""
+        return owners.owner_of(user, self.session_key, self.visitor)
 
     def is_from_this_site(self) -> bool:
         """A request (not a websocket) this site's pages sent."""
@@ -177,7 +179,7 @@ class Caller:
 @dataclass(frozen=True)
 class Elsewhere:
     """The session is held by another server process: send the call there
-    (relay.py); that process decides on the owner, with :func:`owned_call`."""
+    (sessions/relay.py); that process decides on the owner, with :func:`owned_call`."""
 
     session_id: str
 
@@ -191,7 +193,7 @@ class Stranger:
     session_id: str
 
 
-KernelCallAdmission = sessions.Binding | Elsewhere | Stranger | Refusal
+KernelCallAdmission = owners.Binding | Elsewhere | Stranger | Refusal
 
 
 async def kernel_call(notebook: Notebook, caller: Caller) -> KernelCallAdmission:
@@ -204,17 +206,17 @@ async def kernel_call(notebook: Notebook, caller: Caller) -> KernelCallAdmission
     admitted = owned_call(notebook, caller)
     if admitted is not NOT_YOURS:
         return admitted
-    from . import relay  # relay runs admitted calls: it imports this module
+    from django_notebooks.sessions import relay
 
     if await relay.held_elsewhere(caller.session_id):
         return Elsewhere(caller.session_id)
     return Stranger(caller.session_id)
 
 
-def owned_call(notebook: Notebook, caller: Caller) -> sessions.Binding | Refusal:
+def owned_call(notebook: Notebook, caller: Caller) -> owners.Binding | Refusal:
     """The binding of the session a kernel call names, if this caller's login
     opened it here for this notebook and its websocket is open."""
-    binding = sessions.bindings.get_for_login(
+    binding = owners.bindings.get_for_login(
         caller.session_id or "",
         notebook=notebook.slug,
         session_key=caller.session_key,
@@ -235,7 +237,7 @@ def stranger_refusal(stranger: Stranger) -> Refusal:
     """For a caller the access decision lets use the notebook: a session
     another login opened here is not theirs; one no process knows has ended
     (its process restarted, or it expired), and its owner should reload."""
-    if sessions.bindings.knows(stranger.session_id):
+    if owners.bindings.knows(stranger.session_id):
         return NOT_YOURS
     return SESSION_ENDED
 
@@ -267,24 +269,22 @@ def download_here(location: Location, caller: Caller, user: Any) -> bool | None:
     session sent its page (recorded by the consumer).
     """
     owner = caller.owner(user)
-    name = marimo_routes.virtual_file_name(location.subpath)
+    name = routes.virtual_file_name(location.subpath)
     if owner is None or name is None:
         return None
-    return bool(
-        sessions.bindings.session_with_file(owner, location.notebook.slug, name)
-    )
+    return bool(owners.bindings.session_with_file(owner, location.notebook.slug, name))
 
 
 def owned_download(notebook: Notebook, caller: Caller, subpath: str) -> bool:
     """In the process holding ``caller.session_id``: whether that session is
     the caller's and its kernel made the file at ``subpath``."""
-    binding = sessions.bindings.get_for_login(
+    binding = owners.bindings.get_for_login(
         caller.session_id or "",
         notebook=notebook.slug,
         session_key=caller.session_key,
         visitor=caller.visitor,
     )
-    name = marimo_routes.virtual_file_name(subpath)
+    name = routes.virtual_file_name(subpath)
     return binding is not None and name is not None and name in binding.files
 
 
@@ -351,10 +351,10 @@ async def websocket(
         )
     except InvalidQuery as invalid:
         return WebsocketRefusal(
-            CLOSE_BAD_REQUEST, marimo_routes.REASON_NO_SESSION, alert=invalid.alert
+            CLOSE_BAD_REQUEST, routes.REASON_NO_SESSION, alert=invalid.alert
         )
     limit = conf.get_settings().MAX_SESSIONS_PER_USER
-    claim = sessions.bindings.claim(
+    claim = owners.bindings.claim(
         caller.session_id,
         owner=owner,
         notebook=notebook.slug,
@@ -363,9 +363,9 @@ async def websocket(
         user_id=getattr(user, "pk", None),
         limit=limit,
     )
-    if claim is sessions.Claim.NOT_OWNER:
+    if claim is owners.Claim.NOT_OWNER:
         return REFUSED
-    if claim is sessions.Claim.OVER_LIMIT:
+    if claim is owners.Claim.OVER_LIMIT:
         return WebsocketRefusal(
             CLOSE_TOO_MANY,
             alert=(

@@ -7,7 +7,9 @@ class DjangoNotebooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import autoreload, checks, revocation
+        from django_notebooks import checks
+        from django_notebooks.marimo import autoreload
+        from django_notebooks.sessions import revocation
 
         checks.register_checks()
         autoreload.connect_signals()

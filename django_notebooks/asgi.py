@@ -9,7 +9,7 @@ answer a widget change. Two kinds of requests need none of it:
 - kernel calls from the owner of a session: their admission (admission.py)
   reads only headers and this process's session bindings, or sends the call
   to the process holding the session;
-- marimo's frontend files (frontend.py): public, the same for everyone.
+- marimo's frontend files (marimo/frontend.py): public, the same for everyone.
 
 Wrap the project's HTTP application to answer those directly::
 
@@ -32,23 +32,17 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from . import (
-    admission,
-    context,
-    frontend,
-    marimo_routes,
-    registry,
-    relay,
-    sessions,
-)
-from .forwarding import passed_headers, single_body_receive
-from .marimo_routes import Route
-from .server import notebook_apps
+from django_notebooks import admission, context, registry
+from django_notebooks.marimo import frontend, routes
+from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
+from django_notebooks.marimo.routes import Route
+from django_notebooks.sessions import owners, relay
 
 logger = logging.getLogger(__name__)
 
 # A cheap test before the URL is resolved.
-KERNEL_API = "/" + marimo_routes.KERNEL_API_PREFIX
+KERNEL_API = "/" + routes.KERNEL_API_PREFIX
 
 
 def _allowed_host(host: str) -> bool:
@@ -146,16 +140,13 @@ class FastPathMiddleware:
         if match is None or match.url_name != "notebook_location":
             return False
         found = registry.locate(match.kwargs["location"])
-        if (
-            found is None
-            or marimo_routes.route_of(found.subpath) is not Route.KERNEL_CALL
-        ):
+        if found is None or routes.route_of(found.subpath) is not Route.KERNEL_CALL:
             return False  # the view answers (404 for what marimo is not asked)
         caller = admission.Caller.from_scope(scope)
         if not _allowed_host(caller.host):
             return False  # Django answers 400 for a disallowed host
         admitted = await admission.kernel_call(found.notebook, caller)
-        if not isinstance(admitted, sessions.Binding | admission.Elsewhere):
+        if not isinstance(admitted, owners.Binding | admission.Elsewhere):
             # Refusals, and callers that are not the owner (whether that is a
             # 401, 403 or 410 takes the access decision), are answered by the
             # view, with the project's middleware.

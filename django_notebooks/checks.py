@@ -20,7 +20,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import conf, query, registry
+from django_notebooks import conf, query, registry
 
 
 def check_installation(
@@ -213,7 +213,7 @@ def _layers(app: Any) -> list[Any]:
 
 
 def _routes_kernel_consumer(router: Any) -> bool:
-    from .consumers import KernelConsumer
+    from django_notebooks.consumers import KernelConsumer
 
     for route in getattr(router, "routes", ()):
         callback = getattr(route, "callback", None)
@@ -247,7 +247,7 @@ def check_websocket_stack(
     chain = _layers(websocket_app)
     warnings: list[CheckMessage] = []
     http_app = mapping.get("http")
-    from .asgi import FastPathMiddleware
+    from django_notebooks.asgi import FastPathMiddleware
 
     if http_app is not None and not any(
         isinstance(layer, FastPathMiddleware) for layer in _layers(http_app)

@@ -29,7 +29,7 @@ SETTING_NAME = "DJANGO_NOTEBOOKS"
 # A function, or the dotted path of one.
 Hook = str | Callable[..., Any] | None
 
-# Who serves marimo's frontend files besides a URL; see frontend.py.
+# Who serves marimo's frontend files besides a URL; see marimo/frontend.py.
 FRONTEND_MODES = ("bridge", "staticfiles", "marimo")
 
 # marimo options this project decides itself: a token would add marimo's own

@@ -16,24 +16,12 @@ from channels.exceptions import StopConsumer
 from django.dispatch import Signal
 from django.urls import Resolver404, resolve
 
-from . import (
-    _marimo,
-    access,
-    admission,
-    channel_messages,
-    conf,
-    context,
-    layers,
-    marimo_routes,
-    records,
-    registry,
-    relay,
-    sessions,
-    signals,
-)
-from .access import Access
-from .admission import WebsocketRefusal
-from .server import notebook_apps
+from django_notebooks import access, admission, conf, context, registry, signals
+from django_notebooks.access import Access
+from django_notebooks.admission import WebsocketRefusal
+from django_notebooks.marimo import internals, routes
+from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.sessions import channel_messages, layers, owners, records, relay
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +35,9 @@ CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
 CLOSE_GONE = 4410
 CLOSE_UNAVAILABLE = 4503
-REASON_UNAUTHORIZED = marimo_routes.REASON_UNAUTHORIZED
-REASON_NO_SESSION = marimo_routes.REASON_NO_SESSION
-REASON_SHUTDOWN = marimo_routes.REASON_SHUTDOWN
+REASON_UNAUTHORIZED = routes.REASON_UNAUTHORIZED
+REASON_NO_SESSION = routes.REASON_NO_SESSION
+REASON_SHUTDOWN = routes.REASON_SHUTDOWN
 
 LOST = WebsocketRefusal(
     CLOSE_GONE,
@@ -88,12 +76,9 @@ def locate_kernel(path: str) -> tuple[registry.Location, str] | None:
         return None
     location = match.kwargs.get("location") or f"{match.kwargs.get('slug')}/"
     found = registry.locate(location)
-    if (
-        found is None
-        or marimo_routes.route_of(found.subpath) is not marimo_routes.Route.WEBSOCKET
-    ):
+    if found is None or routes.route_of(found.subpath) is not routes.Route.WEBSOCKET:
         return None
-    return found, path[: -len(marimo_routes.WEBSOCKET_PATH)]
+    return found, path[: -len(routes.WEBSOCKET_PATH)]
 
 
 def _reload_user(user: Any) -> Any:
@@ -247,9 +232,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         self.notebook = admitted.notebook
         refusal = await self._open_session()
         if refusal is not None:
-            sessions.bindings.release(admitted.session_id, admitted.owner)
+            owners.bindings.release(admitted.session_id, admitted.owner)
             if refusal.code == CLOSE_UNAVAILABLE:
-                sessions.bindings.forget(admitted.session_id)
+                owners.bindings.forget(admitted.session_id)
             self.session_id = None
             return await self._refuse(refusal)
         scope = context.marimo_scope(
@@ -303,7 +288,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         # marimo keeps the session for its TTL, so the browser can reconnect.
         await self._stop_marimo(code=message.get("code", 1000), close_session=False)
         if self.session_id and self.owner:
-            sessions.bindings.release(self.session_id, self.owner)
+            owners.bindings.release(self.session_id, self.owner)
             await self._record_closed()
         await self._leave_groups()
         raise StopConsumer()
@@ -402,10 +387,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         with this session id are refused."""
         if self.session_id is None or self.notebook is None:
             return
-        sessions.bindings.forget(self.session_id)
+        owners.bindings.forget(self.session_id)
         manager = notebook_apps.session_manager_for(self.notebook.path)
         if manager is not None:
-            _marimo.close_session(manager, self.session_id)
+            internals.close_session(manager, self.session_id)
         await self._close(CLOSE_REVOKED, reason, alert=alert)
         # The record goes now, not when the browser acknowledges the close:
         # the admin waits for it to tell a terminated session from one whose
@@ -431,7 +416,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if close_session and self.session_id and self.notebook is not None:
             manager = notebook_apps.session_manager_for(self.notebook.path)
             if manager is not None:
-                _marimo.close_session(manager, self.session_id)
+                internals.close_session(manager, self.session_id)
 
     async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
         try:
@@ -445,10 +430,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if self.closed:
             return
         if message["type"] == "websocket.send":
-            files = marimo_routes.virtual_files_in(message.get("text") or "")
+            files = routes.virtual_files_in(message.get("text") or "")
             if files and self.session_id:
                 # Recorded before the page can ask for them: see views.py.
-                sessions.bindings.add_files(self.session_id, files)
+                owners.bindings.add_files(self.session_id, files)
         elif message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":
@@ -472,7 +457,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         self.closed = True
         if alert and self.accepted:
             await self.send(
-                {"type": "websocket.send", "text": _marimo.alert_frame(*alert)}
+                {"type": "websocket.send", "text": internals.alert_frame(*alert)}
             )
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
         if reason and self.accepted:

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from django.http import parse_cookie
 
-from . import conf, query
-from .registry import Notebook
+from django_notebooks import conf, query
+from django_notebooks.registry import Notebook
 
 # Credentials the notebook must never see. Cookies are filtered separately
 # (an allow-list); these headers are dropped whole.

@@ -14,8 +14,8 @@ import marimo
 from django.contrib.staticfiles.finders import BaseFinder
 from django.core.files.storage import FileSystemStorage
 
-from . import _marimo
-from .frontend import STATIC_PREFIX
+from django_notebooks.marimo import internals
+from django_notebooks.marimo.frontend import STATIC_PREFIX
 
 
 class _FrontendStorage(FileSystemStorage):
@@ -31,7 +31,7 @@ class MarimoFrontendFinder(BaseFinder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prefix = f"{STATIC_PREFIX}/{marimo.__version__}"
-        self.storage = _FrontendStorage(location=str(_marimo.frontend_root()))
+        self.storage = _FrontendStorage(location=str(internals.frontend_root()))
         self.storage.prefix = self.prefix
 
     def check(self, **kwargs: Any) -> list[Any]:
@@ -48,7 +48,7 @@ class MarimoFrontendFinder(BaseFinder):
         return [match] if find_all else match
 
     def list(self, ignore_patterns: Any) -> Iterator[tuple[str, _FrontendStorage]]:
-        root = _marimo.frontend_root()
+        root = internals.frontend_root()
         for file in sorted(root.rglob("*")):
             if file.is_file() and file.suffix not in (".md", ".html"):
                 yield file.relative_to(root).as_posix(), self.storage

@@ -26,8 +26,8 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.utils.html import format_html, format_html_join
 
-from . import conf
-from .registry import Notebook
+from django_notebooks import conf
+from django_notebooks.registry import Notebook
 
 # Parameters marimo's frontend and server use themselves: never the notebook's.
 MARIMO_PARAMETERS = frozenset({"session_id", "access_token", "refresh_token"})

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf
+from django_notebooks import conf
 
 # A slug or file stem: no dots (so no traversal, no hidden files), no leading
 # underscore (marimo's convention for private modules), no slashes.

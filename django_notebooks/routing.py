@@ -12,7 +12,7 @@ before these ones.
 
 from django.urls import re_path
 
-from .consumers import KernelConsumer
+from django_notebooks.consumers import KernelConsumer
 
 websocket_urlpatterns = [
     # (?s): a path with an encoded newline must reach the consumer (which

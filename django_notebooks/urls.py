@@ -8,7 +8,8 @@ prefix is configured here and nowhere else.
 
 from django.urls import path, re_path
 
-from . import frontend, views
+from django_notebooks import views
+from django_notebooks.marimo import frontend
 
 app_name = "django_notebooks"
 

@@ -23,23 +23,14 @@ from django.http import (
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 
-from . import (
-    access,
-    admission,
-    conf,
-    context,
-    marimo_routes,
-    pages,
-    records,
-    registry,
-    relay,
-    sessions,
-)
-from .access import Access
-from .forwarding import forward_http
-from .marimo_routes import Route
-from .query import page_refusal
-from .server import notebook_apps
+from django_notebooks import access, admission, conf, context, registry
+from django_notebooks.access import Access
+from django_notebooks.marimo import pages, routes
+from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.marimo.forwarding import forward_http
+from django_notebooks.marimo.routes import Route
+from django_notebooks.query import page_refusal
+from django_notebooks.sessions import owners, records, relay
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -132,8 +123,8 @@ async def _serve(
             is_page = request.method in SAFE_METHODS and _looks_like_page(location)
             return _refuse(request, Access.LOGIN_REQUIRED, is_page=is_page)
         raise Http404("No such notebook.")
-    route = marimo_routes.route_of(found.subpath) if found.has_slash else Route.PAGE
-    if route is None or request.method not in marimo_routes.METHODS[route]:
+    route = routes.route_of(found.subpath) if found.has_slash else Route.PAGE
+    if route is None or request.method not in routes.METHODS[route]:
         return await _not_served(request, found, route)
     if route is Route.KERNEL_CALL:
         return await _serve_kernel_call(request, found)
@@ -144,15 +135,15 @@ async def _not_served(
     request: HttpRequest, found: registry.Location, route: Route | None
 ) -> HttpResponse:
     """A path below a notebook that marimo is not asked for (see
-    marimo_routes.py): after the access decision, as for every path into a
+    marimo/routes.py): after the access decision, as for every path into a
     notebook, so that the answer tells nobody more than the page would."""
     decision = await access.adecide(await get_user(request), found.notebook)
     if decision is not Access.ALLOWED:
         return _refuse(request, decision, is_page=False)
-    if route is None or not marimo_routes.METHODS[route]:
+    if route is None or not routes.METHODS[route]:
         return json_error(404, "Not found.")
     response = json_error(405, "Method not allowed.")
-    response["Allow"] = ", ".join(sorted(marimo_routes.METHODS[route]))
+    response["Allow"] = ", ".join(sorted(routes.METHODS[route]))
     return response
 
 
@@ -177,7 +168,7 @@ async def _serve_read(
         )
         if refusal is not None:
             return refusal
-    if marimo_routes.virtual_file_name(found.subpath) is not None:
+    if routes.virtual_file_name(found.subpath) is not None:
         return await _serve_virtual_file(request, found, user)
     response = await _forward(request, found, _identity(user), {}, b"")
     if is_page:
@@ -187,8 +178,8 @@ async def _serve_read(
             # Anonymous visitors of public notebooks own their sessions
             # through this cookie, as logged-in users do through their login.
             response.set_cookie(
-                sessions.VISITOR_COOKIE,
-                sessions.new_visitor_cookie(),
+                owners.VISITOR_COOKIE,
+                owners.new_visitor_cookie(),
                 httponly=True,
                 samesite="Lax",
                 secure=settings.SESSION_COOKIE_SECURE,
@@ -332,7 +323,7 @@ def _looks_like_page(location: str) -> bool:
 
 
 def _visitor(request: HttpRequest) -> str | None:
-    return sessions.visitor_from_cookie(request.COOKIES.get(sessions.VISITOR_COOKIE))
+    return owners.visitor_from_cookie(request.COOKIES.get(owners.VISITOR_COOKIE))
 
 
 def _refuse(request: HttpRequest, decision: Access, *, is_page: bool) -> HttpResponse:

@@ -37,7 +37,7 @@ def notebook_server(request, live_db, tmp_path_factory):
 def either_channel_layer(request):
     """The test project's channel layer, then none at all (no
     CHANNEL_LAYERS): the bridge then carries revocation and terminate over
-    an in-process layer of its own (django_notebooks/layers.py)."""
+    an in-process layer of its own (django_notebooks/sessions/layers.py)."""
     if request.param == "none":
         with override_settings(CHANNEL_LAYERS={}):
             yield
@@ -50,6 +50,6 @@ async def close_marimo_sessions():
     """Stop the kernels a test opened (in process) while its event loop
     still runs."""
     yield
-    from django_notebooks.server import notebook_apps
+    from django_notebooks.marimo.apps import notebook_apps
 
     notebook_apps.close_all_sessions()

@@ -20,18 +20,13 @@ from django.core import checks
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from django_notebooks import (
-    access,
-    admin,
-    channel_messages,
-    consumers,
-    headless,
-    registry,
-)
+from django_notebooks import access, admin, consumers, registry
 from django_notebooks.access import Access
 from django_notebooks.admin import NotebookGrantForm
+from django_notebooks.marimo import headless
+from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.models import NotebookCheck, NotebookGrant, NotebookSession
-from django_notebooks.server import notebook_apps
+from django_notebooks.sessions import channel_messages
 from tests.compat import force_login
 from tests.helpers import async_wait_until, new_session_id, wait_until
 from tests.settings import DJANGO_NOTEBOOKS, NOTEBOOKS_DIR

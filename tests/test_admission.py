@@ -9,9 +9,10 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import RequestFactory, override_settings
 
-from django_notebooks import admission, registry, sessions
+from django_notebooks import admission, registry
 from django_notebooks.admission import Caller
 from django_notebooks.models import NotebookSession
+from django_notebooks.sessions import owners
 from tests.helpers import new_session_id
 from tests.notebooks.query_forms import SalesQuery
 from tests.settings import NOTEBOOKS_DIR
@@ -41,7 +42,7 @@ def caller(**fields) -> Caller:
 def bind(caller: Caller, user, notebook=SQUARE, *, open_websocket=True):
     """Bind ``caller``'s session to its login, as the consumer does."""
     owner = caller.owner(user)
-    sessions.bindings.claim(
+    owners.bindings.claim(
         caller.session_id,
         owner=owner,
         notebook=notebook.slug,
@@ -49,14 +50,14 @@ def bind(caller: Caller, user, notebook=SQUARE, *, open_websocket=True):
         user_id=getattr(user, "pk", None),
     )
     if not open_websocket:
-        sessions.bindings.release(caller.session_id, owner)
+        owners.bindings.release(caller.session_id, owner)
     return owner
 
 
 @pytest.fixture(autouse=True)
 def fresh_bindings(monkeypatch):
     """Each test starts with no session bound (bindings are per process)."""
-    monkeypatch.setattr(sessions, "bindings", sessions.SessionBindings())
+    monkeypatch.setattr(owners, "bindings", owners.SessionBindings())
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def alice():
 
 
 def test_a_caller_from_an_http_scope_reads_headers_and_cookies():
-    visitor = sessions.new_visitor_cookie()
+    visitor = owners.new_visitor_cookie()
     scope = {
         "type": "http",
         "scheme": "https",
@@ -87,7 +88,7 @@ def test_a_caller_from_an_http_scope_reads_headers_and_cookies():
         "https://example.com",
     )
     assert read.session_key == "k3y"
-    assert read.visitor == sessions.visitor_from_cookie(visitor)
+    assert read.visitor == owners.visitor_from_cookie(visitor)
     assert read.session_id == "s_abc123"
 
 
@@ -137,7 +138,7 @@ async def test_the_owner_of_an_open_session_is_admitted(alice):
     call = caller()
     bind(call, alice)
     admitted = await admission.kernel_call(SQUARE, call)
-    assert isinstance(admitted, sessions.Binding)
+    assert isinstance(admitted, owners.Binding)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +231,7 @@ def test_refusals_answer_json():
 def test_a_download_is_its_owners_only(alice):
     call = caller()
     bind(call, alice)
-    sessions.bindings.add_files(call.session_id, {"12-data.csv"})
+    owners.bindings.add_files(call.session_id, {"12-data.csv"})
     here = registry.Location(SQUARE, "@file/12-data.csv")
     assert admission.download_here(here, call, alice) is True
     bob_call = caller(session_key="bobs-login")
@@ -277,7 +278,7 @@ async def test_a_websocket_is_admitted_and_its_session_bound(carol):
     admitted = await admission.websocket(SQUARE, websocket_scope(carol, session_id))
     assert isinstance(admitted, admission.WebsocketAdmission)
     assert admitted.session_id == session_id
-    binding = sessions.bindings.get_for_login(
+    binding = owners.bindings.get_for_login(
         session_id,
         notebook="square",
         session_key="alice-websocket-login",
@@ -309,7 +310,7 @@ async def test_websockets_refused_before_the_handshake(alice, member):
 @pytest.mark.django_db
 async def test_a_websocket_for_someone_elses_session_is_refused(carol):
     session_id = new_session_id()
-    sessions.bindings.claim(
+    owners.bindings.claim(
         session_id, owner="user:2:bobs-login", notebook="square", user_context={}
     )
     refused = await admission.websocket(SQUARE, websocket_scope(carol, session_id))

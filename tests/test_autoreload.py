@@ -6,7 +6,7 @@ import types
 
 from django.utils.autoreload import StatReloader, autoreload_started
 
-from django_notebooks import autoreload
+from django_notebooks.marimo import autoreload
 
 
 def test_reloader_survives_a_kernel_main_module_left_empty(monkeypatch):

@@ -1,5 +1,5 @@
 """``manage.py notebooks list | check | export`` and the headless runs behind
-them (:mod:`django_notebooks.headless`), with real marimo processes."""
+them (:mod:`django_notebooks.marimo.headless`), with real marimo processes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from django_notebooks import headless, registry
+from django_notebooks import registry
+from django_notebooks.marimo import headless
 from tests.settings import DJANGO_NOTEBOOKS, NOTEBOOKS_DIR
 
 ROOT = NOTEBOOKS_DIR.parent.parent

@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_notebooks import conf
-from django_notebooks.server import NotebookApps
+from django_notebooks.marimo.apps import NotebookApps
 from tests.settings import NOTEBOOKS_DIR
 
 

@@ -13,8 +13,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client, override_settings
 
-from django_notebooks import consumers, sessions
+from django_notebooks import consumers
 from django_notebooks.models import NotebookSession
+from django_notebooks.sessions import owners
 from tests.helpers import (
     FIRST_RUN_TIMEOUT,
     communicator,
@@ -172,14 +173,14 @@ async def test_session_binding_is_recorded_for_the_opener(close_marimo_sessions)
     await first_run(f"/notebooks/square/ws?session_id={session_id}", sessionid)
     # Kernel calls from this login find the session, with the user the
     # notebook saw; another login does not.
-    binding = sessions.bindings.get_for_login(
+    binding = owners.bindings.get_for_login(
         session_id, notebook="square", session_key=sessionid, visitor=None
     )
     assert binding is not None
     assert binding.user_context["username"] == "alice"
     other = await another_login("alice")
     assert (
-        sessions.bindings.get_for_login(
+        owners.bindings.get_for_login(
             session_id, notebook="square", session_key=other, visitor=None
         )
         is None
@@ -289,7 +290,7 @@ async def test_logout_closes_the_sessions_of_that_login(
         assert await untouched.receive_nothing(timeout=0.5)
     # Kernel calls for the revoked session are refused from now on.
     assert (
-        sessions.bindings.get_for_login(
+        owners.bindings.get_for_login(
             session_id, notebook="square", session_key=sessionid, visitor=None
         )
         is None
@@ -354,5 +355,5 @@ async def test_a_new_session_is_refused_with_a_reason_while_the_layer_is_down(
     assert frames[-1]["data"]["title"] == "Notebook unavailable"
     assert close["code"] == consumers.CLOSE_UNAVAILABLE
     assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
-    assert session_id not in sessions.bindings._bindings
+    assert session_id not in owners.bindings._bindings
     assert "The channel layer failed" in caplog.text

@@ -8,9 +8,9 @@ import marimo
 import pytest
 from django.test import AsyncClient, override_settings
 
-from django_notebooks import _marimo
 from django_notebooks.asgi import FastPathMiddleware
-from django_notebooks.server import notebook_apps
+from django_notebooks.marimo import internals
+from django_notebooks.marimo.apps import notebook_apps
 from tests.asgi import django_asgi_app
 from tests.compat import create_user, force_login
 from tests.helpers import (
@@ -114,7 +114,7 @@ async def test_frontend_files_come_compressed_from_the_fast_path():
         version = marimo.__version__
         icon = await http.get(f"/notebooks/_marimo/{version}/favicon.ico")
         assert icon.status_code == 200
-        name = next(_marimo.frontend_root().glob("assets/*.js")).name
+        name = next(internals.frontend_root().glob("assets/*.js")).name
         url = f"/notebooks/_marimo/{version}/assets/{name}"
         response = await http.get(url, headers={"Accept-Encoding": "gzip"})
         assert response.status_code == 200

@@ -11,7 +11,7 @@ from contextlib import aclosing
 import pytest
 from django.http import HttpResponse, StreamingHttpResponse
 
-from django_notebooks.forwarding import QUEUE_SIZE, UpstreamError, forward_http
+from django_notebooks.marimo.forwarding import QUEUE_SIZE, UpstreamError, forward_http
 from tests.helpers import async_wait_until
 
 SCOPE = {"type": "http", "method": "GET", "path": "/notebooks/square/", "headers": []}

@@ -6,7 +6,7 @@ import marimo
 from django.core.management import call_command
 from django.test import override_settings
 
-from django_notebooks import frontend
+from django_notebooks.marimo import frontend
 from tests.settings import DJANGO_NOTEBOOKS
 
 VERSION = marimo.__version__

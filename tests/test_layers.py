@@ -1,4 +1,4 @@
-"""The channel layer of the bridge's own messages (django_notebooks/layers.py)."""
+"""The channel layer of the bridge's own messages (django_notebooks/sessions/layers.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.test import override_settings
 
-from django_notebooks import layers
+from django_notebooks.sessions import layers
 
 
 def test_the_projects_layer_when_it_has_one():

@@ -2,9 +2,9 @@
 
 Only ``marimo.create_asgi_app`` and ``mo.app_meta()`` are public; the session
 manager on the notebook app's state, the cell executor registry and the
-virtual file store are internals (see ``django_notebooks/_marimo.py``), and
+virtual file store are internals (see ``django_notebooks/marimo/internals.py``), and
 the routes below a notebook are facts the bridge decides on one by one
-(``django_notebooks/marimo_routes.py``). When marimo moves any of this, these tests
+(``django_notebooks/marimo/routes.py``). When marimo moves any of this, these tests
 fail and name the marimo version that did.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import marimo
 import pytest
 
-from django_notebooks import _marimo, marimo_routes, orm
+from django_notebooks.marimo import internals, orm, routes
 from tests.settings import NOTEBOOKS_DIR
 
 WHOAMI = NOTEBOOKS_DIR / "whoami.py"
@@ -44,7 +44,7 @@ def build(middleware: list[Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def built():
-    """A marimo app built as server.py builds it, and what its middleware
+    """A marimo app built as marimo/apps.py builds it, and what its middleware
     factory was given."""
     given = []
 
@@ -80,8 +80,8 @@ def test_session_manager_is_on_the_notebook_apps_state(built):
             callable(getattr(manager, method, None)), f"has SessionManager.{method}()"
         )
     try:
-        assert _marimo.session_manager(notebook_app) is manager
-    except _marimo.MarimoInternalsChanged as error:
+        assert internals.session_manager(notebook_app) is manager
+    except internals.MarimoInternalsChanged as error:
         pytest.fail(f"{MARIMO}: {error}", pytrace=False)
 
 
@@ -89,8 +89,8 @@ def test_the_bridge_says_loudly_when_the_internal_is_gone():
     class NotAStarletteApp:
         pass
 
-    with pytest.raises(_marimo.MarimoInternalsChanged, match="session_manager"):
-        _marimo.session_manager(NotAStarletteApp())
+    with pytest.raises(internals.MarimoInternalsChanged, match="session_manager"):
+        internals.session_manager(NotAStarletteApp())
 
     class State:
         session_manager = object()
@@ -98,8 +98,8 @@ def test_the_bridge_says_loudly_when_the_internal_is_gone():
     class App:
         state = State()
 
-    with pytest.raises(_marimo.MarimoInternalsChanged, match="close_all_sessions"):
-        _marimo.session_manager(App())
+    with pytest.raises(internals.MarimoInternalsChanged, match="close_all_sessions"):
+        internals.session_manager(App())
 
 
 async def open_kernel(
@@ -202,15 +202,15 @@ async def test_scope_user_dict_reaches_app_meta_request_unchanged(built):
     )
 
 
-# The cell executor (django_notebooks/orm.py).
+# The cell executor (django_notebooks/marimo/orm.py).
 
 
 def test_marimo_has_the_executor_registry_and_default_executor():
     from marimo._runtime.executor import resolve_executor
 
     try:
-        default = _marimo.default_cell_executor()
-    except _marimo.MarimoInternalsChanged as error:
+        default = internals.default_cell_executor()
+    except internals.MarimoInternalsChanged as error:
         pytest.fail(f"{MARIMO}: {error}", pytrace=False)
     for method in ("execute_cell", "execute_cell_async"):
         contract(
@@ -224,13 +224,13 @@ def test_marimo_has_the_executor_registry_and_default_executor():
     # A name that sorts first: marimo uses the first registered executor.
     name = "0-django_notebooks-contract-probe"
     try:
-        _marimo.register_cell_executor(name, Probe)
+        internals.register_cell_executor(name, Probe)
         contract(
             isinstance(resolve_executor(), Probe),
             "builds cell executors with the factory registered under "
             "marimo.cell.executor",
         )
-    except _marimo.MarimoInternalsChanged as error:
+    except internals.MarimoInternalsChanged as error:
         pytest.fail(f"{MARIMO}: {error}", pytrace=False)
     finally:
         from marimo._runtime.executor import _EXECUTOR_REGISTRY
@@ -289,7 +289,7 @@ async def test_run_mode_kernels_run_cells_through_the_registered_executor():
     )
 
 
-# marimo's routes below a notebook (django_notebooks/marimo_routes.py).
+# marimo's routes below a notebook (django_notebooks/marimo/routes.py).
 
 # Each route marimo has that the bridge lets through, as marimo writes it
 # (relative to the notebook's page), with a sub-path that stands for it.
@@ -448,24 +448,24 @@ def marimo_routes_of(app: Any) -> set[str]:
 
 def test_every_route_marimo_has_is_decided(built):
     _app, [notebook_app] = built
-    routes = marimo_routes_of(notebook_app)
-    undecided = routes - set(ALLOWED_ROUTES) - REFUSED_ROUTES
+    marimo_has = marimo_routes_of(notebook_app)
+    undecided = marimo_has - set(ALLOWED_ROUTES) - REFUSED_ROUTES
     contract(
         not undecided,
         f"has only the routes the bridge decided on: it has new ones, "
         f"{sorted(undecided)}. Decide for each whether the run-mode frontend "
-        "needs it (allow it in django_notebooks/marimo_routes.py) or not "
+        "needs it (allow it in django_notebooks/marimo/routes.py) or not "
         "(list it in REFUSED_ROUTES here)",
     )
-    gone = set(ALLOWED_ROUTES) - routes
+    gone = set(ALLOWED_ROUTES) - marimo_has
     contract(not gone, f"has the routes the bridge lets through (gone: {sorted(gone)})")
     for route, subpath in ALLOWED_ROUTES.items():
-        assert marimo_routes.route_of(subpath) is not None, route
+        assert routes.route_of(subpath) is not None, route
     for route in REFUSED_ROUTES:
-        assert marimo_routes.route_of(route) is None, route
+        assert routes.route_of(route) is None, route
 
 
-@pytest.mark.parametrize("name", sorted(marimo_routes.FILES))
+@pytest.mark.parametrize("name", sorted(routes.FILES))
 async def test_marimo_serves_each_allowed_file(built, name):
     import httpx
 
@@ -484,8 +484,8 @@ def test_virtual_file_storage_is_set_before_any_kernel_starts():
 
     manager = VirtualFileStorageManager()
     try:
-        _marimo.set_virtual_file_storage()
-    except _marimo.MarimoInternalsChanged as error:
+        internals.set_virtual_file_storage()
+    except internals.MarimoInternalsChanged as error:
         pytest.fail(f"{MARIMO}: {error}", pytrace=False)
     contract(
         isinstance(manager.storage, InMemoryStorage),
@@ -503,7 +503,7 @@ def test_virtual_file_urls_are_shaped_as_the_bridge_reads_them():
     contract(
         url.startswith("./@file/"), f"writes virtual file URLs as ./@file/... ({url})"
     )
-    names = marimo_routes.virtual_files_in(f'<a href="{url}">x</a>')
+    names = routes.virtual_files_in(f'<a href="{url}">x</a>')
     contract(
         names == {url.removeprefix("./@file/")},
         f"names virtual files <byte length>-<name> (got {url})",

@@ -1,4 +1,4 @@
-"""Which of marimo's routes reach marimo (django_notebooks/marimo_routes.py),
+"""Which of marimo's routes reach marimo (django_notebooks/marimo/routes.py),
 in process: the rules themselves, the view's answers for everything else,
 and downloads kept to the login whose session made them."""
 
@@ -10,9 +10,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from django_notebooks import consumers, marimo_routes, relay, sessions
-from django_notebooks.marimo_routes import Route
-from django_notebooks.server import notebook_apps
+from django_notebooks import consumers
+from django_notebooks.marimo import routes
+from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.marimo.routes import Route
+from django_notebooks.sessions import owners, relay
 from tests.asgi import application
 from tests.compat import force_login, session_key
 from tests.test_views import bound_session, kernel_headers, logged_in
@@ -59,7 +61,7 @@ FILE_NAME = "500000-1234-AbCdEfGh.txt"
     ],
 )
 def test_route_of(subpath, route):
-    assert marimo_routes.route_of(subpath) is route
+    assert routes.route_of(subpath) is route
 
 
 def test_virtual_files_are_read_from_what_the_kernel_sends():
@@ -68,15 +70,15 @@ def test_virtual_files_are_read_from_what_the_kernel_sends():
         '<img src=\\"./@file/7-1-zz.png\\">'
         "&quot;./@file/0-empty.txt&quot; @file/ alone, @file/x"
     )
-    assert marimo_routes.virtual_files_in(text) == {
+    assert routes.virtual_files_in(text) == {
         "12-3456-AbCdEfGh.csv",
         "7-1-zz.png",
         "0-empty.txt",
     }
-    assert marimo_routes.virtual_files_in("no files here") == set()
-    assert marimo_routes.virtual_file_name(f"@file/{FILE_NAME}") == FILE_NAME
-    assert marimo_routes.virtual_file_name("public/x") is None
-    assert marimo_routes.virtual_file_name("@file/no-length") is None
+    assert routes.virtual_files_in("no files here") == set()
+    assert routes.virtual_file_name(f"@file/{FILE_NAME}") == FILE_NAME
+    assert routes.virtual_file_name("public/x") is None
+    assert routes.virtual_file_name("@file/no-length") is None
 
 
 @pytest.mark.parametrize(
@@ -192,14 +194,14 @@ async def test_a_download_needs_a_session_of_this_login_that_made_it():
     assert (await alice.get(path)).status_code == 404
     # Recorded for another notebook's session of the same login.
     other = await bound_session(alice, "square")
-    sessions.bindings.add_files(other, {FILE_NAME})
+    owners.bindings.add_files(other, {FILE_NAME})
     assert (await alice.get(path)).status_code == 404
     # An anonymous visitor of a public notebook owns nothing without a cookie.
     assert (
         await AsyncClient().get(f"/notebooks/hello/@file/{FILE_NAME}")
     ).status_code == 404
-    sessions.bindings.forget(session_id)
-    sessions.bindings.forget(other)
+    owners.bindings.forget(session_id)
+    owners.bindings.forget(other)
 
 
 @in_database
@@ -228,7 +230,7 @@ async def test_a_download_is_served_to_its_sessions_login_only():
             text = await ws.receive_from(timeout=60)
             names.update(re.findall(r"\./@file/([^\"'\\&]+)", text))
         [name] = names
-        assert name in sessions.bindings._bindings[session_id].files
+        assert name in owners.bindings._bindings[session_id].files
         own = await alice.get(f"/notebooks/files/@file/{name}")
         assert own.status_code == 200
         assert (

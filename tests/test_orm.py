@@ -1,4 +1,4 @@
-"""The pieces of django_notebooks/orm.py, in-process. The executor as marimo
+"""The pieces of django_notebooks/marimo/orm.py, in-process. The executor as marimo
 runs it is checked in tests/test_marimo_contract.py, and on real servers with
 real databases in tests/e2e/test_orm.py."""
 
@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.db.backends.sqlite3.base import DatabaseWrapper
 
-from django_notebooks import orm
+from django_notebooks.marimo import orm
 
 
 @pytest.fixture

@@ -20,18 +20,11 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from django_notebooks import (
-    admission,
-    channel_messages,
-    consumers,
-    records,
-    relay,
-    sessions,
-    signals,
-)
+from django_notebooks import admission, consumers, signals
 from django_notebooks.asgi import FastPathMiddleware
+from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.models import NotebookSession
-from django_notebooks.server import notebook_apps
+from django_notebooks.sessions import channel_messages, owners, records, relay
 from tests.asgi import django_asgi_app
 from tests.compat import create_user, force_login
 from tests.live import UI_ELEMENT, new_session_id
@@ -103,7 +96,7 @@ def _not_here(kernel_call):
 
     async def kernel_call_elsewhere(notebook, caller):
         answer = await kernel_call(notebook, caller)
-        if not isinstance(answer, sessions.Binding):
+        if not isinstance(answer, owners.Binding):
             return answer
         if await relay.held_elsewhere(caller.session_id):
             return admission.Elsewhere(caller.session_id)
@@ -484,7 +477,7 @@ async def test_the_holder_runs_a_resent_call_once(kernel, elsewhere):
 async def test_a_download_of_a_session_held_elsewhere_is_forwarded(alice, monkeypatch):
     import re
 
-    from django_notebooks import sessions
+    from django_notebooks.sessions import owners
 
     _, cookie = alice
     communicator = websocket(
@@ -499,7 +492,7 @@ async def test_a_download_of_a_session_held_elsewhere_is_forwarded(alice, monkey
         # fetched from the one that does.
         monkeypatch.setattr(records, "PROCESS", "other-host:1:abc")
         monkeypatch.setattr(
-            sessions.bindings, "session_with_file", lambda owner, notebook, name: None
+            owners.bindings, "session_with_file", lambda owner, notebook, name: None
         )
         forwarded = []
         forward = relay.forward
@@ -523,11 +516,10 @@ async def test_a_download_of_a_session_held_elsewhere_is_forwarded(alice, monkey
 
 
 async def test_last_activity_is_written_now_and_then(kernel, monkeypatch):
-    from django_notebooks import sessions
 
     _, cookie, session_id, slider, communicator = kernel
     before = (await NotebookSession.objects.aget(session_id=session_id)).last_activity
-    monkeypatch.setattr(sessions, "ACTIVITY_EVERY", 0.0)
+    monkeypatch.setattr(owners, "ACTIVITY_EVERY", 0.0)
     transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
         response = await http.post(

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.test import AsyncClient, override_settings
 from django.urls import reverse
 
-from django_notebooks import sessions
+from django_notebooks.sessions import owners
 from tests.compat import session_key
 from tests.helpers import (
     ORIGIN,
@@ -41,15 +41,15 @@ async def bound_session(client: AsyncClient, notebook: str = "square") -> str:
     """A marimo session id this client's login owns, as if its kernel
     websocket had opened it."""
     session_id = new_session_id()
-    owner = sessions.owner_of(client.user, session_key(client), None)
-    claim = sessions.bindings.claim(
+    owner = owners.owner_of(client.user, session_key(client), None)
+    claim = owners.bindings.claim(
         session_id,
         owner=owner,
         notebook=notebook,
         user_context={},
         user_id=client.user.pk,
     )
-    assert claim is sessions.Claim.CLAIMED
+    assert claim is owners.Claim.CLAIMED
     return session_id
 
 
@@ -221,8 +221,8 @@ async def test_public_notebook_is_open_to_anonymous_visitors():
     response = await client.get("/notebooks/hello/")
     assert response.status_code == 200
     # Anonymous visitors get a signed id, so their kernel sessions are theirs.
-    cookie = response.cookies[sessions.VISITOR_COOKIE]
-    assert sessions.visitor_from_cookie(cookie.value)
+    cookie = response.cookies[owners.VISITOR_COOKIE]
+    assert owners.visitor_from_cookie(cookie.value)
     assert cookie["httponly"]
     assert (await client.get("/notebooks/hello/health")).status_code == 200
 
@@ -391,7 +391,7 @@ async def test_kernel_call_for_a_session_no_process_knows_is_410():
     # told to reload, not that the session is someone else's.
     alice = await logged_in("alice")
     session_id = await bound_session(alice)
-    sessions.bindings.forget(session_id)
+    owners.bindings.forget(session_id)
     body = {"objectIds": [], "values": []}
     for unknown in (session_id, new_session_id()):
         response = await kernel_call(alice, unknown, body)
@@ -404,8 +404,8 @@ async def test_kernel_call_for_a_session_no_process_knows_is_410():
 async def test_kernel_call_after_the_websocket_closed_is_410():
     client = await logged_in("alice")
     session_id = await bound_session(client)
-    sessions.bindings.release(
-        session_id, sessions.owner_of(client.user, session_key(client), None)
+    owners.bindings.release(
+        session_id, owners.owner_of(client.user, session_key(client), None)
     )
     response = await kernel_call(client, session_id, {"objectIds": [], "values": []})
     assert response.status_code == 410

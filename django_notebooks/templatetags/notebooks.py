@@ -28,9 +28,9 @@ from django.template import Engine
 from django.urls import reverse
 from django.utils.safestring import SafeString
 
-from .. import access, conf, registry
-from ..access import Access
-from ..registry import Notebook
+from django_notebooks import access, conf, registry
+from django_notebooks.access import Access
+from django_notebooks.registry import Notebook
 
 register = template.Library()
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Attack: marimo's other doors below a notebook's URL. marimo answers far
 more than the page, its files and the run-mode kernel calls (server-sent
 events, virtual files, workspace and status APIs, its own login form); only
-the routes in django_notebooks/marimo_routes.py reach it, and every answer
+the routes in django_notebooks/marimo/routes.py reach it, and every answer
 below a notebook is a clear 4xx, never a 500."""
 
 from __future__ import annotations

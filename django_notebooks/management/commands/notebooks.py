@@ -2,7 +2,7 @@
 command line.
 
 ``check`` and ``export`` run notebooks headless, each in its own process
-(see :mod:`django_notebooks.headless`).
+(see :mod:`django_notebooks.marimo.headless`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from ... import headless, registry
-from ...registry import Notebook
+from django_notebooks import registry
+from django_notebooks.marimo import headless
+from django_notebooks.registry import Notebook
 
 # What a notebook that reads `mo.app_meta().request.user` without a guard
 # raises in a headless run, where the request is None.

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.core import signing
 
-from . import conf
+from django_notebooks import conf
 
 VISITOR_COOKIE = "django_notebooks_visitor"
 VISITOR_SALT = "django_notebooks.visitor"

@@ -18,7 +18,7 @@ marimo a cell executor that runs each cell the way its code is written:
   which may sit idle for hours, holds none.
 
 The executor is registered in the server process only, when it first
-builds a notebook app (``server.py``): ``marimo edit`` and scripts in the
+builds a notebook app (``apps.py``): ``marimo edit`` and scripts in the
 same environment are untouched. See ``docs/topics/orm.md``.
 """
 
@@ -38,7 +38,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.models import Model, QuerySet
 
-from . import _marimo
+from django_notebooks.marimo import internals
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class CellExecutor:
     name = EXECUTOR_NAME
 
     def __init__(self) -> None:
-        self._cells = _marimo.default_cell_executor()
+        self._cells = internals.default_cell_executor()
 
     def execute_cell(self, cell: Any, glbls: Any) -> Any:
         """Run a synchronous cell where no event loop runs (marimo does
@@ -76,7 +76,7 @@ class CellExecutor:
 
     async def execute_cell_async(self, cell: Any, glbls: Any) -> Any:
         """Run any cell from the kernel's event loop."""
-        if _marimo.is_async_cell(cell):
+        if internals.is_async_cell(cell):
             return await self._execute_on_loop(cell, glbls)
         with _event_loop_hidden(), _closing_opened_connections():
             return _shown_now(self._cells.execute_cell(cell, glbls))
@@ -180,9 +180,9 @@ def install() -> None:
             return
         _installed = True
         connection_created.connect(
-            _remember_connection, dispatch_uid="django_notebooks.orm"
+            _remember_connection, dispatch_uid="django_notebooks.marimo.orm"
         )
         try:
-            _marimo.register_cell_executor(EXECUTOR_NAME, CellExecutor)
-        except _marimo.MarimoInternalsChanged as error:
+            internals.register_cell_executor(EXECUTOR_NAME, CellExecutor)
+        except internals.MarimoInternalsChanged as error:
             logger.error("%s", error)

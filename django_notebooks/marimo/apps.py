@@ -24,7 +24,8 @@ from typing import Any
 
 import marimo
 
-from . import _marimo, conf, frontend, orm
+from django_notebooks import conf
+from django_notebooks.marimo import frontend, internals, orm
 
 ASGIApp = Callable[..., Any]
 logger = logging.getLogger(__name__)
@@ -78,11 +79,11 @@ class NotebookApps:
     ) -> ASGIApp:
         def remember_session_manager(app: Any) -> Any:
             # marimo calls this with the notebook's own Starlette app.
-            self._session_managers[key] = _marimo.session_manager(app)
+            self._session_managers[key] = internals.session_manager(app)
             return app
 
         orm.install()  # before any kernel of this process runs a cell
-        _marimo.set_virtual_file_storage()  # before any @file is served
+        internals.set_virtual_file_storage()  # before any @file is served
         app = (
             marimo.create_asgi_app(**options)
             .with_app(path="", root=str(path), middleware=[remember_session_manager])
@@ -96,7 +97,7 @@ class NotebookApps:
         """Close every marimo session of this process, and delete their
         records (other processes would forward calls to them)."""
         for manager in list(self._session_managers.values()):
-            _marimo.close_all_sessions(manager)
+            internals.close_all_sessions(manager)
         try:
             _forget_records()
         except Exception:  # the database may be gone by now: rows of a
@@ -129,7 +130,7 @@ class NotebookApps:
 
 
 def _forget_records() -> None:
-    from .records import forget_this_process
+    from django_notebooks.sessions.records import forget_this_process
 
     try:
         asyncio.get_running_loop()

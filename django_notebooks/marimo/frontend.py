@@ -35,7 +35,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
-from . import _marimo, conf
+from django_notebooks import conf
+from django_notebooks.marimo import internals
 
 try:  # a dependency; an environment without it still gets gzip
     import brotli
@@ -113,7 +114,7 @@ compressed_files = CompressedFiles()
 def _file_for(version: str, path: str) -> Path | None:
     if version != marimo.__version__:
         return None  # another marimo version's frontend
-    root = _marimo.frontend_root()
+    root = internals.frontend_root()
     try:
         candidate = (root / path).resolve()
         candidate.relative_to(root)

@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import conf
+from django_notebooks import conf
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
-from .registry import Notebook
+from django_notebooks.registry import Notebook
 
 # Error kinds marimo itself does not count as failures: mo.stop() in an
 # ancestor, a cell skipped because of it, an interrupted run.

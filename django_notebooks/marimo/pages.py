@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 
-from . import conf
+from django_notebooks import conf
 
 
 def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:

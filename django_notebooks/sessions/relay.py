@@ -27,9 +27,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from . import admission, channel_messages, context, records, registry
-from .forwarding import passed_headers, single_body_receive
-from .server import notebook_apps
+from django_notebooks import admission, context, registry
+from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
+from django_notebooks.sessions import channel_messages, records
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def restore_main_module() -> None:
 def connect_signals() -> None:
     """Called from the app's ``ready()``, before any kernel can run."""
     autoreload_started.connect(
-        _guard_reloader, dispatch_uid="django_notebooks.autoreload"
+        _guard_reloader, dispatch_uid="django_notebooks.marimo.autoreload"
     )
 
 

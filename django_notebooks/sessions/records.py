@@ -22,7 +22,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from .models import NotebookSession
+from django_notebooks.models import NotebookSession
 
 # This server process, as rows name it: host and pid, plus a random part so
 # that a restarted process that gets the same pid is not taken for the old one.
@@ -32,7 +32,7 @@ PROCESS = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 def owner_hash(owner: str) -> str:
     """The stored form of an owner key (which holds a session key)."""
     return salted_hmac(
-        "django_notebooks.records.owner", owner, algorithm="sha256"
+        "django_notebooks.sessions.records.owner", owner, algorithm="sha256"
     ).hexdigest()
 
 

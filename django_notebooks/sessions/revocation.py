@@ -21,7 +21,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
-from . import channel_messages, layers
+from django_notebooks.sessions import channel_messages, layers
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def connect_signals() -> None:
     pre_delete.connect(
         _on_group_deleted, sender=Group, dispatch_uid="django_notebooks.group_deleted"
     )
-    from .models import NotebookGrant
+    from django_notebooks.models import NotebookGrant
 
     pre_save.connect(
         _on_grant_saved,

@@ -3,7 +3,7 @@
 Besides the session manager below, the bridge relies on where marimo's
 package keeps its built frontend (to serve it compressed), on one message
 of its websocket protocol (an alert) and on its store of virtual files
-(set before anything is served). marimo's routes are in marimo_routes.py.
+(set before anything is served). marimo's routes are in routes.py.
 
 marimo's public API builds the notebook apps (``marimo.create_asgi_app``) but
 offers no way to close their sessions: a session's kernel thread is not a
@@ -13,7 +13,7 @@ keeps on the notebook app's Starlette state. We do the same, here and nowhere
 else. ``tests/test_marimo_contract.py`` fails loudly when marimo moves it.
 
 The same goes for the executor that runs notebook cells (see
-``django_notebooks/orm.py``): marimo looks executors up in a registry whose
+``django_notebooks/marimo/orm.py``): marimo looks executors up in a registry whose
 entry-point group, ``marimo.cell.executor``, it declares internal and
 unstable, so the bridge registers its executor at run time, in the server
 process only, through the functions below.
