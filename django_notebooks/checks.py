@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_notebooks import conf, query, registry
+
+Check = Callable[..., list[CheckMessage]]
+
+
+def _when_settings_load(check: Check) -> Check:
+    """A check that reads DJANGO_NOTEBOOKS: when the setting does not load,
+    check_settings says why, and this one stays quiet rather than repeat it
+    (or crash)."""
+
+    @wraps(check)
+    def checked(*args: Any, **kwargs: Any) -> list[CheckMessage]:
+        try:
+            conf.get_settings()
+        except ImproperlyConfigured:
+            return []
+        return check(*args, **kwargs)
+
+    return checked
 
 
 def check_installation(
@@ -79,11 +98,18 @@ def check_marimo_version(
     ]
 
 
+def _invalid_name(what: str) -> Error:
+    return Error(
+        f"{what} is not valid.",
+        hint="Use letters, digits, '-' and '_', starting with a letter or digit.",
+        id="django_notebooks.E004",
+    )
+
+
+@_when_settings_load
 def check_notebooks(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    if not _settings_usable():
-        return []  # check_settings says why
     try:
         notebooks = registry.explicit_notebooks()
         directories = registry.directories()
@@ -98,14 +124,7 @@ def check_notebooks(
     errors: list[CheckMessage] = []
     for slug, notebook in notebooks.items():
         if not registry.NAME_PATTERN.fullmatch(slug):
-            errors.append(
-                Error(
-                    f"Notebook slug {slug!r} is not valid.",
-                    hint="Use letters, digits, '-' and '_', starting with a "
-                    "letter or digit.",
-                    id="django_notebooks.E004",
-                )
-            )
+            errors.append(_invalid_name(f"Notebook slug {slug!r}"))
         path = Path(notebook.path)
         if not path.is_file():
             errors.append(
@@ -145,14 +164,7 @@ def check_notebooks(
                 )
             )
         if not registry.NAME_PATTERN.fullmatch(key):
-            errors.append(
-                Error(
-                    f"Directory key {key!r} is not valid.",
-                    hint="Use letters, digits, '-' and '_', starting with a "
-                    "letter or digit.",
-                    id="django_notebooks.E004",
-                )
-            )
+            errors.append(_invalid_name(f"Directory key {key!r}"))
         if not Path(options["path"]).is_dir():
             errors.append(
                 Error(
@@ -164,19 +176,24 @@ def check_notebooks(
     return errors
 
 
+def _entry_options(option: str) -> list[tuple[str, Any]]:
+    """One option of every NOTEBOOKS and DIRECTORIES entry, with where it
+    is; raises ImproperlyConfigured for a malformed entry (E003)."""
+    return [
+        (f"Notebook {slug!r}", getattr(notebook, option))
+        for slug, notebook in registry.explicit_notebooks().items()
+    ] + [
+        (f"Directory {key!r}", options.get(option))
+        for key, options in registry.directories().items()
+    ]
+
+
+@_when_settings_load
 def check_query_options(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    if not _settings_usable():
-        return []  # check_settings says why
     try:
-        entries = [
-            (f"Notebook {slug!r}", notebook.query)
-            for slug, notebook in registry.explicit_notebooks().items()
-        ] + [
-            (f"Directory {key!r}", options.get("query"))
-            for key, options in registry.directories().items()
-        ]
+        entries = _entry_options("query")
     except ImproperlyConfigured:
         return []  # E003 says it
     errors: list[CheckMessage] = []
@@ -324,16 +341,6 @@ def check_channel_layer(
     return []
 
 
-def _settings_usable() -> bool:
-    """Whether the setting loads; when it does not, check_settings says why
-    and the checks that read it stay quiet rather than repeat it."""
-    try:
-        conf.get_settings()
-    except ImproperlyConfigured:
-        return False
-    return True
-
-
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -383,13 +390,12 @@ def check_settings(
     return errors
 
 
+@_when_settings_load
 def check_hooks(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """Every dotted path the setting names for a function imports (E016);
     ``query`` options have their own check (E013)."""
-    if not _settings_usable():
-        return []
     config = conf.get_settings()
     paths = [
         (f"DJANGO_NOTEBOOKS[{name!r}]", getattr(config, name))
@@ -397,52 +403,42 @@ def check_hooks(
     ]
     try:
         paths += [
-            (f"Notebook {slug!r}: 'access'", notebook.access)
-            for slug, notebook in registry.explicit_notebooks().items()
-        ] + [
-            (f"Directory {key!r}: 'access'", options.get("access"))
-            for key, options in registry.directories().items()
+            (f"{where}: 'access'", value) for where, value in _entry_options("access")
         ]
     except ImproperlyConfigured:
         pass  # E003 says it; the top-level hooks are still checked
-    errors: list[CheckMessage] = []
-    for where, value in paths:
-        if not isinstance(value, str):
-            continue
-        try:
-            target = conf.import_object(value)
-        except Exception as error:  # an import may fail in any way
-            errors.append(
-                Error(
-                    f"{where} is {value!r}, which cannot be imported: {error}",
-                    hint="Give the dotted path of a function, e.g. "
-                    "'myproject.notebooks.user_context', or the function itself.",
-                    id="django_notebooks.E016",
-                )
-            )
-            continue
-        if not callable(target):
-            errors.append(
-                Error(
-                    f"{where} is {value!r}, which names {type(target).__name__}, "
-                    "not a function.",
-                    hint="Give the dotted path of a function.",
-                    id="django_notebooks.E016",
-                )
-            )
-    return errors
+    return [
+        Error(
+            f"{where} is {value!r}, {problem}",
+            hint="Give the dotted path of a function, e.g. "
+            "'myproject.notebooks.user_context', or the function itself.",
+            id="django_notebooks.E016",
+        )
+        for where, value in paths
+        if isinstance(value, str) and (problem := _hook_problem(value))
+    ]
+
+
+def _hook_problem(dotted_path: str) -> str | None:
+    """What is wrong with a dotted path that should name a function."""
+    try:
+        target = conf.import_object(dotted_path)
+    except Exception as error:  # an import may fail in any way
+        return f"which cannot be imported: {error}"
+    if not callable(target):
+        return f"which names {type(target).__name__}, not a function."
+    return None
 
 
 FRONTEND_FINDER = "django_notebooks.finders.MarimoFrontendFinder"
 
 
+@_when_settings_load
 def check_frontend(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """The staticfiles finder that FRONTEND = "staticfiles" needs (W006);
     the value itself is check_settings' (E012)."""
-    if not _settings_usable():
-        return []
     finders = getattr(settings, "STATICFILES_FINDERS", [])
     if conf.get_settings().FRONTEND == "staticfiles" and FRONTEND_FINDER not in finders:
         return [

@@ -33,19 +33,25 @@ _USER_XOR_GROUP_CHECK: dict[str, Any] = {
 }
 
 
+def _optional_user(*, on_delete: Any, related_name: str) -> Any:
+    """A link to the project's user model that may be empty."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=on_delete,
+        related_name=related_name,
+    )
+
+
 class NotebookSession(models.Model):
     """A marimo session whose kernel websocket is open in some server process."""
 
     session_id = models.CharField(_("session id"), max_length=128, unique=True)
     notebook = models.CharField(_("notebook"), max_length=255, db_index=True)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        verbose_name=_("user"),
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
+    # Kept when the user is deleted: the session is open all the same.
+    user = _optional_user(on_delete=models.SET_NULL, related_name="+")
     # A hash of the browser login (or anonymous visitor) that owns the
     # session, to find a login's sessions without storing its session key.
     owner_hash = models.CharField(_("owner"), max_length=64, blank=True, db_index=True)
@@ -75,14 +81,7 @@ class NotebookGrant(models.Model):
         db_index=True,
         help_text=_("The notebook's slug, e.g. sales or lab/demo."),
     )
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        verbose_name=_("user"),
-        null=True,
-        blank=True,
-        on_delete=models.CASCADE,
-        related_name="notebook_grants",
-    )
+    user = _optional_user(on_delete=models.CASCADE, related_name="notebook_grants")
     group = models.ForeignKey(
         "auth.Group",
         verbose_name=_("group"),

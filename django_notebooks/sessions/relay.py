@@ -166,7 +166,7 @@ async def held_elsewhere(session_id: str) -> bool:
     return True
 
 
-def request_message(
+async def forward_request(
     scope: dict[str, Any],
     location: registry.Location,
     caller: admission.Caller,
@@ -174,13 +174,15 @@ def request_message(
     kind: str,
     body: bytes,
     user: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What a forwarded request carries, from the ASGI scope it arrived with.
+) -> Reply:
+    """Send the request that arrived with ``scope`` to the process holding
+    ``caller.session_id``; its answer.
 
     ``kind`` is ``"kernel"`` (a kernel call: the holder checks ownership) or
     ``"file"`` (a download, already allowed here: ``user`` is who asks).
     """
-    return {
+    assert caller.session_id
+    message = {
         "type": channel_messages.KERNEL_CALL,
         "kind": kind,
         "notebook": location.notebook.slug,
@@ -201,20 +203,6 @@ def request_message(
         "server": list(scope["server"]) if scope.get("server") else None,
         "body": body,
     }
-
-
-async def forward_request(
-    scope: dict[str, Any],
-    location: registry.Location,
-    caller: admission.Caller,
-    *,
-    kind: str,
-    body: bytes,
-    user: dict[str, Any] | None = None,
-) -> Reply:
-    """Send the request to the process holding ``caller.session_id``."""
-    assert caller.session_id
-    message = request_message(scope, location, caller, kind=kind, body=body, user=user)
     return await forward(caller.session_id, message)
 
 
