@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 from tests.helpers import new_session_id, wait_until
@@ -377,6 +378,57 @@ async def logged_in(base_url: str, *usernames: str):
             await client.login(username)
             clients.append(client)
         yield clients
+
+
+@asynccontextmanager
+async def square_session(base_url: str, username: str = "alice"):
+    """``username``'s browser with the square notebook open and run once:
+    ``(client, kernel, slider)``, the slider's widget id."""
+    async with NotebookClient(base_url) as client:
+        await client.login(username)
+        async with client.kernel("/notebooks/square/") as kernel:
+            await kernel.read_until_completed()
+            [slider] = kernel.ui_element_ids()
+            yield client, kernel, slider
+
+
+async def terminate_in_admin(client: NotebookClient, sessions_url: str, row: str):
+    """Run the admin's "terminate" action on session row ``row``, as the
+    logged-in staff ``client``; the admin's answer."""
+    return await client.http.post(
+        sessions_url,
+        data={
+            "action": "terminate_sessions",
+            "_selected_action": row,
+            "index": "0",
+            "csrfmiddlewaretoken": client.http.cookies["csrftoken"],
+        },
+    )
+
+
+def run_script(args: list[str], timeout: float) -> str:
+    """Run a repository script (a benchmark) with this Python; its standard
+    output. Over ``timeout`` it gets SIGTERM (to stop the servers it started)
+    and the test fails; a non-zero exit fails it too."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{stderr[-3000:]}")
+    assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
+    return stdout
 
 
 def whoami(outputs: list[str]) -> dict:

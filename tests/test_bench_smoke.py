@@ -9,12 +9,11 @@ targets, and stops cleanly.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.live import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
@@ -23,25 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 
 
 def test_quick_benchmark_prints_a_ratio_table():
-    process = subprocess.Popen(
-        [sys.executable, "bench/run.py", "--quick", "--servers", "uvicorn"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the benchmark stop the servers it started.
-        process.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        pytest.fail(f"bench/run.py --quick ran over {TIMEOUT} s:\n{stderr[-3000:]}")
-    assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
+    stdout = run_script(["bench/run.py", "--quick", "--servers", "uvicorn"], TIMEOUT)
     assert "ratio" in stdout
     assert "| interaction, 1 session: median" in stdout
     # The churn ran on its own servers, every session rendered, and the

@@ -12,14 +12,11 @@ stops cleanly.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.live import require_redis
+from tests.live import require_redis, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
@@ -30,9 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
     require_redis()
     out = tmp_path / "workers.json"
-    process = subprocess.Popen(
+    stdout = run_script(
         [
-            sys.executable,
             "bench/workers.py",
             "--quick",
             "--no-bare",
@@ -43,23 +39,8 @@ def test_quick_workers_benchmark_forwards_without_failures(tmp_path):
             "--out",
             str(out),
         ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        TIMEOUT,
     )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the benchmark stop the servers it started.
-        process.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        pytest.fail(f"bench/workers.py --quick ran over {TIMEOUT} s:\n{stderr[-3000:]}")
-    assert process.returncode == 0, f"exit {process.returncode}:\n{stderr[-3000:]}"
     assert "### Forwarded vs local latency" in stdout
     assert "| bridge, 2 workers | 2 |" in stdout
     assert "| bridge, 2 workers (RedisPubSubChannelLayer) | 2 |" in stdout

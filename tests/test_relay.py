@@ -165,11 +165,8 @@ async def test_terminate_closes_the_session_within_two_seconds(kernel):
     assert time.monotonic() - started < 2
 
 
-async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload(
-    alice,
-):
-    user, cookie = alice
-    session_id = new_session_id()
+async def record_of_a_stopped_process(session_id: str, user) -> None:
+    """The row a process killed while holding ``session_id`` left behind."""
     await NotebookSession.objects.acreate(
         session_id=session_id,
         notebook="square",
@@ -177,6 +174,14 @@ async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload
         channel_name="specific.gone!1",
         process="other-host:1:abc",
     )
+
+
+async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload(
+    alice,
+):
+    user, cookie = alice
+    session_id = new_session_id()
+    await record_of_a_stopped_process(session_id, user)
     communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
     connected, _ = await communicator.connect(timeout=30)
     assert connected  # accepted, so that the page can show why it closes
@@ -264,13 +269,7 @@ async def test_a_bad_body_is_refused_before_forwarding(kernel, elsewhere):
 async def test_a_holder_that_never_answers_ends_the_session(alice, monkeypatch, caplog):
     user, cookie = alice
     session_id = new_session_id()
-    await NotebookSession.objects.acreate(
-        session_id=session_id,
-        notebook="square",
-        user=user,
-        channel_name="specific.gone!1",
-        process="other-host:1:abc",
-    )
+    await record_of_a_stopped_process(session_id, user)
     monkeypatch.setattr(relay, "REPLY_TIMEOUT", 0.5)
     transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:

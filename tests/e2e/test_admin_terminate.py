@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from tests.helpers import async_wait_until
-from tests.live import LiveServer, NotebookClient
+from tests.live import LiveServer, NotebookClient, terminate_in_admin
 from tests.security import test_revocation
 from tests.security.test_revocation import run_in_other_process
 
@@ -75,15 +75,7 @@ async def test_terminate_in_the_admin_closes_a_session_held_by_another_process(
 
             watcher = asyncio.create_task(frames_until_closed(kernel.websocket))
             started = time.monotonic()
-            response = await root.http.post(
-                SESSIONS,
-                data={
-                    "action": "terminate_sessions",
-                    "_selected_action": row,
-                    "index": "0",
-                    "csrfmiddlewaretoken": root.http.cookies["csrftoken"],
-                },
-            )
+            response = await terminate_in_admin(root, SESSIONS, row)
             frames, closed_at = await watcher
 
         assert closed_at - started < CLOSE_WITHIN, (

@@ -10,7 +10,7 @@ import marimo
 import pytest
 import websockets
 
-from tests.live import NotebookClient, square_output, whoami
+from tests.live import NotebookClient, square_output, square_session, whoami
 from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -38,15 +38,11 @@ async def test_logged_in_user_drives_a_notebook(notebook_server):
 
 
 async def test_owner_kernel_calls_skip_djangos_request_machinery(notebook_server):
-    async with NotebookClient(notebook_server.url) as client:
-        await client.login("alice")
-        async with client.kernel("/notebooks/square/") as kernel:
-            await kernel.read_until_completed()
-            [slider] = kernel.ui_element_ids()
-            response = await kernel.set_ui_value(slider, 8)
-            assert response.status_code == 200
-            await kernel.read_until_completed()
-            assert square_output(kernel.outputs)[-1] == "square=64 user=alice"
+    async with square_session(notebook_server.url) as (_, kernel, slider):
+        response = await kernel.set_ui_value(slider, 8)
+        assert response.status_code == 200
+        await kernel.read_until_completed()
+        assert square_output(kernel.outputs)[-1] == "square=64 user=alice"
     # Django's views stamp X-Frame-Options on what they answer; the fast
     # path answers kernel calls before Django runs at all.
     assert ("x-frame-options" not in response.headers) is notebook_server.fast_path

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import websockets
 
-from tests.live import LiveServer, NotebookClient, square_output
+from tests.live import LiveServer, NotebookClient, square_output, terminate_in_admin
 from tests.proxy import Proxy
 from tests.security.test_revocation import (
     closed_within,
@@ -146,15 +146,7 @@ async def test_the_admin_on_the_wsgi_side_ends_a_session_on_the_asgi_side(
             # The sessions table, written by the ASGI process, read by WSGI.
             listing = await root.http.get(sessions)
             [row] = re.findall(r'name="_selected_action" value="(\d+)"', listing.text)
-            response = await root.http.post(
-                sessions,
-                data={
-                    "action": "terminate_sessions",
-                    "_selected_action": row,
-                    "index": "0",
-                    "csrfmiddlewaretoken": root.http.cookies["csrftoken"],
-                },
-            )
+            response = await terminate_in_admin(root, sessions, row)
             assert response.status_code == 302, response.text
             await closed_within(kernel, 5)
         after = await root.http.get(sessions)

@@ -21,6 +21,7 @@ from tests.live import (
     NotebookClient,
     require_redis,
     server_env,
+    square_session,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -51,14 +52,10 @@ async def logout(client: NotebookClient) -> None:
 
 
 async def test_logout_closes_open_sessions_and_refuses_later_calls(notebook_server):
-    async with NotebookClient(notebook_server.url) as client:
-        await client.login("alice")
-        async with client.kernel("/notebooks/square/") as kernel:
-            await kernel.read_until_completed()
-            [slider] = kernel.ui_element_ids()
-            old_cookies = dict(client.http.cookies)
-            await logout(client)
-            await closed_within(kernel, CLOSE_WITHIN)
+    async with square_session(notebook_server.url) as (client, kernel, slider):
+        old_cookies = dict(client.http.cookies)
+        await logout(client)
+        await closed_within(kernel, CLOSE_WITHIN)
         # Replaying the old session cookie does not bring the session back.
         for name, value in old_cookies.items():
             client.http.cookies.set(name, value)
