@@ -156,7 +156,7 @@ class FastPathMiddleware:
             return True
         if isinstance(admitted, admission.Elsewhere):
             # Another server process holds this session: it checks the owner.
-            reply = await relay.forward_request(
+            reply = await relay.ask_holder(
                 scope, found, caller, kind="kernel", body=body
             )
             await _send_reply(send, reply.status, reply.headers, reply.body)
@@ -169,7 +169,7 @@ class FastPathMiddleware:
             meta=admitted.meta,
             notebook_file=str(found.notebook.path),
         )
-        await self._forward(
+        await self._to_marimo(
             notebook_apps.app_for(found.notebook.path), marimo_scope, body, send
         )
         return True
@@ -203,7 +203,9 @@ class FastPathMiddleware:
         return body
 
     @staticmethod
-    async def _forward(app: Any, scope: dict[str, Any], body: bytes, send: Any) -> None:
+    async def _to_marimo(
+        app: Any, scope: dict[str, Any], body: bytes, send: Any
+    ) -> None:
         # Nothing sets this event: Starlette cancels its disconnect listener
         # once it has answered.
         receive = single_body_receive(body, until=asyncio.Event())

@@ -27,10 +27,9 @@ from django.shortcuts import render
 from django.utils.html import format_html, format_html_join
 
 from django_notebooks import conf
+from django_notebooks.marimo import routes
 from django_notebooks.registry import Notebook
 
-# Parameters marimo's frontend and server use themselves: never the notebook's.
-MARIMO_PARAMETERS = frozenset({"session_id", "access_token", "refresh_token"})
 # Where errors that belong to no single parameter are filed, as in Django forms.
 NON_FIELD_ERRORS = "__all__"
 TOO_MANY = "Too many query parameters."
@@ -126,7 +125,7 @@ def notebook_parameters(source: QueryDict | bytes | str) -> QueryDict:
     given = source if isinstance(source, QueryDict) else QueryDict(source)
     parameters = QueryDict(mutable=True)
     for name, values in given.lists():
-        if name not in MARIMO_PARAMETERS:
+        if name not in routes.QUERY_PARAMETERS:
             parameters.setlist(name, values[-1:])
     return parameters
 

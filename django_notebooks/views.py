@@ -170,7 +170,7 @@ async def _serve_read(
             return refusal
     if routes.virtual_file_name(found.subpath) is not None:
         return await _serve_virtual_file(request, found, user)
-    response = await _forward(request, found, _identity(user), {}, b"")
+    response = await _to_marimo(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
@@ -195,7 +195,7 @@ async def _serve_kernel_call(
     admitted = await admission.kernel_call(found.notebook, caller)
     if isinstance(admitted, admission.Elsewhere):
         # Another server process holds this session: it checks the owner.
-        return await _forward_elsewhere(request, found, caller, kind="kernel")
+        return await _to_holder(request, found, caller, kind="kernel")
     if isinstance(admitted, admission.Stranger):
         # Not the owner: say whether logging in would help, as pages do.
         user = await get_user(request)
@@ -208,7 +208,7 @@ async def _serve_kernel_call(
     body = _body(request)
     if isinstance(body, admission.Refusal):
         return refusal_response(body)
-    return await _forward(request, found, admitted.user_context, admitted.meta, body)
+    return await _to_marimo(request, found, admitted.user_context, admitted.meta, body)
 
 
 def _body(request: HttpRequest) -> bytes | admission.Refusal:
@@ -220,7 +220,7 @@ def _body(request: HttpRequest) -> bytes | admission.Refusal:
     return admission.body_refusal(body) or body
 
 
-async def _forward(
+async def _to_marimo(
     request: HttpRequest,
     found: registry.Location,
     user_context: dict[str, Any],
@@ -256,13 +256,13 @@ async def _serve_virtual_file(
     caller = admission.Caller.from_request(request)
     here = admission.download_here(found, caller, user)
     if here:
-        return await _forward(request, found, _identity(user), {}, b"")
+        return await _to_marimo(request, found, _identity(user), {}, b"")
     if here is not None and get_channel_layer() is not None:
         elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
             caller.owner(user), found.notebook.slug
         )
         for session_id in elsewhere:
-            response = await _forward_elsewhere(
+            response = await _to_holder(
                 request,
                 found,
                 replace(caller, session_id=session_id),
@@ -274,7 +274,7 @@ async def _serve_virtual_file(
     return refusal_response(admission.NO_SUCH_FILE)
 
 
-async def _forward_elsewhere(
+async def _to_holder(
     request: HttpRequest,
     found: registry.Location,
     caller: admission.Caller,
@@ -286,7 +286,7 @@ async def _forward_elsewhere(
     body = _body(request) if kind == "kernel" else b""
     if isinstance(body, admission.Refusal):
         return refusal_response(body)
-    reply = await relay.forward_request(
+    reply = await relay.ask_holder(
         _asgi_scope(request), found, caller, kind=kind, body=body, user=user
     )
     response = HttpResponse(reply.body, status=reply.status)

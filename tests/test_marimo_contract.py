@@ -508,3 +508,19 @@ def test_virtual_file_urls_are_shaped_as_the_bridge_reads_them():
         names == {url.removeprefix("./@file/")},
         f"names virtual files <byte length>-<name> (got {url})",
     )
+
+
+# Private Python calls the bridge makes (marimo/orm.py, marimo/apps.py): they
+# are not marimo's, but fail the same way when Python changes them.
+
+
+def test_the_private_python_calls_the_bridge_makes_exist():
+    import asyncio
+    import threading
+
+    # orm.py hides the running loop while a synchronous cell uses the ORM.
+    assert callable(asyncio._get_running_loop)
+    assert callable(asyncio._set_running_loop)
+    # apps.py closes marimo sessions before Python joins non-daemon threads
+    # (it falls back to atexit, too late for kernel threads, without it).
+    assert callable(threading._register_atexit)

@@ -38,6 +38,9 @@ class Route(enum.Enum):
 WEBSOCKET_PATH = "ws"
 VIRTUAL_FILE_PREFIX = "@file/"
 KERNEL_API_PREFIX = "api/kernel/"
+# Query parameters marimo's frontend and server use themselves, never the
+# notebook's (query.py leaves them out of a notebook's query form).
+QUERY_PARAMETERS = frozenset({"session_id", "access_token", "refresh_token"})
 # The header that names the session a kernel call is for.
 SESSION_HEADER = "Marimo-Session-Id"
 # Close reasons marimo's frontend acts on (where the server passes reasons

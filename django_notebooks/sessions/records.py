@@ -42,7 +42,7 @@ def opened(
     """Record that this process's consumer on ``channel_name`` holds the
     session now. ``False`` (and nothing recorded) if another process holds
     it: its kernel cannot move here."""
-    if held_elsewhere(session_id):
+    if other_process_holds(session_id):
         return False
     now = timezone.now()
     fields = {
@@ -103,7 +103,7 @@ def touch_later(session_id: str) -> None:
     task.add_done_callback(_pending_writes.discard)
 
 
-def held_elsewhere(session_id: str) -> bool:
+def other_process_holds(session_id: str) -> bool:
     """Whether another server process holds this session's websocket."""
     return (
         NotebookSession.objects.filter(session_id=session_id)

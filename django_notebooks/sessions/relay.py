@@ -158,7 +158,7 @@ async def held_elsewhere(session_id: str) -> bool:
     if session_id in _known_elsewhere:
         _known_elsewhere.move_to_end(session_id)
         return True
-    if not await database_sync_to_async(records.held_elsewhere)(session_id):
+    if not await database_sync_to_async(records.other_process_holds)(session_id):
         return False
     _known_elsewhere[session_id] = None
     if len(_known_elsewhere) > KNOWN_ELSEWHERE_MAX:
@@ -166,7 +166,7 @@ async def held_elsewhere(session_id: str) -> bool:
     return True
 
 
-async def forward_request(
+async def ask_holder(
     scope: dict[str, Any],
     location: registry.Location,
     caller: admission.Caller,
