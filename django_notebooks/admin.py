@@ -78,9 +78,7 @@ class Termination:
     unreachable: int = 0
 
 
-def terminate(
-    rows: Sequence[NotebookSession], *, wait: float | None = None
-) -> Termination:
+def terminate(rows: Sequence[NotebookSession]) -> Termination:
     """Tell the consumers holding these sessions to close them, wherever they
     run, and return at once (layers.py: without a channel layer, only
     sessions of this process can be told). A background thread removes, after
@@ -104,9 +102,7 @@ def terminate(
             told.append((row.pk, row.channel_name))
     outcome.told = len(told)
     if told:
-        in_background(
-            remove_unanswered, set(told), ANSWER_WAIT if wait is None else wait
-        )
+        in_background(remove_unanswered, set(told), ANSWER_WAIT)
     return outcome
 
 
@@ -441,14 +437,13 @@ def start_check(notebook: registry.Notebook) -> bool:
 def run_check(notebook: registry.Notebook, check_pk: Any) -> None:
     """Run ``notebook`` headless and record the result on its check."""
     run = headless.check(notebook, timeout=CHECK_TIMEOUT)
-    problems = "; ".join(
-        f"{failure.cell}: {failure.message}" for failure in run.failures
-    ) or str(_("no cell failed, but the run did not complete"))
+    problems = ""
+    if not run.ok:
+        problems = "; ".join(
+            f"{failure.cell}: {failure.message}" for failure in run.failures
+        ) or str(_("no cell failed, but the run did not complete"))
     NotebookCheck.objects.filter(pk=check_pk).update(
-        finished_at=timezone.now(),
-        ok=run.ok,
-        seconds=run.seconds,
-        problems="" if run.ok else problems,
+        finished_at=timezone.now(), ok=run.ok, seconds=run.seconds, problems=problems
     )
 
 

@@ -6,7 +6,7 @@ websocket consumer) and whichever process holds its session:
 
 - the page and what marimo serves below it (assets, ``@file`` downloads):
   the access decision of access.py, and for a download, the session that
-  made the file (:func:`download`);
+  made the file (:func:`download_here`, :func:`owned_download`);
 - a kernel call, a POST for a widget change (:func:`kernel_call`): from this
   site, naming a marimo session in the ``Marimo-Session-Id`` header that
   this browser login opened over the websocket (still open), with a JSON
@@ -216,12 +216,7 @@ async def kernel_call(notebook: Notebook, caller: Caller) -> KernelCallAdmission
 def owned_call(notebook: Notebook, caller: Caller) -> owners.Binding | Refusal:
     """The binding of the session a kernel call names, if this caller's login
     opened it here for this notebook and its websocket is open."""
-    binding = owners.bindings.get_for_login(
-        caller.session_id or "",
-        notebook=notebook.slug,
-        session_key=caller.session_key,
-        visitor=caller.visitor,
-    )
+    binding = _callers_binding(notebook, caller)
     if binding is None:
         return NOT_YOURS
     if not binding.connections:
@@ -231,6 +226,17 @@ def owned_call(notebook: Notebook, caller: Caller) -> owners.Binding | Refusal:
     if binding.activity_due():
         records.touch_later(caller.session_id or "")
     return binding
+
+
+def _callers_binding(notebook: Notebook, caller: Caller) -> owners.Binding | None:
+    """The binding of the session the caller names, if the caller's login
+    opened it here for this notebook."""
+    return owners.bindings.get_for_login(
+        caller.session_id or "",
+        notebook=notebook.slug,
+        session_key=caller.session_key,
+        visitor=caller.visitor,
+    )
 
 
 def stranger_refusal(stranger: Stranger) -> Refusal:
@@ -259,31 +265,24 @@ def body_refusal(body: bytes) -> Refusal | None:
 # Downloads.
 
 
-def download_here(location: Location, caller: Caller, user: Any) -> bool | None:
-    """Whether the ``@file`` download at ``location`` is this caller's to
-    have from this process: ``True``, or ``False`` (maybe from a session of
-    theirs elsewhere), or ``None`` if the caller has no login to own one.
+def download_here(location: Location, owner: str) -> bool:
+    """Whether the ``@file`` download at ``location`` is ``owner``'s to have
+    from this process (if not, maybe from a session of theirs elsewhere).
 
     marimo keeps every session's virtual files in one store per process and
     serves any name to anyone: the bridge serves only names the owner's own
     session sent its page (recorded by the consumer).
     """
-    owner = caller.owner(user)
     name = routes.virtual_file_name(location.subpath)
-    if owner is None or name is None:
-        return None
-    return bool(owners.bindings.session_with_file(owner, location.notebook.slug, name))
+    return name is not None and bool(
+        owners.bindings.session_with_file(owner, location.notebook.slug, name)
+    )
 
 
 def owned_download(notebook: Notebook, caller: Caller, subpath: str) -> bool:
     """In the process holding ``caller.session_id``: whether that session is
     the caller's and its kernel made the file at ``subpath``."""
-    binding = owners.bindings.get_for_login(
-        caller.session_id or "",
-        notebook=notebook.slug,
-        session_key=caller.session_key,
-        visitor=caller.visitor,
-    )
+    binding = _callers_binding(notebook, caller)
     name = routes.virtual_file_name(subpath)
     return binding is not None and name is not None and name in binding.files
 

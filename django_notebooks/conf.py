@@ -89,8 +89,13 @@ def _is_mapping(value: Any) -> bool:
     return isinstance(value, Mapping)
 
 
-def _is_hook(value: Any) -> bool:
+def is_hook(value: Any) -> bool:
+    """A function, its dotted path, or ``None``."""
     return value is None or isinstance(value, str) or callable(value)
+
+
+def is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
 
 
 def is_name_list(value: Any) -> bool:
@@ -124,8 +129,8 @@ KEYS: dict[str, Key] = {
         _is_frontend,
         check_id="django_notebooks.E012",
     ),
-    "USER_CONTEXT": Key(None, "a function, its dotted path, or None", _is_hook),
-    "REQUEST_META": Key(None, "a function, its dotted path, or None", _is_hook),
+    "USER_CONTEXT": Key(None, "a function, its dotted path, or None", is_hook),
+    "REQUEST_META": Key(None, "a function, its dotted path, or None", is_hook),
     "ALLOWED_COOKIES": Key(
         (),
         'a list of cookie names, e.g. ["theme"]',
@@ -140,8 +145,8 @@ KEYS: dict[str, Key] = {
     "MAX_WEBSOCKET_MESSAGE_BYTES": Key(
         64 * 1024, "a positive integer (bytes)", _is_positive_int
     ),
-    "CONCEAL_FORBIDDEN": Key(False, "True or False", lambda v: isinstance(v, bool)),
-    "EXPOSE_FILE_PATHS": Key(False, "True or False", lambda v: isinstance(v, bool)),
+    "CONCEAL_FORBIDDEN": Key(False, "True or False", is_bool),
+    "EXPOSE_FILE_PATHS": Key(False, "True or False", is_bool),
 }
 
 

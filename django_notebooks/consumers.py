@@ -232,9 +232,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         self.notebook = admitted.notebook
         refusal = await self._open_session()
         if refusal is not None:
-            owners.bindings.release(admitted.session_id, admitted.owner)
-            if refusal.code == CLOSE_UNAVAILABLE:
-                owners.bindings.forget(admitted.session_id)
             self.session_id = None
             return await self._refuse(refusal)
         scope = context.marimo_scope(
@@ -251,7 +248,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _open_session(self) -> WebsocketRefusal | None:
         """Record the admitted session and join its groups; why it cannot
-        open, if it cannot."""
+        open, if it cannot (its binding then released)."""
+        assert self.session_id and self.owner
         user = self.scope["user"]
         try:
             recorded = await self._record_opened(user)
@@ -261,11 +259,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             # A session that revocation could not reach is not opened.
             await self._leave_groups()
             await self._record_closed()
+            owners.bindings.release(self.session_id, self.owner)
+            owners.bindings.forget(self.session_id)
             return UNAVAILABLE
         if not recorded:
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
             # move, so the page must start a new session.
+            owners.bindings.release(self.session_id, self.owner)
             return LOST
         return None
 

@@ -36,16 +36,13 @@ ENTRY_KEYS = frozenset({"path", "title", "description", "query", *ACCESS_KEYS})
 ENTRY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "title": (lambda value: isinstance(value, str), "a string"),
     "description": (lambda value: isinstance(value, str), "a string"),
-    "public": (lambda value: isinstance(value, bool), "True or False"),
+    "public": (conf.is_bool, "True or False"),
     "groups": (conf.is_name_list, 'a list of group names, e.g. ["analysts"]'),
     "permissions": (
         conf.is_name_list,
         'a list of permissions, e.g. ["sales.view_order"]',
     ),
-    "access": (
-        lambda value: value is None or isinstance(value, str) or callable(value),
-        "a function (user, notebook) -> bool, or its dotted path",
-    ),
+    "access": (conf.is_hook, "a function (user, notebook) -> bool, or its dotted path"),
 }
 
 T = TypeVar("T")

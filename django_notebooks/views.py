@@ -254,12 +254,14 @@ async def _serve_virtual_file(
     Before a kernel has started marimo would even read the host's shared
     memory by the name in the URL: it is never asked for another name."""
     caller = admission.Caller.from_request(request)
-    here = admission.download_here(found, caller, user)
-    if here:
+    owner = caller.owner(user)
+    if owner is None:
+        return refusal_response(admission.NO_SUCH_FILE)
+    if admission.download_here(found, owner):
         return await _to_marimo(request, found, _identity(user), {}, b"")
-    if here is not None and get_channel_layer() is not None:
+    if get_channel_layer() is not None:
         elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
-            caller.owner(user), found.notebook.slug
+            owner, found.notebook.slug
         )
         for session_id in elsewhere:
             response = await _to_holder(
