@@ -36,9 +36,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, parse_cookie
 
-from django_notebooks import access, conf, context, origins
+from django_notebooks import access, conf, context, notices, origins
 from django_notebooks.access import Access
 from django_notebooks.marimo import routes
+from django_notebooks.notices import Notice
 from django_notebooks.query import InvalidQuery
 from django_notebooks.registry import Location, Notebook
 from django_notebooks.sessions import owners, records
@@ -94,6 +95,9 @@ class Caller:
     # The Marimo-Session-Id header of a kernel call, the session_id query
     # parameter of a websocket.
     session_id: str | None
+    # The client's address as the server saw it (a proxy's, unless the
+    # server was told to trust its forwarded-for header).
+    address: str | None = None
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any]) -> Caller:
@@ -120,6 +124,7 @@ class Caller:
             ),
             visitor=owners.visitor_from_cookie(cookies.get(owners.VISITOR_COOKIE)),
             session_id=session_id,
+            address=(scope.get("client") or (None,))[0],
         )
 
     @classmethod
@@ -137,6 +142,7 @@ class Caller:
                 request.COOKIES.get(owners.VISITOR_COOKIE)
             ),
             session_id=request.headers.get(SESSION_HEADER),
+            address=request.META.get("REMOTE_ADDR") or None,
         )
 
     @classmethod
@@ -223,6 +229,7 @@ def owned_call(notebook: Notebook, caller: Caller) -> owners.Binding | Refusal:
         # marimo refuses calls for a session without its websocket, and
         # forgets the session after its TTL (then answers 500): say so.
         return SESSION_ENDED
+    binding.used()
     if binding.activity_due():
         records.touch_later(caller.session_id or "")
     return binding
@@ -292,12 +299,11 @@ def owned_download(notebook: Notebook, caller: Caller, subpath: str) -> bool:
 
 @dataclass(frozen=True)
 class WebsocketRefusal:
-    """A kernel websocket refused with this close code. With an ``alert``
+    """A kernel websocket refused with this close code. With a ``notice``
     the handshake is accepted first, so that the page can show it."""
 
     code: int
-    reason: str | None = None
-    alert: tuple[str, str] | None = None
+    notice: Notice | None = None
 
 
 # Close codes sent before the handshake is accepted; servers answer the
@@ -349,10 +355,8 @@ async def websocket(
             user, scope, notebook
         )
     except InvalidQuery as invalid:
-        return WebsocketRefusal(
-            CLOSE_BAD_REQUEST, routes.REASON_NO_SESSION, alert=invalid.alert
-        )
-    limit = conf.get_settings().MAX_SESSIONS_PER_USER
+        return WebsocketRefusal(CLOSE_BAD_REQUEST, invalid.notice)
+    config = conf.get_settings()
     claim = owners.bindings.claim(
         caller.session_id,
         owner=owner,
@@ -360,16 +364,24 @@ async def websocket(
         user_context=user_context,
         meta=meta,
         user_id=getattr(user, "pk", None),
-        limit=limit,
+        limit=config.MAX_SESSIONS_PER_USER,
+        address=caller.address,
+        max_sessions=config.LIMITS.MAX_SESSIONS,
+        max_per_address=config.LIMITS.MAX_SESSIONS_PER_ADDRESS,
     )
     if claim is owners.Claim.NOT_OWNER:
         return REFUSED
-    if claim is owners.Claim.OVER_LIMIT:
-        return WebsocketRefusal(
-            CLOSE_TOO_MANY,
-            alert=(
-                "Too many open notebook sessions",
-                f"You have {limit} open already: close one, then reload this page.",
-            ),
-        )
+    if claim is not owners.Claim.CLAIMED:
+        return _over_a_cap(claim, config)
     return WebsocketAdmission(notebook, caller.session_id, owner, user_context, meta)
+
+
+def _over_a_cap(claim: owners.Claim, config: conf.NotebookSettings) -> WebsocketRefusal:
+    """A new session refused by one of the caps on sessions, with its words."""
+    if claim is owners.Claim.OVER_LIMIT:
+        notice = notices.too_many_for_user(config.MAX_SESSIONS_PER_USER)
+    elif claim is owners.Claim.ADDRESS_FULL:
+        notice = notices.too_many_for_address(config.LIMITS.MAX_SESSIONS_PER_ADDRESS)
+    else:
+        notice = notices.SERVER_BUSY
+    return WebsocketRefusal(CLOSE_TOO_MANY, notice)

@@ -24,6 +24,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from django_notebooks import limits
+
 SETTING_NAME = "DJANGO_NOTEBOOKS"
 
 # A function, or the dotted path of one.
@@ -69,6 +71,9 @@ class NotebookSettings:
     CONCEAL_FORBIDDEN: bool
     #: Leave the notebook's absolute file path in its page (marimo does).
     EXPOSE_FILE_PATHS: bool
+    #: Limits on sessions (limits.py; a notebook's ``limits`` option may
+    #: set the per-session ones for itself).
+    LIMITS: limits.Limits
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Key:
     check_id: str = "django_notebooks.E015"
     #: Turns a valid value into the attribute's type.
     convert: Callable[[Any], Any] = lambda value: value
+    #: What is wrong with an invalid value, one sentence each, where the
+    #: type alone would not say (a dict with a wrong entry).
+    explain: Callable[[Any], list[str]] | None = None
 
 
 def _is_mapping(value: Any) -> bool:
@@ -147,6 +155,18 @@ KEYS: dict[str, Key] = {
     ),
     "CONCEAL_FORBIDDEN": Key(False, "True or False", is_bool),
     "EXPOSE_FILE_PATHS": Key(False, "True or False", is_bool),
+    "LIMITS": Key(
+        {},
+        f"a dict of {list(limits.NAMES)}, each {limits.EXPECTED}",
+        limits.is_valid_setting,
+        check_id="django_notebooks.E017",
+        convert=limits.from_setting,
+        explain=lambda value: limits.problems(
+            value,
+            where=f"{SETTING_NAME}['LIMITS']",
+            allowed=frozenset(limits.NAMES),
+        ),
+    ),
 }
 
 
@@ -182,11 +202,15 @@ def problems() -> list[Problem]:
     for name, key in KEYS.items():
         if name in project and not key.is_valid(project[name]):
             value = project[name]
+            message = (
+                " ".join(key.explain(value))
+                if key.explain
+                else f"{SETTING_NAME}[{name!r}] is {value!r} ({type(value).__name__})."
+            )
             found.append(
                 Problem(
                     key=name,
-                    message=f"{SETTING_NAME}[{name!r}] is {value!r} "
-                    f"({type(value).__name__}).",
+                    message=message,
                     hint=f"Use {key.expected}.",
                     check_id=key.check_id,
                 )

@@ -16,11 +16,20 @@ from channels.exceptions import StopConsumer
 from django.dispatch import Signal
 from django.urls import Resolver404, resolve
 
-from django_notebooks import access, admission, conf, context, registry, signals
+from django_notebooks import (
+    access,
+    admission,
+    conf,
+    context,
+    notices,
+    registry,
+    signals,
+)
 from django_notebooks.access import Access
 from django_notebooks.admission import WebsocketRefusal
 from django_notebooks.marimo import internals, routes
 from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.notices import Notice
 from django_notebooks.sessions import channel_messages, layers, owners, records, relay
 
 logger = logging.getLogger(__name__)
@@ -35,28 +44,14 @@ CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
 CLOSE_GONE = 4410
 CLOSE_UNAVAILABLE = 4503
-REASON_UNAUTHORIZED = routes.REASON_UNAUTHORIZED
-REASON_NO_SESSION = routes.REASON_NO_SESSION
-REASON_SHUTDOWN = routes.REASON_SHUTDOWN
 
-LOST = WebsocketRefusal(
-    CLOSE_GONE,
-    REASON_NO_SESSION,
-    alert=(
-        "Notebook session lost",
-        "The server process running this session stopped or cannot be "
-        "reached. Reload the page to start again.",
-    ),
-)
-UNAVAILABLE = WebsocketRefusal(
-    CLOSE_UNAVAILABLE,
-    REASON_NO_SESSION,
-    alert=(
-        "Notebook unavailable",
-        "The server cannot open notebooks right now (its message service is "
-        "not answering). Reload the page in a moment.",
-    ),
-)
+LOST = WebsocketRefusal(CLOSE_GONE, notices.SESSION_LOST)
+UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
+# The idle watch wakes this much after the timeout would be reached, so
+# that a wake-up a little early does not take another round.
+IDLE_CHECK_SLACK = 0.05
+
+
 # How long a disconnect waits for marimo's handler to finish.
 DISCONNECT_TIMEOUT = 5.0
 VIEW_NAMES = frozenset({"notebook_location", "notebook"})
@@ -172,6 +167,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
     to whoever connects."""
 
     marimo_task: asyncio.Task[None] | None = None
+    idle_watch: asyncio.Task[None] | None = None
     session_id: str | None = None
     owner: str | None = None
     notebook: registry.Notebook | None = None
@@ -245,6 +241,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         app = notebook_apps.app_for(location.notebook.path)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
         await self.inbox.put({"type": "websocket.connect"})
+        idle_timeout = registry.limits_of(self.notebook).IDLE_TIMEOUT
+        if idle_timeout is not None:
+            self.idle_watch = asyncio.create_task(self._close_when_idle(idle_timeout))
 
     async def _open_session(self) -> WebsocketRefusal | None:
         """Record the admitted session and join its groups; why it cannot
@@ -343,19 +342,13 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def notebooks_terminate(self, message: dict[str, Any]) -> None:
         """An administrator ended this session."""
-        await self._end_session(
-            reason=REASON_SHUTDOWN,
-            alert=(
-                "Notebook session ended",
-                message.get("message") or "An administrator ended this session.",
-            ),
-        )
+        await self._end_session(notices.admin_ended(message.get("message")))
 
     # Revocation: messages sent to this consumer's channel-layer groups.
 
     async def notebooks_revoke(self, message: dict[str, Any]) -> None:
         """The login that opened this session logged out."""
-        await self._end_session()
+        await self._end_session(notices.ACCESS_ENDED)
 
     async def notebooks_recheck(self, message: dict[str, Any]) -> None:
         """The user's account, groups or permissions changed: ask again."""
@@ -363,7 +356,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         user = await _fresh_user(self.scope["user"])
         if await access.adecide(user, self.notebook) is not Access.ALLOWED:
-            await self._end_session()
+            await self._end_session(notices.ACCESS_ENDED)
 
     async def _join_revocation_groups(self, user: Any, session: Any) -> None:
         if self.channel_layer is None or not getattr(user, "is_authenticated", False):
@@ -375,33 +368,45 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
 
-    async def _end_session(
-        self,
-        *,
-        reason: str = REASON_UNAUTHORIZED,
-        alert: tuple[str, str] = (
-            "Notebook closed",
-            "Your access to this notebook has ended.",
-        ),
-    ) -> None:
-        """Close the websocket and the marimo session behind it; later calls
-        with this session id are refused."""
+    async def _end_session(self, notice: Notice) -> None:
+        """Close the websocket and the marimo session behind it, saying why;
+        later calls with this session id are refused."""
         if self.session_id is None or self.notebook is None:
             return
+        self._stop_idle_watch()
         owners.bindings.forget(self.session_id)
         manager = notebook_apps.session_manager_for(self.notebook.path)
         if manager is not None:
             internals.close_session(manager, self.session_id)
-        await self._close(CLOSE_REVOKED, reason, alert=alert)
+        await self._close(CLOSE_REVOKED, notice)
         # The record goes now, not when the browser acknowledges the close:
         # the admin waits for it to tell a terminated session from one whose
         # process no longer answers.
         await self._record_closed()
 
+    async def _close_when_idle(self, timeout: float) -> None:
+        """End the session once the page has changed no widget for
+        ``timeout`` seconds (a kernel call, in this process or forwarded
+        to it, counts as use: admission.owned_call)."""
+        assert self.session_id
+        binding = owners.bindings.get(self.session_id)
+        if binding is None:
+            return
+        while (idle := binding.idle_for()) < timeout:
+            await asyncio.sleep(timeout - idle + IDLE_CHECK_SLACK)
+        self.idle_watch = None  # ending the session must not cancel this task
+        await self._end_session(notices.idle(timeout))
+
+    def _stop_idle_watch(self) -> None:
+        watch, self.idle_watch = self.idle_watch, None
+        if watch is not None:
+            watch.cancel()
+
     # Relaying.
 
     async def _stop_marimo(self, *, code: int = 1001, close_session: bool) -> None:
         """Tell marimo's handler the socket closed and wait for it to end."""
+        self._stop_idle_watch()
         task = self.marimo_task
         if task is None:
             return
@@ -443,24 +448,21 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         await self.send(message)
 
     async def _refuse(self, refusal: WebsocketRefusal) -> None:
-        """Refuse the websocket. With an alert, accept the handshake first
+        """Refuse the websocket. With a notice, accept the handshake first
         so that the page can show it; without, the browser sees HTTP 403."""
-        if refusal.alert is not None:
+        if refusal.notice is not None:
             await self.send({"type": "websocket.accept"})
             self.accepted = True
-        await self._close(refusal.code, refusal.reason, alert=refusal.alert)
+        await self._close(refusal.code, refusal.notice)
 
-    async def _close(
-        self, code: int, reason: str | None = None, alert: tuple[str, str] | None = None
-    ) -> None:
+    async def _close(self, code: int, notice: Notice | None = None) -> None:
+        """Close the websocket; with a notice, the page shows it (and marimo's
+        frontend gets the close reason that stops its reconnecting)."""
         if self.closed:
             return
         self.closed = True
-        if alert and self.accepted:
-            await self.send(
-                {"type": "websocket.send", "text": internals.alert_frame(*alert)}
-            )
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
-        if reason and self.accepted:
-            message["reason"] = reason
+        if notice is not None and self.accepted:
+            await self.send({"type": "websocket.send", "text": notice.frame()})
+            message["reason"] = notice.reason
         await self.send(_sendable_close(message))

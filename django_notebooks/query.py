@@ -4,7 +4,7 @@ A notebook entry may name a Django :class:`~django.forms.Form` or a pydantic
 model in its ``query`` option. The page's query string is validated with it
 twice: when the page loads (an invalid query gets a 400 page listing the
 errors) and when the kernel websocket opens (an invalid query closes it with
-an alert), since the websocket is what runs the notebook. The cleaned values
+a notice), since the websocket is what runs the notebook. The cleaned values
 reach notebook code as ``mo.app_meta().request.meta["query"]``, as Python
 objects (a ``DateField`` gives a ``date``).
 
@@ -24,10 +24,10 @@ from django import forms
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
-from django.utils.html import format_html, format_html_join
 
-from django_notebooks import conf
+from django_notebooks import conf, notices
 from django_notebooks.marimo import routes
+from django_notebooks.notices import Notice
 from django_notebooks.registry import Notebook
 
 # Where errors that belong to no single parameter are filed, as in Django forms.
@@ -67,18 +67,10 @@ class InvalidQuery(Exception):
         self.result = result
 
     @property
-    def alert(self) -> tuple[str, str]:
-        """A title and an HTML text for marimo's alert (which renders HTML;
-        messages may quote the input, such as ChoiceField's)."""
-        items = format_html_join(
-            "",
-            "<li>{}{}</li>",
-            (
-                (format_html("<code>{}</code>: ", name) if name else "", message)
-                for name, message in self.result.messages()
-            ),
-        )
-        return ("Invalid query parameters", format_html("<ul>{}</ul>", items))
+    def notice(self) -> Notice:
+        """What the page says: each problem, as text (never HTML: messages
+        may quote the input, such as ChoiceField's)."""
+        return notices.invalid_query(list(self.result.messages()))
 
 
 def is_pydantic_model(cls: Any) -> bool:

@@ -23,13 +23,15 @@ from typing import Any, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_notebooks import conf
+from django_notebooks import conf, limits
 
 # A slug or file stem: no dots (so no traversal, no hidden files), no leading
 # underscore (marimo's convention for private modules), no slashes.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ACCESS_KEYS = ("public", "groups", "permissions", "access")
-ENTRY_KEYS = frozenset({"path", "title", "description", "query", *ACCESS_KEYS})
+ENTRY_KEYS = frozenset(
+    {"path", "title", "description", "query", "limits", *ACCESS_KEYS}
+)
 
 # The type of each option but "path" and "query" (check E013 tries those).
 # A string where a list belongs would be read letter by letter.
@@ -68,6 +70,8 @@ class Notebook:
     # parameters; see query.py.
     query: Any = None
     directory: str | None = field(default=None, compare=False)
+    # The entry's ``limits`` option: per-session limits over the project's.
+    limits: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def requires_login(self) -> bool:
@@ -109,6 +113,13 @@ def _entry_options(name: str, value: Any) -> dict[str, Any]:
                     f"DJANGO_NOTEBOOKS entry {name!r}: {key!r} is "
                     f"{value[key]!r}; use {expected}."
                 )
+        wrong_limits = limits.problems(
+            value.get("limits", {}),
+            where=f"DJANGO_NOTEBOOKS entry {name!r}: 'limits'",
+            allowed=limits.SESSION_LIMITS,
+        )
+        if wrong_limits:
+            raise ImproperlyConfigured(" ".join(wrong_limits))
         return {**value, "path": Path(value["path"])}
     raise ImproperlyConfigured(
         f"DJANGO_NOTEBOOKS entry {name!r} must be a path or a dict with a "
@@ -135,7 +146,14 @@ def _notebook(
         access=options.get("access"),
         query=options.get("query"),
         directory=directory,
+        limits=dict(options.get("limits") or {}),
     )
+
+
+def limits_of(notebook: Notebook) -> limits.Limits:
+    """The limits each session of ``notebook`` runs under: the project's
+    ``LIMITS`` with the notebook's own ``limits`` over them."""
+    return limits.with_option(conf.get_settings().LIMITS, notebook.limits)
 
 
 def _per_config(function: Callable[[], T]) -> Callable[[], T]:

@@ -168,6 +168,22 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
     ),
 }
 
+# Limits the end-to-end and browser tests of limits set low.
+for _limit in ("IDLE_TIMEOUT", "MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"):
+    if os.environ.get(f"DJANGO_NOTEBOOKS_TEST_LIMIT_{_limit}"):
+        DJANGO_NOTEBOOKS.setdefault("LIMITS", {})[_limit] = int(
+            os.environ[f"DJANGO_NOTEBOOKS_TEST_LIMIT_{_limit}"]
+        )
+
+# A notebook closed after this many seconds without use (its own limits).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_IDLE_NOTEBOOK"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["idle"] = {
+        "path": NOTEBOOKS_DIR / "square.py",
+        "limits": {
+            "IDLE_TIMEOUT": int(os.environ["DJANGO_NOTEBOOKS_TEST_IDLE_NOTEBOOK"])
+        },
+    }
+
 # A directory the end-to-end tests add notebooks to while the server runs.
 if os.environ.get("DJANGO_NOTEBOOKS_TEST_DROPBOX"):
     DJANGO_NOTEBOOKS["DIRECTORIES"]["dropbox"] = Path(

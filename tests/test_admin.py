@@ -20,7 +20,7 @@ from django.core import checks
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from django_notebooks import access, admin, consumers, registry
+from django_notebooks import access, admin, consumers, notices, registry
 from django_notebooks.access import Access
 from django_notebooks.admin import NotebookGrantForm
 from django_notebooks.marimo import headless
@@ -362,9 +362,9 @@ async def test_terminate_closes_an_open_session(
                 f"{SESSIONS}{row.pk}/delete/", {"post": "yes"}
             )
         )
-        alert = await communicator.receive_json_from(timeout=2)
-        assert alert["op"] == "alert"
-        assert alert["data"]["title"] == "Notebook session ended"
+        notice = await communicator.receive_json_from(timeout=2)
+        assert notice["op"] == notices.OP
+        assert notice["data"]["title"] == "Notebook session ended"
         closed = await communicator.receive_output(timeout=2)
         assert closed["type"] == "websocket.close"
         assert closed["code"] == consumers.CLOSE_REVOKED
@@ -586,8 +586,8 @@ async def test_revoking_a_grant_closes_the_open_session_it_allowed():
         await read_until_completed(communicator)
         started = time.monotonic()
         await sync_to_async(grant.delete)()
-        alert = await communicator.receive_json_from(timeout=2)
-        assert alert["data"]["title"] == "Notebook closed"
+        notice = await communicator.receive_json_from(timeout=2)
+        assert notice["data"]["title"] == "Notebook closed"
         closed = await communicator.receive_output(timeout=2)
         assert closed["code"] == consumers.CLOSE_REVOKED
         assert time.monotonic() - started < 2

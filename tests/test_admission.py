@@ -98,10 +98,13 @@ def test_a_caller_from_a_websocket_scope_takes_channels_session_and_the_query():
         "headers": [(b"host", b"testserver"), (b"cookie", b"sessionid=stale")],
         "query_string": b"session_id=s_xyz&kiosk=false",
         "session": SimpleNamespace(session_key="from-middleware"),
+        "client": ("203.0.113.9", 50123),
     }
     read = Caller.from_scope(scope)
     assert read.session_key == "from-middleware"
     assert read.session_id == "s_xyz"
+    # The caps on anonymous sessions count by address (not by port).
+    assert read.address == "203.0.113.9"
 
 
 def test_a_caller_from_a_django_request_reads_the_same():
@@ -113,7 +116,7 @@ def test_a_caller_from_a_django_request_reads_the_same():
     )
     request.session = SimpleNamespace(session_key="k3y")
     # The same-site caller the other tests make, with this login and session.
-    expected = caller(session_key="k3y", session_id="s_abc123")
+    expected = caller(session_key="k3y", session_id="s_abc123", address="127.0.0.1")
     assert Caller.from_request(request) == expected
 
 
@@ -324,7 +327,7 @@ async def test_over_the_cap_the_page_is_told_why(carol):
     assert isinstance(first, admission.WebsocketAdmission)
     second = await admission.websocket(SQUARE, websocket_scope(user, new_session_id()))
     assert second.code == admission.CLOSE_TOO_MANY
-    assert second.alert[0] == "Too many open notebook sessions"
+    assert second.notice.title == "Too many open notebook sessions"
 
 
 @pytest.mark.django_db
@@ -336,5 +339,5 @@ async def test_invalid_query_parameters_are_explained_on_the_page(carol):
         notebook, websocket_scope(carol, query="&region=Atlantis")
     )
     assert refused.code == admission.CLOSE_BAD_REQUEST
-    assert refused.reason == "MARIMO_NO_SESSION"
-    assert refused.alert is not None and "region" in refused.alert[1]
+    assert refused.notice.reason == "MARIMO_NO_SESSION"
+    assert "region" in refused.notice.text

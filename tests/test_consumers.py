@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client, override_settings
 
-from django_notebooks import consumers
+from django_notebooks import consumers, notices
 from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import owners
 from tests.helpers import (
@@ -239,7 +239,7 @@ async def test_sessions_per_user_are_capped_with_a_reason_the_page_shows(
                 frames, close = await messages_until_close(extra)
             finally:
                 await extra.disconnect()
-            assert [frame["op"] for frame in frames] == ["alert"]
+            assert [frame["op"] for frame in frames] == [notices.OP]
             assert frames[0]["data"]["title"] == "Too many open notebook sessions"
             assert close["code"] == consumers.CLOSE_TOO_MANY
     finally:
@@ -284,8 +284,10 @@ async def test_logout_closes_the_sessions_of_that_login(
     async with running(ws, untouched):
         await logout(sessionid)
         frames, close = await messages_until_close(ws)
-        assert frames[-1]["op"] == "alert"
+        assert frames[-1]["op"] == notices.OP
+        assert frames[-1]["data"]["text"] == "Your access to this notebook has ended."
         assert close["code"] == consumers.CLOSE_REVOKED
+        assert close["reason"] == "MARIMO_UNAUTHORIZED"
         # The user's other login keeps its session.
         assert await untouched.receive_nothing(timeout=0.5)
     # Kernel calls for the revoked session are refused from now on.
@@ -351,7 +353,7 @@ async def test_a_new_session_is_refused_with_a_reason_while_the_layer_is_down(
             frames, close = await messages_until_close(ws)
         finally:
             await ws.disconnect()
-    assert frames[-1]["op"] == "alert"
+    assert frames[-1]["op"] == notices.OP
     assert frames[-1]["data"]["title"] == "Notebook unavailable"
     assert close["code"] == consumers.CLOSE_UNAVAILABLE
     assert not await NotebookSession.objects.filter(session_id=session_id).aexists()

@@ -17,7 +17,7 @@ from django import forms
 from django.conf import settings
 from django.test import AsyncClient, override_settings
 
-from django_notebooks import checks, consumers, context, query, registry
+from django_notebooks import checks, consumers, context, notices, query, registry
 from tests.helpers import (
     communicator,
     first_run,
@@ -201,13 +201,13 @@ def test_an_unusable_option_raises(option, error):
         query.validate_query(notebook(option), VALID)
 
 
-def test_the_alert_escapes_what_was_sent():
+def test_the_notice_names_each_field_and_quotes_what_was_sent_as_text():
     result = query.validate_query(notebook(), "region=<img src=x onerror=alert(1)>")
-    title, text = query.InvalidQuery(notebook(), result).alert
-    assert title == "Invalid query parameters"
-    assert "<img" not in text
-    assert "&lt;img src=x onerror=alert(1)&gt;" in text
-    assert "<code>region</code>" in text
+    notice = query.InvalidQuery(notebook(), result).notice
+    assert notice.title == "Invalid query parameters"
+    # The page's script sets it as text (tests/browser/test_notices.py).
+    assert "region: " in notice.text
+    assert "<img src=x onerror=alert(1)>" in notice.text
 
 
 # request.meta
@@ -348,7 +348,7 @@ async def test_the_400_page_template_can_be_overridden(tmp_path, settings):
 
 
 @with_query_notebooks()
-async def test_websocket_with_an_invalid_query_closes_with_an_alert():
+async def test_websocket_with_an_invalid_query_closes_with_a_notice():
     sessionid = await login("alice")
     ws = communicator(
         f"/notebooks/q-form/ws?session_id={new_session_id()}&region=<b>west</b>",
@@ -357,18 +357,19 @@ async def test_websocket_with_an_invalid_query_closes_with_an_alert():
     try:
         connected, _ = await ws.connect(timeout=10)
         assert connected  # accepted, so that the page can say why
-        alert = json.loads(await ws.receive_from(timeout=10))
+        notice = json.loads(await ws.receive_from(timeout=10))
         closed = await ws.receive_output(timeout=10)
     finally:
         await ws.disconnect()
-    assert alert["op"] == "alert"
-    assert alert["data"]["title"] == "Invalid query parameters"
-    assert "&lt;b&gt;west&lt;/b&gt;" in alert["data"]["description"]
-    assert "<code>since</code>" in alert["data"]["description"]
+    assert notice["op"] == notices.OP
+    assert notice["data"]["title"] == "Invalid query parameters"
+    # Plain text: the page sets it as text, so what was sent cannot be HTML.
+    assert "region: " in notice["data"]["text"]
+    assert "since: " in notice["data"]["text"]
     assert closed == {
         "type": "websocket.close",
         "code": consumers.CLOSE_BAD_REQUEST,
-        "reason": consumers.REASON_NO_SESSION,
+        "reason": "MARIMO_NO_SESSION",
     }
 
 

@@ -20,7 +20,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from django_notebooks import admission, consumers, signals
+from django_notebooks import admission, consumers, notices, signals
 from django_notebooks.asgi import FastPathMiddleware
 from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.models import NotebookSession
@@ -156,9 +156,9 @@ async def test_terminate_closes_the_session_within_two_seconds(kernel):
     record = await NotebookSession.objects.aget(session_id=session_id)
     started = time.monotonic()
     await get_channel_layer().send(record.channel_name, {"type": "notebooks.terminate"})
-    alert = await communicator.receive_json_from(timeout=2)
-    assert alert["op"] == "alert"
-    assert "administrator" in alert["data"]["description"]
+    notice = await communicator.receive_json_from(timeout=2)
+    assert notice["op"] == notices.OP
+    assert "administrator" in notice["data"]["text"]
     closed = await communicator.receive_output(timeout=2)
     assert closed["type"] == "websocket.close"
     assert closed["code"] == consumers.CLOSE_REVOKED
@@ -185,9 +185,9 @@ async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload
     communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
     connected, _ = await communicator.connect(timeout=30)
     assert connected  # accepted, so that the page can show why it closes
-    alert = await communicator.receive_json_from(timeout=5)
-    assert alert["op"] == "alert"
-    assert "Reload the page" in alert["data"]["description"]
+    notice = await communicator.receive_json_from(timeout=5)
+    assert notice["op"] == notices.OP
+    assert "Reload the page" in notice["data"]["text"]
     closed = await communicator.receive_output(timeout=5)
     assert closed["code"] == consumers.CLOSE_GONE
     record = await NotebookSession.objects.aget(session_id=session_id)

@@ -1,9 +1,9 @@
 """The only module that touches marimo internals.
 
 Besides the session manager below, the bridge relies on where marimo's
-package keeps its built frontend (to serve it compressed), on one message
-of its websocket protocol (an alert) and on its store of virtual files
-(set before anything is served). marimo's routes are in routes.py.
+package keeps its built frontend (to serve it compressed) and on its store
+of virtual files (set before anything is served). marimo's routes and the
+close reasons its frontend understands are in routes.py.
 
 marimo's public API builds the notebook apps (``marimo.create_asgi_app``) but
 offers no way to close their sessions: a session's kernel thread is not a
@@ -21,7 +21,6 @@ process only, through the functions below.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -82,20 +81,6 @@ def close_session(manager: Any, session_id: str) -> bool:
     except Exception:
         logger.exception("Closing marimo session %s failed", session_id)
         return False
-
-
-def alert_frame(title: str, description: str) -> str:
-    """A kernel-websocket message that marimo's frontend shows as an alert.
-
-    Close reasons do not reach the browser under every server (daphne drops
-    them), so the bridge says why it closes a socket with this message first.
-    """
-    return json.dumps(
-        {
-            "op": "alert",
-            "data": {"title": title, "description": description, "variant": "danger"},
-        }
-    )
 
 
 def set_virtual_file_storage() -> None:

@@ -66,7 +66,13 @@ def visitor_from_cookie(value: str | None) -> str | None:
 class Claim(enum.Enum):
     CLAIMED = "claimed"
     NOT_OWNER = "not_owner"
+    # The person already has their MAX_SESSIONS_PER_USER open.
     OVER_LIMIT = "over_limit"
+    # The process holds LIMITS["MAX_SESSIONS"] sessions.
+    SERVER_FULL = "server_full"
+    # The client address has LIMITS["MAX_SESSIONS_PER_ADDRESS"] anonymous
+    # sessions open.
+    ADDRESS_FULL = "address_full"
 
 
 def _person(owner: str) -> str:
@@ -83,7 +89,12 @@ class Binding:
     # What REQUEST_META returned when the websocket opened.
     meta: dict[str, Any] = field(default_factory=dict)
     user_id: Any = None
+    # The client address that opened it (``scope["client"]``), if known.
+    address: str | None = None
     opened_at: float = field(default_factory=time.time)
+    # When the page last changed a widget (or the session opened): the idle
+    # timeout counts from here. Monotonic, so a clock change cannot close it.
+    last_used: float = field(default_factory=time.monotonic)
     connections: int = 0
     disconnected_at: float | None = None
     # When the session's last activity was written to its database record.
@@ -92,6 +103,18 @@ class Binding:
     # only they are served, and only to this owner (marimo keeps one store
     # for every session of the process).
     files: set[str] = field(default_factory=set)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.owner.startswith("visitor:")
+
+    def used(self) -> None:
+        """The page changed a widget (any kernel call): not idle."""
+        self.last_used = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the page last changed a widget."""
+        return time.monotonic() - self.last_used
 
     def activity_due(self) -> bool:
         """Whether a kernel call now should update the record's last
@@ -121,11 +144,19 @@ class SessionBindings:
         meta: dict[str, Any] | None = None,
         user_id: Any = None,
         limit: int | None = None,
+        address: str | None = None,
+        max_sessions: int | None = None,
+        max_per_address: int | None = None,
     ) -> Claim:
         """Record that ``owner`` opens ``session_id``.
 
-        Refused when someone else (or another notebook) owns the id, or when
-        the person behind ``owner`` already has ``limit`` open sessions.
+        Refused when someone else (or another notebook) owns the id; and a
+        new session when the person behind ``owner`` already has ``limit``
+        open sessions, when this process holds ``max_sessions`` (open ones
+        and those marimo keeps after their tab closed: each holds a kernel),
+        or when an anonymous visitor's ``address`` has ``max_per_address``
+        anonymous sessions open. A reconnect of a session it holds is never
+        refused for a cap.
         """
         with self._lock:
             self._purge_expired()
@@ -134,23 +165,65 @@ class SessionBindings:
                 binding.owner != owner or binding.notebook != notebook
             ):
                 return Claim.NOT_OWNER
-            if limit is not None and binding is None:
-                person = _person(owner)
-                open_sessions = sum(
-                    1
-                    for other in self._bindings.values()
-                    if other.connections > 0 and _person(other.owner) == person
-                )
-                if open_sessions >= limit:
-                    return Claim.OVER_LIMIT
             if binding is None:
-                binding = Binding(owner, notebook, user_context, user_id=user_id)
+                refused = self._over_a_cap(
+                    owner, limit, address, max_sessions, max_per_address
+                )
+                if refused is not None:
+                    return refused
+                binding = Binding(
+                    owner, notebook, user_context, user_id=user_id, address=address
+                )
                 self._bindings[session_id] = binding
             binding.user_context = user_context
             binding.meta = meta or {}
+            binding.used()
             binding.connections += 1
             binding.disconnected_at = None
             return Claim.CLAIMED
+
+    def _over_a_cap(
+        self,
+        owner: str,
+        limit: int | None,
+        address: str | None,
+        max_sessions: int | None,
+        max_per_address: int | None,
+    ) -> Claim | None:
+        if max_sessions is not None and self.count() >= max_sessions:
+            return Claim.SERVER_FULL
+        open_sessions = [
+            other for other in self._bindings.values() if other.connections
+        ]
+        person = _person(owner)
+        if limit is not None and limit <= sum(
+            1 for other in open_sessions if _person(other.owner) == person
+        ):
+            return Claim.OVER_LIMIT
+        if (
+            max_per_address is not None
+            and address is not None
+            and owner.startswith("visitor:")
+            and max_per_address
+            <= sum(
+                1
+                for other in open_sessions
+                if other.is_anonymous and other.address == address
+            )
+        ):
+            return Claim.ADDRESS_FULL
+        return None
+
+    def count(self) -> int:
+        """Sessions whose kernel this process holds: open ones, and closed
+        ones marimo keeps for ``session_ttl`` (the records outlive them by
+        GRACE_SECONDS: those are not counted)."""
+        kept_since = time.time() - conf.marimo_options().get("session_ttl", 120)
+        return sum(
+            1
+            for binding in list(self._bindings.values())
+            if binding.connections or (binding.disconnected_at or 0) >= kept_since
+        )
 
     def release(self, session_id: str, owner: str) -> None:
         """The websocket of ``session_id`` closed; marimo keeps the kernel a while."""
@@ -184,6 +257,10 @@ class SessionBindings:
         if visitor and binding.owner == _visitor_owner(visitor):
             return binding
         return None
+
+    def get(self, session_id: str) -> Binding | None:
+        """The binding of ``session_id`` in this process, whoever owns it."""
+        return self._bindings.get(session_id)
 
     def knows(self, session_id: str) -> bool:
         """Whether some login opened ``session_id`` in this process (and it

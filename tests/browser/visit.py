@@ -107,12 +107,15 @@ class Visit:
                 f"step {name!r} failed: {error}{self.report()}"
             ) from error
 
-    def submit_login(self, username: str, then: str | None = None) -> None:
+    def submit_login(
+        self, username: str, then: str | None = None, password: str | None = None
+    ) -> None:
         """Fill in Django's login form on the page and submit it, then wait
-        for the page it goes to (``then``, or wherever that is)."""
+        for the page it goes to (``then``, or wherever that is). The
+        password is the test user's unless given."""
         page = self.page
         page.locator("input[name=username]").fill(username)
-        page.locator("input[name=password]").fill(USERS[username][0])
+        page.locator("input[name=password]").fill(password or USERS[username][0])
         url = None if then is None else self.origin + then
         with page.expect_navigation(url=url):
             page.get_by_role("button", name="Log in").click()

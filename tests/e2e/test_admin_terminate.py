@@ -81,8 +81,10 @@ async def test_terminate_in_the_admin_closes_a_session_held_by_another_process(
         assert closed_at - started < CLOSE_WITHIN, (
             f"closed after {closed_at - started:.2f}s"
         )
-        [alert] = [frame for frame in frames if frame.get("op") == "alert"]
-        assert alert["data"]["title"] == "Notebook session ended"
+        [notice] = [
+            frame for frame in frames if frame.get("op") == "django-notebooks-notice"
+        ]
+        assert notice["data"]["title"] == "Notebook session ended"
         assert response.status_code == 302, response.text
 
         # The admin answered at once and said what it did.

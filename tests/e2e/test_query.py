@@ -115,9 +115,9 @@ async def test_an_invalid_query_is_refused_on_the_websocket(query_server):
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:
                     frames.append(json.loads(await session.websocket.recv()))
-    # Refused before marimo saw it: no kernel, no outputs, and an alert
+    # Refused before marimo saw it: no kernel, no outputs, and a notice
     # saying why in place of marimo's "kernel not found".
-    assert [frame["op"] for frame in frames] == ["alert"]
+    assert [frame["op"] for frame in frames] == ["django-notebooks-notice"]
     assert frames[0]["data"]["title"] == "Invalid query parameters"
-    assert "<code>region</code>" in frames[0]["data"]["description"]
+    assert "region: " in frames[0]["data"]["text"]
     assert closed.value.rcvd.code == 4400

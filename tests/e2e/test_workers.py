@@ -141,9 +141,9 @@ async def test_a_killed_worker_ends_its_sessions_with_a_message(start_workers):
                 # The page's websocket dropped; its reconnect reaches the
                 # surviving worker, which tells the page to reload.
                 async with client.kernel(PAGE, session_id=doomed.session_id) as again:
-                    alert = await asyncio.wait_for(again.websocket.recv(), 10)
-                    assert '"op": "alert"' in alert or '"op":"alert"' in alert
-                    assert "Reload the page" in alert
+                    notice = await asyncio.wait_for(again.websocket.recv(), 10)
+                    assert '"op": "django-notebooks-notice"' in notice
+                    assert "Reload the page" in notice
                     await asyncio.wait_for(again.websocket.wait_closed(), 10)
                     assert again.websocket.close_code == 4410
                 # Its kernel calls end too.

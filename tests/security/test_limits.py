@@ -9,9 +9,93 @@ import json
 import pytest
 import websockets
 
-from tests.live import NotebookClient, square_output
+from tests.live import LiveServer, NotebookClient, square_output
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+PER_ADDRESS = 3
+PER_SERVER = 5
+
+
+@pytest.fixture(params=["daphne", "uvicorn"])
+def capped_server(request, live_db, tmp_path):
+    """A server that holds PER_SERVER sessions, PER_ADDRESS of them
+    anonymous ones from one address."""
+    server = LiveServer(
+        request.param,
+        live_db,
+        tmp_path / "server.log",
+        DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS=str(PER_SERVER),
+        DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS_PER_ADDRESS=str(PER_ADDRESS),
+    )
+    yield server
+    server.stop()
+
+
+async def refusal(kernel) -> tuple[dict, int]:
+    """The notice a refused websocket got, and its close code."""
+    notice = json.loads(await asyncio.wait_for(kernel.websocket.recv(), 10))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(kernel.websocket.recv(), 10)
+    return notice, closed.value.rcvd.code
+
+
+async def test_anonymous_sessions_per_address_and_sessions_per_server_are_capped(
+    capped_server,
+):
+    """Clients that drop the visitor cookie are new visitors each time:
+    only their address counts them; and the server as a whole holds at most
+    PER_SERVER sessions. Past a cap the page is told to try again, and the
+    sessions already open go on."""
+    async with contextlib.AsyncExitStack() as stack:
+        open_sessions = []
+
+        async def open_session(client, page):
+            kernel = await stack.enter_async_context(client.kernel(page))
+            open_sessions.append(kernel)
+            return kernel
+
+        for _ in range(PER_ADDRESS):
+            client = await stack.enter_async_context(NotebookClient(capped_server.url))
+            await client.http.get("/notebooks/hello/")  # its visitor cookie
+            await (
+                await open_session(client, "/notebooks/hello/")
+            ).read_until_completed()
+        cookieless = await stack.enter_async_context(NotebookClient(capped_server.url))
+        await cookieless.http.get("/notebooks/hello/")
+        notice, code = await refusal(
+            await open_session(cookieless, "/notebooks/hello/")
+        )
+        assert notice["data"]["title"] == "Too many notebook sessions from your network"
+        assert f"{PER_ADDRESS} notebooks are already open" in notice["data"]["text"]
+        assert code == 4429
+
+        # Logged-in users are not counted by address, but by the server.
+        for username in ("alice", "bob"):
+            client = await stack.enter_async_context(NotebookClient(capped_server.url))
+            await client.login(username)
+            await (
+                await open_session(client, "/notebooks/square/")
+            ).read_until_completed()
+        carol = await stack.enter_async_context(NotebookClient(capped_server.url))
+        await carol.login("carol")
+        notice, code = await refusal(await open_session(carol, "/notebooks/square/"))
+        assert notice["data"]["title"] == "The notebook server is busy"
+        assert "Try again in a few minutes" in notice["data"]["text"]
+        assert code == 4429
+
+        # The sessions already open go on: the anonymous ones stay connected,
+        # the logged-in ones answer a widget change.
+        anonymous, logged_in = open_sessions[:PER_ADDRESS], open_sessions[-3:-1]
+        for kernel in anonymous:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(kernel.websocket.recv(), 0.2)
+        for kernel in logged_in:
+            [slider] = kernel.ui_element_ids()
+            answer = await kernel.set_ui_value(slider, 4)
+            assert answer.status_code == 200, answer.text
+            await kernel.read_until_completed()
+            assert square_output(kernel.outputs)[-1].startswith("square=16")
 
 
 async def test_sessions_per_user_are_capped_with_a_clear_reason(notebook_server):
@@ -26,11 +110,11 @@ async def test_sessions_per_user_are_capped_with_a_clear_reason(notebook_server)
             )
             await kernel.read_until_completed()
         async with client.kernel("/notebooks/lab/demo/") as extra:
-            alert = json.loads(await asyncio.wait_for(extra.websocket.recv(), 10))
+            notice = json.loads(await asyncio.wait_for(extra.websocket.recv(), 10))
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(extra.websocket.recv(), 10)
-        assert alert["op"] == "alert"
-        assert alert["data"]["title"] == "Too many open notebook sessions"
+        assert notice["op"] == "django-notebooks-notice"
+        assert notice["data"]["title"] == "Too many open notebook sessions"
         assert closed.value.rcvd.code == 4429
     # Closing sessions frees places again.
     async with NotebookClient(notebook_server.url) as client:

@@ -1,0 +1,88 @@
+"""Limits on notebook sessions: the ``LIMITS`` key of ``DJANGO_NOTEBOOKS``
+and a notebook's (or directory's) own ``limits`` option.
+
+Each limit is a positive whole number, or ``None`` for no limit. The
+server-wide ones (how many sessions one server process holds) only make
+sense for the whole server; the per-session ones a notebook may set for
+itself, over the project's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+# A notebook's ``limits`` may set these (they apply to each of its sessions).
+SESSION_LIMITS = frozenset({"IDLE_TIMEOUT"})
+# Only ``LIMITS`` may set these (they count the sessions of a server process).
+SERVER_LIMITS = frozenset({"MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"})
+
+EXPECTED = "a positive whole number, or None for no limit"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits in force (docs: topics/limits)."""
+
+    #: Seconds an open session may go without a widget change before it is
+    #: closed (marimo's own ``session_ttl`` only starts once the tab closes).
+    IDLE_TIMEOUT: int | None = 3600
+    #: Sessions one server process holds at once: open ones, and closed ones
+    #: whose kernel marimo keeps for ``session_ttl``.
+    MAX_SESSIONS: int | None = 100
+    #: Open anonymous sessions per client address (``scope["client"]``).
+    MAX_SESSIONS_PER_ADDRESS: int | None = 20
+
+
+NAMES = tuple(field.name for field in fields(Limits))
+
+
+def _is_limit(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and value > 0
+    )
+
+
+def problems(value: Any, *, where: str, allowed: frozenset[str]) -> list[str]:
+    """What is wrong with a limits dict, one sentence each (empty if nothing).
+
+    ``where`` names the dict in the sentences, e.g. ``DJANGO_NOTEBOOKS['LIMITS']``.
+    """
+    if not isinstance(value, Mapping):
+        return [f"{where} is {value!r} ({type(value).__name__}), not a dict."]
+    found = []
+    for name in value:
+        if name not in allowed:
+            if name in SERVER_LIMITS:
+                found.append(
+                    f"{where} sets {name!r}, which counts the sessions of a "
+                    "whole server process: set it in DJANGO_NOTEBOOKS['LIMITS']."
+                )
+            else:
+                found.append(
+                    f"{where} has an unknown key {name!r} (known: {sorted(allowed)})."
+                )
+        elif not _is_limit(value[name]):
+            found.append(f"{where}[{name!r}] is {value[name]!r}; use {EXPECTED}.")
+    return found
+
+
+def is_valid_setting(value: Any) -> bool:
+    """Whether ``value`` is a valid ``LIMITS``."""
+    return not problems(value, where="LIMITS", allowed=frozenset(NAMES))
+
+
+def is_valid_option(value: Any) -> bool:
+    """Whether ``value`` is a valid notebook ``limits`` option."""
+    return not problems(value, where="limits", allowed=SESSION_LIMITS)
+
+
+def from_setting(value: Mapping[str, Any]) -> Limits:
+    """The ``LIMITS`` value as :class:`Limits` (unset keys: the defaults)."""
+    return Limits(**value)
+
+
+def with_option(limits: Limits, option: Mapping[str, Any] | None) -> Limits:
+    """``limits`` with a notebook's own ``limits`` option over them."""
+    return replace(limits, **option) if option else limits
