@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 NOTEBOOK = ROOT / "tests" / "notebooks" / "square.py"
 CPU_NOTEBOOK = ROOT / "tests" / "notebooks" / "cpu.py"
+# LIMITS["MAX_SESSIONS"] of the bridge servers: above what a run opens.
+BRIDGE_MAX_SESSIONS = 1000
 BRIDGE_PAGE = "/notebooks/square/"  # tests/settings.py serves square.py here
 CPU_PAGE = "/notebooks/cpu/"  # tests/settings.py serves tests/notebooks/cpu.py here
 BARE_PAGE = "/square/"  # bench/bare_marimo.py mounts whatever notebook at /square
@@ -272,6 +274,9 @@ def start_servers(
                 db,
                 workdir / f"bridge-{kind}{tag}.log",
                 DJANGO_NOTEBOOKS_TEST_SESSION_TTL=str(session_ttl),
+                # The burst and the churn's closed sessions (kept for their
+                # TTL) go past the default cap: measure speed, not the cap.
+                DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS=str(BRIDGE_MAX_SESSIONS),
             )
 
         return start

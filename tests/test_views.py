@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.test import AsyncClient, override_settings
 from django.urls import reverse
 
+from django_notebooks import notices
 from django_notebooks.sessions import owners
 from tests.compat import session_key
 from tests.helpers import (
@@ -470,6 +472,22 @@ async def test_page_hides_server_file_paths():
     assert "square.py" in page
     assert str(NOTEBOOKS_DIR) not in page
     assert os.getcwd() not in page
+
+
+@pytest.mark.parametrize("expose", [False, True])
+async def test_the_page_carries_the_notices_script_once_in_its_head(expose):
+    with override_settings(
+        DJANGO_NOTEBOOKS={**settings.DJANGO_NOTEBOOKS, "EXPOSE_FILE_PATHS": expose}
+    ):
+        client = await logged_in("alice")
+        response = await client.get("/notebooks/square/")
+    page = response.content.decode()
+    head = page.split("</head>", 1)[0]
+    assert head.count("window.djangoNotebooksNotices = true") == 1
+    assert page.count(notices.page_script()) == 1
+    # The ETag is of the page as sent, script and all.
+    digest = hashlib.blake2b(response.content, digest_size=16).hexdigest()
+    assert response["ETag"] == f'"{digest}"'
 
 
 @notebooks_with(EXPOSE_FILE_PATHS=True)

@@ -105,7 +105,11 @@ DJANGO_NOTEBOOKS = {
             "path": NOTEBOOKS_DIR / "whoami.py",
             "title": "Who am I?",
             "description": "Any logged-in user. Shows what the notebook knows "
-            "about you: request.user and request.meta.",
+            "about you: request.user and request.meta. Closes after 2 minutes "
+            "without use, and says so.",
+            # Its own limits, over LIMITS below: a short idle timeout, to see
+            # the notice a closed session leaves on the page.
+            "limits": {"IDLE_TIMEOUT": 120},
         },
         "sales": {
             "path": NOTEBOOKS_DIR / "sales.py",
@@ -129,6 +133,15 @@ DJANGO_NOTEBOOKS = {
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     # What notebooks see as mo.app_meta().request.meta.
     "REQUEST_META": "demo.hooks.request_meta",
+    # Limits on sessions (the defaults, written out): an open session is
+    # closed after an hour without a widget change; this server process holds
+    # at most 100 sessions, and anonymous visitors of "savings" at most 20
+    # from one address.
+    "LIMITS": {
+        "IDLE_TIMEOUT": 3600,
+        "MAX_SESSIONS": 100,
+        "MAX_SESSIONS_PER_ADDRESS": 20,
+    },
 }
 
 # Show the demo's audit log (demo/audit.py) in the console.
