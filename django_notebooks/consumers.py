@@ -126,6 +126,14 @@ def _session_closed(
         )
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log what ended a background task of the consumer, if it failed."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "A notebook session's idle watch failed", exc_info=task.exception()
+        )
+
+
 def _send(signal: Signal, **arguments: Any) -> None:
     """Send ``signal``; a failing receiver (an audit log's, say) is logged
     and stops neither the session nor the other receivers."""
@@ -226,10 +234,32 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             return await self._refuse(admitted)
         self.session_id, self.owner = admitted.session_id, admitted.owner
         self.notebook = admitted.notebook
-        refusal = await self._open_session()
+        try:
+            refusal = await self._open_session()
+            if refusal is None:
+                self._start_marimo(admitted, location, mount, path, root_path)
+        except BaseException:
+            # No disconnect follows a connect that failed: without this, the
+            # session would count against the caps until the process ends.
+            owners.bindings.release(self.session_id, self.owner)
+            binding = owners.bindings.get(self.session_id)
+            if binding is not None and not binding.connections:
+                owners.bindings.forget(self.session_id)
+            raise
         if refusal is not None:
             self.session_id = None
             return await self._refuse(refusal)
+        await self.inbox.put({"type": "websocket.connect"})
+
+    def _start_marimo(
+        self,
+        admitted: admission.WebsocketAdmission,
+        location: registry.Location,
+        mount: str,
+        path: str,
+        root_path: str,
+    ) -> None:
+        """Run marimo's websocket handler for the session, and its idle watch."""
         scope = context.marimo_scope(
             {**self.scope, "path": path},
             path=self.scope["path"],
@@ -240,10 +270,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         )
         app = notebook_apps.app_for(location.notebook.path)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
-        await self.inbox.put({"type": "websocket.connect"})
-        idle_timeout = registry.limits_of(self.notebook).IDLE_TIMEOUT
+        idle_timeout = registry.limits_of(admitted.notebook).IDLE_TIMEOUT
         if idle_timeout is not None:
             self.idle_watch = asyncio.create_task(self._close_when_idle(idle_timeout))
+            self.idle_watch.add_done_callback(_log_failure)
 
     async def _open_session(self) -> WebsocketRefusal | None:
         """Record the admitted session and join its groups; why it cannot
@@ -264,8 +294,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if not recorded:
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
-            # move, so the page must start a new session.
+            # move, so the page must start a new session. No kernel is held
+            # here for it: it must not count against the caps.
             owners.bindings.release(self.session_id, self.owner)
+            owners.bindings.forget(self.session_id)
             return LOST
         return None
 
@@ -394,12 +426,12 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         while (idle := binding.idle_for()) < timeout:
             await asyncio.sleep(timeout - idle + IDLE_CHECK_SLACK)
-        self.idle_watch = None  # ending the session must not cancel this task
         await self._end_session(notices.idle(timeout))
 
     def _stop_idle_watch(self) -> None:
         watch, self.idle_watch = self.idle_watch, None
-        if watch is not None:
+        # The watch itself ends the session when it is due: not cancelled then.
+        if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
 
     # Relaying.
@@ -436,10 +468,17 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if self.closed:
             return
         if message["type"] == "websocket.send":
-            files = routes.virtual_files_in(message.get("text") or "")
+            text = message.get("text") or ""
+            files = routes.virtual_files_in(text)
             if files and self.session_id:
                 # Recorded before the page can ask for them: see views.py.
                 owners.bindings.add_files(self.session_id, files)
+            running = routes.run_change_in(text)
+            if running is not None and self.session_id:
+                # A long run is use too: the idle timeout waits for its end.
+                binding = owners.bindings.get(self.session_id)
+                if binding is not None:
+                    binding.run_changed(running)
         elif message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":

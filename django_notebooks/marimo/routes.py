@@ -133,3 +133,20 @@ def virtual_files_in(text: str) -> set[str]:
     if VIRTUAL_FILE_PREFIX not in text:
         return set()
     return set(_VIRTUAL_FILE_IN_TEXT.findall(text))
+
+
+# Kernel messages that say a run started or ended (marimo's frames begin
+# with their op: '{"op": "cell-op", "data": {...}}').
+_CELL_OP = '{"op": "cell-op"'
+_COMPLETED_RUN = '{"op": "completed-run"'
+_RUNNING = ('"status":"running"', '"status": "running"')
+
+
+def run_change_in(text: str) -> bool | None:
+    """``True`` if a kernel message says a cell started running, ``False``
+    if it says the run completed, ``None`` for any other message."""
+    if text.startswith(_COMPLETED_RUN):
+        return False
+    if text.startswith(_CELL_OP) and any(status in text for status in _RUNNING):
+        return True
+    return None

@@ -92,9 +92,12 @@ class Binding:
     # The client address that opened it (``scope["client"]``), if known.
     address: str | None = None
     opened_at: float = field(default_factory=time.time)
-    # When the page last changed a widget (or the session opened): the idle
-    # timeout counts from here. Monotonic, so a clock change cannot close it.
+    # When the page last changed a widget, (re)connected, or a run of its
+    # cells ended: the idle timeout counts from here. Monotonic, so a clock
+    # change cannot close it.
     last_used: float = field(default_factory=time.monotonic)
+    # A run of cells is going on: the session is in use, however long it takes.
+    running: bool = False
     connections: int = 0
     disconnected_at: float | None = None
     # When the session's last activity was written to its database record.
@@ -112,9 +115,14 @@ class Binding:
         """The page changed a widget (any kernel call): not idle."""
         self.last_used = time.monotonic()
 
+    def run_changed(self, running: bool) -> None:
+        """A run of the session's cells started, or ended (kernel messages)."""
+        self.running = running
+        self.used()
+
     def idle_for(self) -> float:
-        """Seconds since the page last changed a widget."""
-        return time.monotonic() - self.last_used
+        """Seconds since the session was last used (0 while cells run)."""
+        return 0.0 if self.running else time.monotonic() - self.last_used
 
     def activity_due(self) -> bool:
         """Whether a kernel call now should update the record's last
