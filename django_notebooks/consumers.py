@@ -241,10 +241,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         except BaseException:
             # No disconnect follows a connect that failed: without this, the
             # session would count against the caps until the process ends.
-            owners.bindings.release(self.session_id, self.owner)
-            binding = owners.bindings.get(self.session_id)
-            if binding is not None and not binding.connections:
-                owners.bindings.forget(self.session_id)
+            owners.bindings.abandon(self.session_id, self.owner)
             raise
         if refusal is not None:
             self.session_id = None
@@ -288,16 +285,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             # A session that revocation could not reach is not opened.
             await self._leave_groups()
             await self._record_closed()
-            owners.bindings.release(self.session_id, self.owner)
-            owners.bindings.forget(self.session_id)
+            owners.bindings.abandon(self.session_id, self.owner)
             return UNAVAILABLE
         if not recorded:
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
             # move, so the page must start a new session. No kernel is held
             # here for it: it must not count against the caps.
-            owners.bindings.release(self.session_id, self.owner)
-            owners.bindings.forget(self.session_id)
+            owners.bindings.abandon(self.session_id, self.owner)
             return LOST
         return None
 

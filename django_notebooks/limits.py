@@ -73,11 +73,6 @@ def is_valid_setting(value: Any) -> bool:
     return not problems(value, where="LIMITS", allowed=frozenset(NAMES))
 
 
-def is_valid_option(value: Any) -> bool:
-    """Whether ``value`` is a valid notebook ``limits`` option."""
-    return not problems(value, where="limits", allowed=SESSION_LIMITS)
-
-
 def from_setting(value: Mapping[str, Any]) -> Limits:
     """The ``LIMITS`` value as :class:`Limits` (unset keys: the defaults)."""
     return Limits(**value)

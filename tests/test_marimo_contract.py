@@ -106,7 +106,7 @@ async def open_kernel(
     app, scope: dict[str, Any]
 ) -> tuple[list[dict], asyncio.Queue, asyncio.Task]:
     """Open marimo's kernel websocket with plain ASGI messages; the frames
-    up to the first completed-run."""
+    up to the first completed-run (each with its text as sent, ``_text``)."""
     inbox: asyncio.Queue = asyncio.Queue()
     outbox: asyncio.Queue = asyncio.Queue()
     await inbox.put({"type": "websocket.connect"})
@@ -124,7 +124,7 @@ async def open_kernel(
             f"keeps the websocket open during the run (got {message})",
         )
         frame = json.loads(message["text"])
-        frames.append(frame)
+        frames.append({**frame, "_text": message["text"]})
         if frame.get("op") == "completed-run":
             return frames, inbox, task
 
@@ -190,6 +190,13 @@ async def test_scope_user_dict_reaches_app_meta_request_unchanged(built):
         )
         contract(
             "x-custom" in seen["headers"], "passes request headers to the notebook"
+        )
+        runs = [routes.run_change_in(frame["_text"]) for frame in frames]
+        runs = [change for change in runs if change is not None]
+        contract(
+            runs[:1] == [True] and runs[-1:] == [False],
+            "says a run started in a compact cell-op frame (status running) and "
+            f"ended with completed-run, as routes.run_change_in reads (got {runs})",
         )
     finally:
         await inbox.put({"type": "websocket.disconnect", "code": 1000})

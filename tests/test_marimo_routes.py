@@ -255,3 +255,16 @@ async def test_a_download_is_served_to_its_sessions_login_only():
     finally:
         await ws.disconnect()
         notebook_apps.close_all_sessions()
+
+
+@pytest.mark.parametrize(
+    ("frame", "change"),
+    [
+        ('{"op": "cell-op", "data": {"op":"cell-op","status":"running"}}', True),
+        ('{"op": "cell-op", "data": {"op":"cell-op","status":"idle"}}', None),
+        ('{"op": "completed-run", "data": {"op":"completed-run"}}', False),
+        ('{"op": "kernel-ready", "data": {"status":"running"}}', None),
+    ],
+)
+def test_runs_starting_and_ending_are_read_off_kernel_messages(frame, change):
+    assert routes.run_change_in(frame) is change

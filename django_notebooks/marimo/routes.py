@@ -135,11 +135,12 @@ def virtual_files_in(text: str) -> set[str]:
     return set(_VIRTUAL_FILE_IN_TEXT.findall(text))
 
 
-# Kernel messages that say a run started or ended (marimo's frames begin
-# with their op: '{"op": "cell-op", "data": {...}}').
+# Kernel messages that say a run started or ended: marimo's frames begin with
+# their op ('{"op": "cell-op", "data": {...}}'), their data is compact JSON
+# (msgspec). tests/test_marimo_contract.py reads them off a real run.
 _CELL_OP = '{"op": "cell-op"'
 _COMPLETED_RUN = '{"op": "completed-run"'
-_RUNNING = ('"status":"running"', '"status": "running"')
+_RUNNING = '"status":"running"'
 
 
 def run_change_in(text: str) -> bool | None:
@@ -147,6 +148,6 @@ def run_change_in(text: str) -> bool | None:
     if it says the run completed, ``None`` for any other message."""
     if text.startswith(_COMPLETED_RUN):
         return False
-    if text.startswith(_CELL_OP) and any(status in text for status in _RUNNING):
+    if text.startswith(_CELL_OP) and _RUNNING in text:
         return True
     return None

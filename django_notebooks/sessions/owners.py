@@ -75,6 +75,11 @@ class Claim(enum.Enum):
     ADDRESS_FULL = "address_full"
 
 
+def _is_visitor(owner: str) -> bool:
+    """Whether the owner key is an anonymous visitor's (_visitor_owner)."""
+    return owner.startswith("visitor:")
+
+
 def _person(owner: str) -> str:
     """The user or visitor behind an owner key, whatever their login."""
     kind, _, rest = owner.partition(":")
@@ -109,7 +114,7 @@ class Binding:
 
     @property
     def is_anonymous(self) -> bool:
-        return self.owner.startswith("visitor:")
+        return _is_visitor(self.owner)
 
     def used(self) -> None:
         """The page changed a widget (any kernel call): not idle."""
@@ -211,7 +216,7 @@ class SessionBindings:
         if (
             max_per_address is not None
             and address is not None
-            and owner.startswith("visitor:")
+            and _is_visitor(owner)
             and max_per_address
             <= sum(
                 1
@@ -236,12 +241,25 @@ class SessionBindings:
     def release(self, session_id: str, owner: str) -> None:
         """The websocket of ``session_id`` closed; marimo keeps the kernel a while."""
         with self._lock:
-            binding = self._bindings.get(session_id)
-            if binding is None or binding.owner != owner:
-                return
-            binding.connections = max(0, binding.connections - 1)
-            if binding.connections == 0:
-                binding.disconnected_at = time.time()
+            self._release(session_id, owner)
+
+    def abandon(self, session_id: str, owner: str) -> None:
+        """A websocket that claimed ``session_id`` started no kernel (it was
+        refused, or failed): release it, and forget the session unless
+        another websocket holds it, so that it counts against no cap."""
+        with self._lock:
+            binding = self._release(session_id, owner)
+            if binding is not None and not binding.connections:
+                del self._bindings[session_id]
+
+    def _release(self, session_id: str, owner: str) -> Binding | None:
+        binding = self._bindings.get(session_id)
+        if binding is None or binding.owner != owner:
+            return None
+        binding.connections = max(0, binding.connections - 1)
+        if binding.connections == 0:
+            binding.disconnected_at = time.time()
+        return binding
 
     def get_for_login(
         self,
