@@ -164,7 +164,7 @@ def test_a_busy_server(visit):
 
     # The sessions of the tests before are closed, but each still counts
     # while marimo keeps its kernel (session_ttl, 5 s in the test settings).
-    time.sleep(SESSION_TTL + 1)
+    time.sleep(SESSION_TTL + 3)
     visit.log_in("alice")
     open_square(visit)  # one of two
     second = visit.page.context.new_page()
