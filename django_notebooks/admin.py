@@ -35,6 +35,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_notebooks import registry
+from django_notebooks.kernels import usage
 from django_notebooks.marimo import headless
 from django_notebooks.models import (
     NotebookCheck,
@@ -42,7 +43,7 @@ from django_notebooks.models import (
     NotebookSession,
     RegisteredNotebook,
 )
-from django_notebooks.sessions import channel_messages, layers
+from django_notebooks.sessions import channel_messages, layers, records
 
 # Django's admin classes are generic to type checkers only (django-stubs).
 if TYPE_CHECKING:
@@ -158,7 +159,14 @@ class NotebookSessionAdmin(SessionAdminBase):
     ``delete_notebooksession``.
     """
 
-    list_display = ("who", "notebook", "opened_at", "last_activity", "process")
+    list_display = (
+        "who",
+        "notebook",
+        "opened_at",
+        "last_activity",
+        "process",
+        "kernel",
+    )
     # owner_hash only serves to find a login's sessions: nothing to read.
     fields = (
         "session_id",
@@ -167,8 +175,10 @@ class NotebookSessionAdmin(SessionAdminBase):
         "opened_at",
         "last_activity",
         "process",
+        "kernel",
         "channel_name",
     )
+    readonly_fields = ("kernel",)
     list_filter = ("notebook", "process")
     search_fields = ("user__username", "notebook", "session_id")
     list_select_related = ("user",)
@@ -179,6 +189,24 @@ class NotebookSessionAdmin(SessionAdminBase):
         if session.user_id is None:
             return _("anonymous visitor")
         return session.user
+
+    @admin.display(description=_("kernel process"), ordering="kernel_pid")
+    def kernel(self, session: NotebookSession) -> Any:
+        """The kernel process's pid, CPU seconds and private memory (read
+        where it runs, on this host)."""
+        if session.kernel_pid is None:
+            return _("thread in the server process")
+        pid = session.kernel_pid
+        if session.process.split(":", 1)[0] != records.PROCESS.split(":", 1)[0]:
+            return _("pid %(pid)s (another host)") % {"pid": pid}
+        used = usage.usage(pid)
+        if used is None:
+            return _("pid %(pid)s") % {"pid": pid}
+        return _("pid %(pid)s · %(cpu).1f s CPU · %(memory).0f MB") % {
+            "pid": pid,
+            "cpu": used.cpu_seconds,
+            "memory": used.private_bytes / 1024 / 1024,
+        }
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -33,8 +33,8 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
 from django_notebooks import admission, context, registry
+from django_notebooks.kernels import router
 from django_notebooks.marimo import frontend, routes
-from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
 from django_notebooks.marimo.routes import Route
 from django_notebooks.sessions import owners, relay
@@ -169,9 +169,7 @@ class FastPathMiddleware:
             meta=admitted.meta,
             notebook_file=str(found.notebook.path),
         )
-        await self._to_marimo(
-            notebook_apps.app_for(found.notebook.path), marimo_scope, body, send
-        )
+        await self._to_marimo(router.app_for(found.notebook), marimo_scope, body, send)
         return True
 
     @staticmethod

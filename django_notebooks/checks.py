@@ -341,6 +341,28 @@ def check_channel_layer(
     return []
 
 
+@_when_settings_load
+def check_isolation(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W008: kernels in processes were asked for where there can be none."""
+    from django_notebooks.kernels import router
+
+    if conf.get_settings().ISOLATION != router.PROCESS or router.can_fork():
+        return []
+    return [
+        Warning(
+            'ISOLATION is "process", but this platform cannot fork: notebook '
+            "kernels run as threads inside the server process.",
+            hint="Set DJANGO_NOTEBOOKS['ISOLATION'] = \"thread\" to say so and "
+            "silence this check. CELL_TIMEOUT and MEMORY_MB do nothing in "
+            "thread mode, and a cell that crashes takes the server down "
+            "(docs: topics/isolation).",
+            id="django_notebooks.W008",
+        )
+    ]
+
+
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -461,6 +483,7 @@ def register_checks() -> None:
         check_notebooks,
         check_query_options,
         check_channel_layer,
+        check_isolation,
         check_settings,
         check_hooks,
     ):

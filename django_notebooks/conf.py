@@ -74,6 +74,9 @@ class NotebookSettings:
     #: Limits on sessions (limits.py; a notebook's ``limits`` option may
     #: set the per-session ones for itself).
     LIMITS: limits.Limits
+    #: Where sessions' kernels run: "process" (one process each) or
+    #: "thread" (marimo's threads inside the server process).
+    ISOLATION: str
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,12 @@ KEYS: dict[str, Key] = {
             where=f"{SETTING_NAME}['LIMITS']",
             allowed=frozenset(limits.NAMES),
         ),
+    ),
+    "ISOLATION": Key(
+        "process",
+        '"process" or "thread"',
+        lambda value: value in ("process", "thread"),
+        check_id="django_notebooks.E018",
     ),
 }
 

@@ -27,8 +27,10 @@ from django_notebooks import (
 )
 from django_notebooks.access import Access
 from django_notebooks.admission import WebsocketRefusal
-from django_notebooks.marimo import internals, routes
-from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.kernels import router
+from django_notebooks.kernels.processes import KernelEnded
+from django_notebooks.limits import Limits
+from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import channel_messages, layers, owners, records, relay
 
@@ -50,6 +52,8 @@ UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
 # The idle watch wakes this much after the timeout would be reached, so
 # that a wake-up a little early does not take another round.
 IDLE_CHECK_SLACK = 0.05
+# Seconds a cell gets to stop once interrupted before its kernel is killed.
+CELL_STOP_GRACE = 5.0
 
 
 # How long a disconnect waits for marimo's handler to finish.
@@ -176,6 +180,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     marimo_task: asyncio.Task[None] | None = None
     idle_watch: asyncio.Task[None] | None = None
+    cell_watch: asyncio.Task[None] | None = None
+    limits: Limits = Limits()
     session_id: str | None = None
     owner: str | None = None
     notebook: registry.Notebook | None = None
@@ -265,9 +271,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             meta=admitted.meta,
             notebook_file=str(location.notebook.path),
         )
-        app = notebook_apps.app_for(location.notebook.path)
+        app = router.app_for(location.notebook)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
-        idle_timeout = registry.limits_of(admitted.notebook).IDLE_TIMEOUT
+        self.limits = registry.limits_of(admitted.notebook)
+        idle_timeout = self.limits.IDLE_TIMEOUT
         if idle_timeout is not None:
             self.idle_watch = asyncio.create_task(self._close_when_idle(idle_timeout))
             self.idle_watch.add_done_callback(_log_failure)
@@ -395,17 +402,15 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
 
-    async def _end_session(self, notice: Notice) -> None:
+    async def _end_session(self, notice: Notice, code: int = CLOSE_REVOKED) -> None:
         """Close the websocket and the marimo session behind it, saying why;
         later calls with this session id are refused."""
         if self.session_id is None or self.notebook is None:
             return
-        self._stop_idle_watch()
+        self._stop_watches()
         owners.bindings.forget(self.session_id)
-        manager = notebook_apps.session_manager_for(self.notebook.path)
-        if manager is not None:
-            internals.close_session(manager, self.session_id)
-        await self._close(CLOSE_REVOKED, notice)
+        router.end_session(self.notebook, self.session_id, notice)
+        await self._close(code, notice)
         # The record goes now, not when the browser acknowledges the close:
         # the admin waits for it to tell a terminated session from one whose
         # process no longer answers.
@@ -423,9 +428,43 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             await asyncio.sleep(timeout - idle + IDLE_CHECK_SLACK)
         await self._end_session(notices.idle(timeout))
 
-    def _stop_idle_watch(self) -> None:
-        watch, self.idle_watch = self.idle_watch, None
-        # The watch itself ends the session when it is due: not cancelled then.
+    def _watch_cell_time(self, running: bool) -> None:
+        """A cell started (or the run ended): time it against CELL_TIMEOUT.
+
+        Only a kernel process can be interrupted: in thread mode marimo's
+        kernel thread runs on (docs: topics/isolation).
+        """
+        self._cancel(self.cell_watch)
+        self.cell_watch = None
+        timeout = self.limits.CELL_TIMEOUT
+        if running and timeout and router.process_of(self.session_id) is not None:
+            self.cell_watch = asyncio.create_task(self._stop_long_cell(timeout))
+            self.cell_watch.add_done_callback(_log_failure)
+
+    async def _stop_long_cell(self, timeout: float) -> None:
+        """Interrupt a cell at ``timeout``; end its kernel if it runs on."""
+        await asyncio.sleep(timeout)
+        process = router.process_of(self.session_id)
+        if process is None or not process.interrupt():
+            return
+        await self._notify(notices.cell_stopped(timeout))
+        await asyncio.sleep(CELL_STOP_GRACE)
+        # The run has not ended (that would have cancelled this watch).
+        process.kill(notices.kernel_stopped(timeout))
+
+    async def _notify(self, notice: Notice) -> None:
+        """Show ``notice`` on the page; the session goes on."""
+        if self.accepted and not self.closed:
+            await self.send({"type": "websocket.send", "text": notice.frame()})
+
+    def _stop_watches(self) -> None:
+        for watch in (self.idle_watch, self.cell_watch):
+            self._cancel(watch)
+        self.idle_watch = self.cell_watch = None
+
+    @staticmethod
+    def _cancel(watch: asyncio.Task[None] | None) -> None:
+        # A watch that ends the session itself is not cancelled by that end.
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
 
@@ -433,7 +472,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _stop_marimo(self, *, code: int = 1001, close_session: bool) -> None:
         """Tell marimo's handler the socket closed and wait for it to end."""
-        self._stop_idle_watch()
+        self._stop_watches()
         task = self.marimo_task
         if task is None:
             return
@@ -447,13 +486,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             with contextlib.suppress(BaseException):
                 await task
         if close_session and self.session_id and self.notebook is not None:
-            manager = notebook_apps.session_manager_for(self.notebook.path)
-            if manager is not None:
-                internals.close_session(manager, self.session_id)
+            router.end_session(self.notebook, self.session_id, notices.SESSION_LOST)
 
     async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
         try:
             await app(scope, self.inbox.get, self._send_from_marimo)
+        except KernelEnded as ended:
+            # The session's kernel process crashed, or was ended for a limit.
+            await self._end_session(ended.notice, CLOSE_GONE)
         except Exception:
             logger.exception("marimo's websocket handler failed")
         finally:
@@ -474,6 +514,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
                 binding = owners.bindings.get(self.session_id)
                 if binding is not None:
                     binding.run_changed(running)
+                self._watch_cell_time(running)
         elif message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":

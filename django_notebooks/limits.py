@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 # A notebook's ``limits`` may set these (they apply to each of its sessions).
-SESSION_LIMITS = frozenset({"IDLE_TIMEOUT"})
+SESSION_LIMITS = frozenset({"CELL_TIMEOUT", "MEMORY_MB", "IDLE_TIMEOUT"})
 # Only ``LIMITS`` may set these (they count the sessions of a server process).
 SERVER_LIMITS = frozenset({"MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"})
 
@@ -24,6 +24,13 @@ EXPECTED = "a positive whole number, or None for no limit"
 @dataclass(frozen=True)
 class Limits:
     """The limits in force (docs: topics/limits)."""
+
+    #: Seconds one cell may run before it is interrupted (process isolation
+    #: only: marimo cannot interrupt a kernel thread).
+    CELL_TIMEOUT: int | None = 120
+    #: Megabytes of memory a session's notebook code may allocate on top of
+    #: what its kernel process starts with (process isolation, Linux).
+    MEMORY_MB: int | None = 1024
 
     #: Seconds an open session may go without a widget change before it is
     #: closed (marimo's own ``session_ttl`` only starts once the tab closes).

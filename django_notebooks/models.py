@@ -60,6 +60,8 @@ class NotebookSession(models.Model):
     channel_name = models.CharField(_("channel"), max_length=255, blank=True)
     # host:pid of the server process that holds the kernel.
     process = models.CharField(_("server process"), max_length=255, blank=True)
+    # The session's kernel process (ISOLATION = "process"), on that host.
+    kernel_pid = models.PositiveIntegerField(_("kernel process"), null=True, blank=True)
     opened_at = models.DateTimeField(_("opened"), default=timezone.now)
     last_activity = models.DateTimeField(_("last activity"), default=timezone.now)
 

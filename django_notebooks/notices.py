@@ -131,3 +131,42 @@ def duration(seconds: float) -> str:
             count = whole // size
             return f"{count} {unit}{'s' if count != 1 else ''}"
     return f"{whole} second{'s' if whole != 1 else ''}"
+
+
+# A kernel process's misbehaviour (process isolation: topics/isolation).
+
+OUT_OF_MEMORY = Notice(
+    "Out of memory",
+    "A cell of this notebook needed more memory than it may use, and its "
+    "allocation failed. Change the input and run it again, or reload the page "
+    "to start again.",
+    final=False,
+)
+KERNEL_OUT_OF_MEMORY = Notice(
+    "Notebook stopped: out of memory",
+    "This notebook used more memory than it may, and its kernel was stopped. "
+    "Reload the page to start it again.",
+)
+KERNEL_CRASHED = Notice(
+    "Notebook stopped",
+    "This notebook's kernel stopped unexpectedly (its process crashed or was "
+    "killed). Reload the page to start it again.",
+)
+
+
+def cell_stopped(timeout: float) -> Notice:
+    """A cell ran past ``CELL_TIMEOUT`` and was interrupted; the session lives."""
+    return Notice(
+        "Cell stopped",
+        f"This cell ran longer than {duration(timeout)} and was stopped.",
+        final=False,
+    )
+
+
+def kernel_stopped(timeout: float) -> Notice:
+    """A cell ran past ``CELL_TIMEOUT`` and did not stop when interrupted."""
+    return Notice(
+        "Notebook stopped",
+        f"A cell ran longer than {duration(timeout)} and did not stop when "
+        "interrupted, so its kernel was ended. Reload the page to start again.",
+    )

@@ -25,8 +25,8 @@ from django.utils.cache import patch_vary_headers
 
 from django_notebooks import access, admission, conf, context, registry
 from django_notebooks.access import Access
+from django_notebooks.kernels import router
 from django_notebooks.marimo import pages, routes
-from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.marimo.forwarding import forward_http
 from django_notebooks.marimo.routes import Route
 from django_notebooks.query import page_refusal
@@ -170,6 +170,8 @@ async def _serve_read(
             return refusal
     if routes.virtual_file_name(found.subpath) is not None:
         return await _serve_virtual_file(request, found, user)
+    if is_page:
+        router.warm()  # the page's websocket follows: have its fork ready
     response = await _to_marimo(request, found, _identity(user), {}, b"")
     if is_page:
         response = pages.prepare_page(request, response, notebook.path)
@@ -242,7 +244,7 @@ async def _to_marimo(
         meta=meta,
         notebook_file=str(notebook.path),
     )
-    return await forward_http(notebook_apps.app_for(notebook.path), scope, body)
+    return await forward_http(router.app_for(notebook), scope, body)
 
 
 async def _serve_virtual_file(

@@ -50,6 +50,8 @@ async def close_marimo_sessions():
     """Stop the kernels a test opened (in process) while its event loop
     still runs."""
     yield
+    from django_notebooks.kernels.processes import kernel_processes
     from django_notebooks.marimo.apps import notebook_apps
 
     notebook_apps.close_all_sessions()
+    kernel_processes.end_sessions()

@@ -168,8 +168,27 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
     ),
 }
 
+# Where kernels run: the compatibility pass runs the suite in thread mode.
+DJANGO_NOTEBOOKS["ISOLATION"] = os.environ.get(
+    "DJANGO_NOTEBOOKS_TEST_ISOLATION", "process"
+)
+
+# A notebook that loops, blocks, allocates or crashes on request
+# (tests/e2e/test_isolation.py).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_MISBEHAVE"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["misbehave"] = {
+        "path": NOTEBOOKS_DIR / "misbehave.py",
+        "public": True,
+    }
+
 # Limits the end-to-end and browser tests of limits set low.
-for _limit in ("IDLE_TIMEOUT", "MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"):
+for _limit in (
+    "CELL_TIMEOUT",
+    "MEMORY_MB",
+    "IDLE_TIMEOUT",
+    "MAX_SESSIONS",
+    "MAX_SESSIONS_PER_ADDRESS",
+):
     if os.environ.get(f"DJANGO_NOTEBOOKS_TEST_LIMIT_{_limit}"):
         DJANGO_NOTEBOOKS.setdefault("LIMITS", {})[_limit] = int(
             os.environ[f"DJANGO_NOTEBOOKS_TEST_LIMIT_{_limit}"]

@@ -43,22 +43,33 @@ class NotebookApps:
         self._options: dict[str, Any] = {}
         self._options_key: tuple[Any, ...] = ()
 
-    def app_for(self, path: Path) -> ASGIApp:
-        """The marimo app serving the notebook file at ``path``."""
+    def app_for(self, path: Path, options: dict[str, Any] | None = None) -> ASGIApp:
+        """The marimo app serving the notebook file at ``path``, built with
+        ``options`` (a kernel process gets its web process's) or this
+        process's own."""
+        if options is None:
+            options = self.options()
+            options_key = self._options_key
+        else:
+            options_key = tuple(sorted(options.items()))
+        key = (path, options_key)
+        app = self._apps.get(key)
+        if app is None:
+            with self._lock:
+                app = self._apps.get(key)
+                if app is None:
+                    app = self._build(key, path, dict(options))
+        return app
+
+    def options(self) -> dict[str, Any]:
+        """The ``marimo.create_asgi_app()`` options of this process."""
         # Every kernel call asks: the options are worked out once per setting.
         config = conf.get_settings()
         if self._options_for is not config:
             self._options = self._current_options()
             self._options_key = tuple(sorted(self._options.items()))
             self._options_for = config
-        key = (path, self._options_key)
-        app = self._apps.get(key)
-        if app is None:
-            with self._lock:
-                app = self._apps.get(key)
-                if app is None:
-                    app = self._build(key, path, dict(self._options))
-        return app
+        return self._options
 
     @staticmethod
     def _current_options() -> dict[str, Any]:

@@ -38,6 +38,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.models import Model, QuerySet
 
+from django_notebooks.kernels import cells
 from django_notebooks.marimo import internals
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,15 @@ class CellExecutor:
     def execute_cell(self, cell: Any, glbls: Any) -> Any:
         """Run a synchronous cell where no event loop runs (marimo does
         this when it runs an app as a script, ``app.run()``)."""
-        with _closing_opened_connections():
+        with cells.running(), _closing_opened_connections():
             return self._cells.execute_cell(cell, glbls)
 
     async def execute_cell_async(self, cell: Any, glbls: Any) -> Any:
         """Run any cell from the kernel's event loop."""
         if internals.is_async_cell(cell):
-            return await self._execute_on_loop(cell, glbls)
-        with _event_loop_hidden(), _closing_opened_connections():
+            with cells.running():
+                return await self._execute_on_loop(cell, glbls)
+        with cells.running(), _event_loop_hidden(), _closing_opened_connections():
             return _shown_now(self._cells.execute_cell(cell, glbls))
 
     async def _execute_on_loop(self, cell: Any, glbls: Any) -> Any:

@@ -312,6 +312,14 @@ class SessionBindings:
                 return session_id
         return None
 
+    def session_holding_file(self, name: str) -> str | None:
+        """The session, open here, whose kernel made the virtual file ``name``
+        (names are random: no two sessions make the same)."""
+        for session_id, binding in list(self._bindings.items()):
+            if name in binding.files:
+                return session_id
+        return None
+
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._bindings.pop(session_id, None)

@@ -81,6 +81,13 @@ def closed(session_id: str, channel_name: str) -> timedelta | None:
     return timezone.now() - opened_at
 
 
+def kernel_started(session_id: str, pid: int) -> None:
+    """The session's kernel runs in process ``pid`` (of this host)."""
+    NotebookSession.objects.filter(session_id=session_id, process=PROCESS).update(
+        kernel_pid=pid
+    )
+
+
 def touched(session_id: str) -> None:
     """The session was used just now (called at most every ACTIVITY_EVERY)."""
     NotebookSession.objects.filter(session_id=session_id, process=PROCESS).update(

@@ -28,7 +28,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from django_notebooks import admission, context, registry
-from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.kernels import router
 from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
 from django_notebooks.sessions import channel_messages, records
 
@@ -348,7 +348,7 @@ async def _run(message: dict[str, Any]) -> Reply:
         meta=meta,
         notebook_file=str(notebook.path),
     )
-    return await collect(notebook_apps.app_for(notebook.path), scope, message["body"])
+    return await collect(router.app_for(notebook), scope, message["body"])
 
 
 async def collect(app: Any, scope: dict[str, Any], body: bytes) -> Reply:

@@ -1,0 +1,41 @@
+"""What a kernel process uses, for the admin's live sessions page: CPU
+seconds and private memory, read from ``/proc`` (Linux).
+
+The admin may run in another server process than the kernel, even on
+another host: figures are given only for a process of this host that is a
+kernel process (its command line is the fork server's, which every kernel
+process inherits), never for whatever process took over a stale pid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FORK_SERVER_MODULE = b"django_notebooks.kernels.forkserver"
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    #: Memory no other process shares (USS: private clean + dirty pages).
+    private_bytes: int
+
+
+def usage(pid: int) -> Usage | None:
+    """The kernel process ``pid``'s use, or ``None`` if it is not one here."""
+    proc = Path("/proc") / str(pid)
+    try:
+        if FORK_SERVER_MODULE not in (proc / "cmdline").read_bytes():
+            return None
+        # utime and stime: fields 14 and 15, after the parenthesised name.
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        private = 0
+        for line in (proc / "smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return Usage(ticks / os.sysconf("SC_CLK_TCK"), private)

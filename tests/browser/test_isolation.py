@@ -1,0 +1,108 @@
+"""Kernel isolation on the rendered page, in Chromium, under daphne and
+uvicorn: what the page says when a cell runs too long, runs out of memory,
+or crashes its kernel process, and that another user's session of the same
+notebook goes on. (tests/e2e/test_isolation.py checks the processes.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.test_notices import expect_notice
+from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
+from tests.live import LiveServer
+
+pytestmark = pytest.mark.browser
+
+PAGE = "/notebooks/misbehave/"
+CELL_TIMEOUT = 2
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def visit_server(request, live_db, tmp_path_factory):
+    """A server with the misbehaving notebook and low limits."""
+    folder = tmp_path_factory.mktemp(f"isolation-{request.param}")
+    server = LiveServer(
+        request.param,
+        live_db,
+        folder / "server.log",
+        DJANGO_NOTEBOOKS_TEST_MISBEHAVE="1",
+        DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
+        DJANGO_NOTEBOOKS_TEST_LIMIT_CELL_TIMEOUT=str(CELL_TIMEOUT),
+        DJANGO_NOTEBOOKS_TEST_LIMIT_MEMORY_MB="256",
+    )
+    yield server
+    server.stop()
+
+
+def open_notebook(visit) -> None:
+    from playwright.sync_api import expect
+
+    with visit.step("first render"):
+        visit.page.goto(visit.origin + PAGE)
+        expect(visit.page.get_by_text("done nothing")).to_be_visible(
+            timeout=FIRST_RENDER_MS
+        )
+
+
+def choose(visit, action: str) -> None:
+    with visit.step(f"choose {action}"):
+        visit.page.locator("select").select_option(action)
+
+
+def expect_done(visit, action: str) -> None:
+    from playwright.sync_api import expect
+
+    with visit.step(f"{action} done"):
+        expect(visit.page.get_by_text(f"done {action}")).to_be_visible(
+            timeout=UPDATE_MS
+        )
+
+
+def test_a_runaway_cell_is_stopped_and_the_page_says_so(visit):
+    from playwright.sync_api import expect
+
+    open_notebook(visit)
+    choose(visit, "loop")
+    expect_notice(
+        visit,
+        f"This cell ran longer than {CELL_TIMEOUT} seconds and was stopped.",
+        final=False,
+    )
+    with visit.step("dismiss"):
+        visit.page.get_by_role("alert").get_by_role("button").click()
+        expect(visit.page.get_by_role("alert")).to_have_count(0)
+    choose(visit, "nothing")  # the same session runs on
+    expect_done(visit, "nothing")
+
+
+def test_a_cell_that_ignores_the_interrupt_ends_its_session(visit):
+    open_notebook(visit)
+    choose(visit, "sleep")
+    expect_notice(visit, "did not stop when interrupted, so its kernel was ended.")
+
+
+def test_a_cell_out_of_memory(visit):
+    open_notebook(visit)
+    choose(visit, "allocate")
+    expect_notice(
+        visit,
+        "needed more memory than it may use, and its allocation failed.",
+        final=False,
+    )
+    choose(visit, "nothing")
+    expect_done(visit, "nothing")
+
+
+def test_a_crash_ends_that_session_only(visit, browser, tmp_path):
+    from tests.browser.visit import visiting
+
+    with visiting(browser, visit.server, tmp_path / "other") as other:
+        open_notebook(other)
+        open_notebook(visit)
+        choose(visit, "crash")
+        expect_notice(visit, "This notebook's kernel stopped unexpectedly")
+        # The other visitor's session of the same notebook runs on.
+        choose(other, "loop")
+        expect_notice(other, "and was stopped.", final=False)
+        choose(other, "nothing")
+        expect_done(other, "nothing")

@@ -1,0 +1,275 @@
+"""The kernels package's parts, without a server: the tunnel, the running
+cell's interrupt, the mode in force, which session a call is for.
+(tests/e2e/test_isolation.py runs real kernel processes.)"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+import threading
+import time
+
+import pytest
+from django.core.checks import Warning as CheckWarning
+
+from django_notebooks import checks, conf
+from django_notebooks.kernels import cells, router, tunnel
+from django_notebooks.kernels.processes import KernelProcesses
+from django_notebooks.sessions import owners
+from tests.helpers import notebooks_with
+
+# The tunnel.
+
+
+async def _paired(app, watch=None):
+    """An ASGI call to ``app`` through a socket pair, as to a kernel process."""
+    ours, theirs = socket.socketpair()
+    watch = watch or (lambda scope, writer: _nothing())
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    server = asyncio.create_task(tunnel.serve_call(app, reader, writer, watch))
+
+    async def connect():
+        return await asyncio.open_connection(sock=ours)
+
+    return connect, server
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.asyncio
+async def test_an_http_call_crosses_the_tunnel_with_its_scope_and_body():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["scope"] = scope
+        seen["request"] = await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    connect, server = await _paired(app)
+    sent = []
+    body = [{"type": "http.request", "body": b"x=1", "more_body": False}]
+
+    async def receive():
+        if body:
+            return body.pop()
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "path": "/n/",
+        "headers": [(b"a", b"b")],
+        "meta": {"since": datetime.date(2024, 5, 1)},
+    }
+    await tunnel.call(connect, scope, receive, send)
+    await server
+    assert seen["scope"]["meta"] == {"since": datetime.date(2024, 5, 1)}
+    assert seen["scope"]["headers"] == [(b"a", b"b")]
+    assert seen["request"]["body"] == b"x=1"
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == b"made"
+
+
+@pytest.mark.asyncio
+async def test_what_cannot_be_pickled_stays_behind():
+    lock = threading.Lock()  # cannot be pickled
+    data = tunnel.encode_scope(
+        {"type": "http", "state": {"lock": lock}, "meta": {"lock": lock, "n": 1}}
+    )
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    scope = await tunnel.read_message(reader, pickled=True)
+    assert scope == {"type": "http", "meta": {"n": 1}}
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
+    async def app(scope, receive, send):
+        await send({"type": "websocket.accept"})
+        raise ConnectionError  # the end closes without its end mark
+
+    connect, server = await _paired(app)
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    with pytest.raises(tunnel.TunnelClosed):
+        await tunnel.call(connect, {"type": "websocket"}, receive, send)
+    await server
+    assert sent == [{"type": "websocket.accept"}]
+
+
+@pytest.mark.asyncio
+async def test_the_app_sees_a_disconnect_when_the_web_process_leaves():
+    got = asyncio.get_running_loop().create_future()
+
+    async def app(scope, receive, send):
+        got.set_result(await receive())
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    server = asyncio.create_task(
+        tunnel.serve_call(app, reader, writer, lambda s, w: _nothing())
+    )
+    _, our_writer = await asyncio.open_connection(sock=ours)
+    our_writer.write(tunnel.encode_scope({"type": "websocket"}))
+    await our_writer.drain()
+    our_writer.close()
+    assert await asyncio.wait_for(got, 5) == {
+        "type": "websocket.disconnect",
+        "code": 1006,
+    }
+    await server
+
+
+@pytest.mark.asyncio
+async def test_what_comes_back_is_never_unpickled():
+    reader = asyncio.StreamReader()
+    import pickle
+
+    reader.feed_data(tunnel.LENGTH.pack(3) + pickle.dumps(1)[:3])
+    reader.feed_eof()
+    with pytest.raises(ValueError):
+        await tunnel.read_message(reader)  # marshal refuses a pickle
+
+
+# The running cell.
+
+
+def test_interrupt_without_a_running_cell_does_nothing():
+    assert cells.interrupt() is False
+
+
+def test_a_running_cell_is_interrupted_at_its_next_instruction():
+    outcome = {}
+    running = threading.Event()
+
+    def cell():
+        try:
+            with cells.running():
+                running.set()
+                while True:
+                    pass
+        except cells.CellInterrupted:
+            outcome["interrupted"] = True
+
+    thread = threading.Thread(target=cell)
+    thread.start()
+    running.wait(5)
+    time.sleep(0.05)
+    assert cells.interrupt() is True
+    thread.join(5)
+    assert outcome == {"interrupted": True}
+    assert isinstance(cells.CellInterrupted(), KeyboardInterrupt)
+    assert cells.interrupt() is False
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_memory_error_in_a_cell_is_reported(monkeypatch, wrapped):
+    reported = []
+    monkeypatch.setattr(cells, "on_memory_error", lambda: reported.append(1))
+
+    class MarimoError(Exception):
+        pass
+
+    def fail():
+        if not wrapped:
+            raise MemoryError
+        try:
+            raise MemoryError
+        except MemoryError as error:
+            raise MarimoError from error  # as marimo's executor does
+
+    with pytest.raises((MemoryError, MarimoError)), cells.running():
+        fail()
+    with pytest.raises(ValueError), cells.running():
+        raise ValueError
+    assert reported == [1]
+
+
+# The mode in force.
+
+
+def test_process_isolation_is_the_default():
+    with notebooks_with():
+        assert conf.get_settings().ISOLATION == "process"
+
+
+def test_thread_isolation_when_set(settings):
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "thread"}
+    assert router.isolation() == "thread"
+
+
+def test_without_fork_it_runs_in_threads_and_a_check_says_so(settings, monkeypatch):
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "process"}
+    monkeypatch.setattr(router, "can_fork", lambda: False)
+    assert router.isolation() == "thread"
+    (warning,) = [w for w in checks.check_isolation() if w.id.endswith("W008")]
+    assert isinstance(warning, CheckWarning)
+    assert "cannot fork" in warning.msg
+
+
+def test_no_warning_where_it_can_fork_or_thread_is_chosen(settings, monkeypatch):
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "process"}
+    assert checks.check_isolation() == []
+    monkeypatch.setattr(router, "can_fork", lambda: False)
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "thread"}
+    assert checks.check_isolation() == []
+
+
+@pytest.mark.parametrize("value", ["processes", None, True])
+def test_a_wrong_isolation_is_e018(settings, value):
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": value}
+    (error,) = [e for e in checks.check_settings() if e.id.endswith("E018")]
+    assert "ISOLATION" in error.msg
+
+
+# Which session a call is for.
+
+
+def test_the_session_of_a_websocket_is_its_query_parameter():
+    scope = {"type": "websocket", "query_string": b"a=1&session_id=s-1"}
+    assert router.session_of(scope) == "s-1"
+    assert router.session_of({"type": "websocket", "query_string": b""}) is None
+
+
+def test_the_session_of_a_kernel_call_is_its_header():
+    scope = {"type": "http", "headers": [(b"marimo-session-id", b"s-2")], "path": "/"}
+    assert router.session_of(scope) == "s-2"
+
+
+def test_the_session_of_a_download_is_the_one_whose_kernel_made_it(monkeypatch):
+    bindings = owners.SessionBindings()
+    monkeypatch.setattr(owners, "bindings", bindings)
+    bindings.claim("s-3", owner="user:1:k", notebook="n", user_context={})
+    bindings.add_files("s-3", {"123-data.csv"})
+    scope = {
+        "type": "http",
+        "headers": [],
+        "root_path": "/notebooks/n",
+        "path": "/notebooks/n/@file/123-data.csv",
+    }
+    assert router.session_of(scope) == "s-3"
+    scope["path"] = "/notebooks/n/@file/999-other.csv"
+    assert router.session_of(scope) is None
+
+
+def test_an_unknown_or_ended_session_has_no_process():
+    processes = KernelProcesses()
+    assert processes.get(None) is None
+    assert processes.get("nobody") is None
