@@ -33,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from bench.measure import Plan, people  # noqa: E402
 from bench.phases import churn_phase, main_phase, on_servers  # noqa: E402
 from bench.report import machine_header, render_report, render_table  # noqa: E402
-from bench.servers import prepare_users, stop_on_sigterm, work_directory  # noqa: E402
+from bench.servers import (  # noqa: E402
+    BRIDGE_KINDS,
+    prepare_users,
+    stop_on_sigterm,
+    work_directory,
+)
 from bench.targets import render_targets  # noqa: E402
 
 
@@ -46,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default="uvicorn,daphne",
-        help="bridge servers, comma-separated: uvicorn,daphne (default both)",
+        help="bridge servers, comma-separated: uvicorn,daphne (default both), "
+        "each with kernels in processes; uvicorn-thread,daphne-thread with "
+        'ISOLATION = "thread"',
     )
     parser.add_argument(
         "--out", type=Path, help="also write the markdown report to this file"
@@ -109,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     for kind in kinds:
-        if kind not in ("uvicorn", "daphne"):
-            parser.error(f"unknown server {kind!r}: choose from uvicorn, daphne")
+        if kind not in BRIDGE_KINDS:
+            parser.error(f"unknown server {kind!r}: choose from {', '.join(BRIDGE_KINDS)}")
     if not kinds:
         parser.error("--servers needs at least one of uvicorn, daphne")
     args.kinds = list(dict.fromkeys(kinds))

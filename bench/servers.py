@@ -33,6 +33,9 @@ NOTEBOOK = ROOT / "tests" / "notebooks" / "square.py"
 CPU_NOTEBOOK = ROOT / "tests" / "notebooks" / "cpu.py"
 # LIMITS["MAX_SESSIONS"] of the bridge servers: above what a run opens.
 BRIDGE_MAX_SESSIONS = 1000
+# The bridge servers a run may start: the server, and "-thread" for kernels
+# as threads (ISOLATION = "thread") instead of processes of their own.
+BRIDGE_KINDS = ("uvicorn", "daphne", "uvicorn-thread", "daphne-thread")
 BRIDGE_PAGE = "/notebooks/square/"  # tests/settings.py serves square.py here
 CPU_PAGE = "/notebooks/cpu/"  # tests/settings.py serves tests/notebooks/cpu.py here
 BARE_PAGE = "/square/"  # bench/bare_marimo.py mounts whatever notebook at /square
@@ -268,15 +271,18 @@ def start_servers(
         )
 
     def bridge(kind: str) -> Callable[[], None]:
+        server_kind, _, mode = kind.partition("-")
+
         def start() -> None:
             started[kind] = live.LiveServer(
-                kind,
+                server_kind,
                 db,
                 workdir / f"bridge-{kind}{tag}.log",
                 DJANGO_NOTEBOOKS_TEST_SESSION_TTL=str(session_ttl),
                 # The burst and the churn's closed sessions (kept for their
                 # TTL) go past the default cap: measure speed, not the cap.
                 DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS=str(BRIDGE_MAX_SESSIONS),
+                DJANGO_NOTEBOOKS_TEST_ISOLATION=mode or "process",
             )
 
         return start

@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
+import gc
 import logging
 import os
 import resource
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,18 +35,88 @@ logger = logging.getLogger(__name__)
 # Seconds past marimo's session_ttl before an abandoned kernel process ends
 # (marimo closes the session itself at the TTL).
 END_GRACE = 1.0
+WARM_NOTEBOOK = Path(__file__).with_name("warm_notebook.py")
+WARM_UP_TIMEOUT = 30.0
 # How often the process looks whether it is still wanted.
 WATCH_INTERVAL = 0.5
 PR_SET_PDEATHSIG = 1
 
 
-def warm() -> None:
-    """Import, in the fork server, what building and serving an app needs,
-    so that each kernel process starts with it already in memory."""
+class WarmUpFailed(RuntimeError):
+    """The fork server's warm-up session left threads running."""
+
+
+def warm(*, run_session: bool = True) -> None:
+    """Get the fork server ready, so that each kernel process starts with
+    what a session needs already in memory.
+
+    marimo does much of its work on first use in a process: imports, the
+    scan of installed entry points, building its Markdown renderer,
+    resolving its message types. A kernel process doing all of it took
+    about 170 ms more for its first run than the next session in the same
+    process would. So the fork server runs one session of a small notebook
+    of its own, then closes it and waits for its threads to end: a process
+    may fork only while no other thread runs.
+    """
     import marimo._server.asgi  # noqa: F401
     import marimo._server.main  # noqa: F401
 
     from django_notebooks.marimo import apps, orm  # noqa: F401
+
+    if not run_session:
+        return
+    app = apps.notebook_apps.app_for(WARM_NOTEBOOK, {"quiet": True})
+    try:
+        asyncio.run(asyncio.wait_for(_warm_up_session(app), WARM_UP_TIMEOUT))
+    finally:
+        apps.notebook_apps.close_all_sessions()
+    deadline = time.monotonic() + WARM_UP_TIMEOUT
+    while threading.active_count() > 1:
+        if time.monotonic() > deadline:
+            names = [thread.name for thread in threading.enumerate()]
+            raise WarmUpFailed(f"threads still running after the warm-up: {names}")
+        time.sleep(0.01)
+
+
+async def _warm_up_session(app: Any) -> None:
+    """One session of the warm-up notebook, to its first completed run."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "websocket.connect"})
+    ran = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if '"completed-run"' in (message.get("text") or ""):
+            ran.set()
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "root_path": "",
+        "query_string": b"session_id=django-notebooks-warm-up",
+        "headers": [(b"host", b"localhost")],
+        "user": {"username": "", "is_authenticated": False, "display_name": ""},
+        "meta": {},
+    }
+    session = asyncio.create_task(app(scope, inbox.get, send))
+    try:
+        await ran.wait()
+    finally:
+        await inbox.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait({session}, timeout=5)
+        session.cancel()
+
+
+def prepare(request: dict[str, Any]) -> None:
+    """In the fork server, before it forks the kernel process for
+    ``request``: build the notebook's marimo app (once per notebook and
+    options; marimo reads the notebook file again for each session), so
+    that the kernel process finds it built. Building starts no thread."""
+    from django_notebooks.marimo.apps import notebook_apps
+
+    notebook_apps.app_for(Path(request["notebook"]), request["options"])
+    # What is in memory now stays as it is: the kernel processes' garbage
+    # collector would otherwise touch, and so copy, all of it.
+    gc.freeze()
 
 
 def main(request: dict[str, Any], listener: socket.socket) -> NoReturn:
@@ -71,7 +143,9 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The process's own symbols include libc's (find_library would run
+    # ldconfig, a subprocess, on every start).
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
@@ -121,6 +195,7 @@ async def _serve(request: dict[str, Any], listener: socket.socket) -> None:
     from django_notebooks.marimo.apps import notebook_apps
 
     loop = asyncio.get_running_loop()
+    # Built already, by the fork server (prepare()): found in its cache.
     app = notebook_apps.app_for(Path(request["notebook"]), request["options"])
     websockets: set[asyncio.StreamWriter] = set()
     last_seen = loop.time()

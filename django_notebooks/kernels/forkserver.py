@@ -37,6 +37,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LENGTH = struct.Struct("!I")
+COLD = "--cold"  # start without the warm-up session
 # Seconds the web process waits for the fork server to import everything.
 START_TIMEOUT = 60.0
 
@@ -212,7 +213,7 @@ class ForkServer:
 # The fork server's side.
 
 
-def _warm() -> None:
+def _warm(run_session: bool) -> None:
     """Import what every kernel process needs, once, before any fork."""
     import django
 
@@ -221,7 +222,7 @@ def _warm() -> None:
 
     from django_notebooks.kernels import child
 
-    child.warm()
+    child.warm(run_session=run_session)
     from django.db import connections
 
     # A connection inherited by two processes would mix their traffic.
@@ -270,6 +271,12 @@ def _serve(control: socket.socket) -> None:
                 os.close(fd)
             send_message(control, {"id": request["id"], "error": "no listener"})
             continue
+        try:
+            child.prepare(request)
+        except Exception as error:  # the notebook cannot be read, say
+            os.close(fds[0])
+            send_message(control, {"id": request["id"], "error": repr(error)})
+            continue
         pid = os.fork()
         if pid == 0:  # the kernel process
             signal.set_wakeup_fd(-1)
@@ -302,9 +309,17 @@ def main(argv: list[str]) -> None:
     # Ctrl+C in a terminal reaches the whole process group: the web server
     # decides when this process ends (by closing the socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cold = COLD in argv
     try:
-        _warm()
+        _warm(run_session=not cold)
     except BaseException as error:
+        from django_notebooks.kernels.child import WarmUpFailed
+
+        if isinstance(error, WarmUpFailed) and not cold:
+            # Its threads cannot be made to end: start again, and fork
+            # without the warm-up session (kernel processes start slower).
+            logger.warning("%s; the fork server starts again without it", error)
+            os.execv(sys.executable, [sys.executable, "-m", __name__, argv[1], COLD])
         send_message(control, {"error": f"{type(error).__name__}: {error}"})
         raise
     send_message(control, {"ready": True})

@@ -3,6 +3,7 @@ ending a session's kernel whichever the mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from django_notebooks.notices import Notice
 from django_notebooks.sessions import owners, records
 
 logger = logging.getLogger(__name__)
+_pending_writes: set[asyncio.Task[None]] = set()
 PROCESS = "process"
 THREAD = "thread"
 MODES = (PROCESS, THREAD)
@@ -157,6 +159,11 @@ class SessionRouter:
             session_ttl=options.get("session_ttl", 120),
         )
         assert process.pid is not None
-        # For the admin's live sessions page (its pid, CPU and memory).
-        await database_sync_to_async(records.kernel_started)(session_id, process.pid)
+        # For the admin's live sessions page (its pid, CPU and memory); the
+        # session need not wait for the write.
+        write = asyncio.create_task(
+            database_sync_to_async(records.kernel_started)(session_id, process.pid)
+        )
+        _pending_writes.add(write)
+        write.add_done_callback(_pending_writes.discard)
         return process
