@@ -117,7 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     for kind in kinds:
         if kind not in BRIDGE_KINDS:
-            parser.error(f"unknown server {kind!r}: choose from {', '.join(BRIDGE_KINDS)}")
+            parser.error(
+                f"unknown server {kind!r}: choose from {', '.join(BRIDGE_KINDS)}"
+            )
     if not kinds:
         parser.error("--servers needs at least one of uvicorn, daphne")
     args.kinds = list(dict.fromkeys(kinds))

@@ -54,6 +54,8 @@ UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
 IDLE_CHECK_SLACK = 0.05
 # Seconds a cell gets to stop once interrupted before its kernel is killed.
 CELL_STOP_GRACE = 5.0
+# Seconds a cell runs before its kernel process goes to the lowest priority.
+DEMOTE_AFTER = 1.0
 
 
 # How long a disconnect waits for marimo's handler to finish.
@@ -431,21 +433,29 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
     def _watch_cell_time(self, running: bool) -> None:
         """A cell started (or the run ended): time it against CELL_TIMEOUT.
 
-        Only a kernel process can be interrupted: in thread mode marimo's
-        kernel thread runs on (docs: topics/isolation).
+        Only a kernel process can be interrupted, or given a lower priority:
+        in thread mode marimo's kernel thread runs on (docs: topics/isolation).
         """
         self._cancel(self.cell_watch)
         self.cell_watch = None
-        timeout = self.limits.CELL_TIMEOUT
-        if running and timeout and router.process_of(self.session_id) is not None:
-            self.cell_watch = asyncio.create_task(self._stop_long_cell(timeout))
+        if running and router.process_of(self.session_id) is not None:
+            watch = self._watch_long_cell(self.limits.CELL_TIMEOUT)
+            self.cell_watch = asyncio.create_task(watch)
             self.cell_watch.add_done_callback(_log_failure)
 
-    async def _stop_long_cell(self, timeout: float) -> None:
-        """Interrupt a cell at ``timeout``; end its kernel if it runs on."""
-        await asyncio.sleep(timeout)
+    async def _watch_long_cell(self, timeout: float | None) -> None:
+        """After DEMOTE_AFTER, lower the kernel's priority; at ``timeout``,
+        interrupt the cell; end its kernel if it runs on."""
+        first = DEMOTE_AFTER if timeout is None else min(DEMOTE_AFTER, timeout)
+        await asyncio.sleep(first)
         process = router.process_of(self.session_id)
-        if process is None or not process.interrupt():
+        if process is None:
+            return
+        process.demote()
+        if timeout is None:
+            return
+        await asyncio.sleep(timeout - first)
+        if not process.interrupt():
             return
         await self._notify(notices.cell_stopped(timeout))
         await asyncio.sleep(CELL_STOP_GRACE)

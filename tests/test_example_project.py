@@ -171,6 +171,13 @@ async def test_demo_command_serves_the_example(tmp_path):
             # A cell that reads alice's groups with the synchronous ORM.
             assert "From the database" in seen
             assert "your groups are sales," in seen
+            # Its kernel runs in a process of its own, not in the server.
+            async with alice.kernel("/notebooks/runaway/") as kernel:
+                await kernel.read_until_completed()
+            (kernel_pid,) = re.findall(r"pid (\d+)\)", "\n".join(kernel.outputs))
+            # (a kernel process keeps the fork server's command line)
+            command = Path(f"/proc/{kernel_pid}/cmdline").read_bytes()
+            assert b"django_notebooks.kernels.forkserver" in command
 
         async with NotebookClient(demo.url) as bob:
             await bob.login("bob", "bob")

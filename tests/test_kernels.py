@@ -17,7 +17,6 @@ from django_notebooks import checks, conf
 from django_notebooks.kernels import cells, router, tunnel
 from django_notebooks.kernels.processes import KernelProcesses
 from django_notebooks.sessions import owners
-from tests.helpers import notebooks_with
 
 # The tunnel.
 
@@ -205,9 +204,11 @@ def test_a_memory_error_in_a_cell_is_reported(monkeypatch, wrapped):
 # The mode in force.
 
 
-def test_process_isolation_is_the_default():
-    with notebooks_with():
-        assert conf.get_settings().ISOLATION == "process"
+def test_process_isolation_is_the_default(settings):
+    without = {k: v for k, v in settings.DJANGO_NOTEBOOKS.items() if k != "ISOLATION"}
+    settings.DJANGO_NOTEBOOKS = without
+    assert conf.get_settings().ISOLATION == "process"
+    assert router.isolation() == "process"
 
 
 def test_thread_isolation_when_set(settings):

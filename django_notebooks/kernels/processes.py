@@ -40,8 +40,10 @@ from django_notebooks.notices import Notice
 logger = logging.getLogger(__name__)
 
 # Kernel processes run at this much lower CPU priority than the web server,
-# so that a busy cell cannot starve the server's event loop.
+# so that a busy cell cannot starve the server's event loop; one whose cell
+# has run for long goes lower still (demote()).
 NICE_INCREMENT = 10
+LOWEST_PRIORITY = 19
 # Seconds a terminated kernel process gets before it is killed.
 TERMINATE_GRACE = 2.0
 # Seconds a call waits for the fork server's word on how a process ended.
@@ -109,6 +111,15 @@ class KernelProcess:
         except ProcessLookupError:
             return False
         return True
+
+    def demote(self) -> None:
+        """Run it at the lowest CPU priority from now on: its cell has run
+        for long, and the kernels of people waiting on a quick answer come
+        first. (An unprivileged server cannot raise a priority again.)"""
+        if self.pid is None or self.has_exited:
+            return
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, self.pid, LOWEST_PRIORITY)
 
     def interrupt(self) -> bool:
         """Interrupt the cell it runs (SIGINT; the session lives on)."""

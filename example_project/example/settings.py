@@ -118,6 +118,15 @@ DJANGO_NOTEBOOKS = {
             "A table with a region filter.",
             "groups": ["sales"],
         },
+        "runaway": {
+            "path": NOTEBOOKS_DIR / "runaway.py",
+            "title": "Misbehaving cells",
+            "description": "Any logged-in user. A cell that loops, allocates "
+            "4 GB or crashes its kernel, on request: its kernel process is "
+            "stopped or fails alone, and the page says why.",
+            # Low limits of its own, to see them at work.
+            "limits": {"CELL_TIMEOUT": 10, "MEMORY_MB": 256},
+        },
         "orders": {
             "path": NOTEBOOKS_DIR / "orders.py",
             "title": "Orders",
@@ -133,11 +142,16 @@ DJANGO_NOTEBOOKS = {
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     # What notebooks see as mo.app_meta().request.meta.
     "REQUEST_META": "demo.hooks.request_meta",
-    # Limits on sessions (the defaults, written out): an open session is
-    # closed after an hour without a widget change; this server process holds
-    # at most 100 sessions, and anonymous visitors of "savings" at most 20
-    # from one address.
+    # Each session's kernel runs in a process of its own (the default).
+    "ISOLATION": "process",
+    # Limits on sessions (the defaults, written out): a cell may run two
+    # minutes and a session's code allocate 1 GB; an open session is closed
+    # after an hour without a widget change; this server process holds at
+    # most 100 sessions, and anonymous visitors of "savings" at most 20 from
+    # one address.
     "LIMITS": {
+        "CELL_TIMEOUT": 120,
+        "MEMORY_MB": 1024,
         "IDLE_TIMEOUT": 3600,
         "MAX_SESSIONS": 100,
         "MAX_SESSIONS_PER_ADDRESS": 20,

@@ -124,6 +124,8 @@ async def test_each_session_has_a_kernel_process_of_its_own(isolated_server):
         await client.login("alice")
         async with client.kernel(PAGE) as one, client.kernel(PAGE) as two:
             first, second = await started(one), await started(two)
+            # Below the server's CPU priority.
+            assert os.getpriority(os.PRIO_PROCESS, first) == 10
     assert len({first, second, isolated_server.process.pid}) == 3
 
 
@@ -135,6 +137,9 @@ async def test_a_runaway_cell_is_interrupted_and_the_session_lives_on(
         async with client.kernel(PAGE) as session:
             pid = await started(session)
             await choose(session, "loop")
+            await asyncio.sleep(1.5)
+            # Running for a while: at the lowest priority, for good.
+            assert os.getpriority(os.PRIO_PROCESS, pid) == 19
             frames = await frames_until(session, notice_of)
             notice = notice_of(frames[-1])
             assert notice["text"] == (
