@@ -1,4 +1,5 @@
-"""The benchmark still runs end to end: ``python bench/run.py --quick``.
+"""The benchmarks still run end to end: ``python bench/run.py --quick``
+and ``python bench/isolation.py --quick``.
 
 No timing is asserted: the machine is shared and noisy, and the benchmark's
 numbers only mean something as ratios against bare marimo measured in the
@@ -31,3 +32,14 @@ def test_quick_benchmark_prints_a_ratio_table():
     assert "| churn 20 (10 at a time, ttl 2 s): errors | 0 | 0 |" in stdout
     assert "open DB connections, after" in stdout
     assert "| target | bridge uvicorn |" in stdout
+
+
+def test_quick_isolation_benchmark_compares_both_modes():
+    """``python bench/isolation.py --quick``: both modes and bare marimo
+    render every session, and the busy-loop table has both modes."""
+    stdout = run_script(["bench/isolation.py", "--quick"], TIMEOUT)
+    assert "| bare marimo | 10 | 0 |" in stdout
+    assert "| bridge, process | 10 | 0 |" in stdout
+    assert "| bridge, thread | 10 | 0 |" in stdout
+    assert "| bridge, process | " in stdout.split("busy loop", 1)[1]
+    assert "| bridge, thread | " in stdout.split("busy loop", 1)[1]

@@ -5,6 +5,7 @@ cell's interrupt, the mode in force, which session a call is for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import socket
 import threading
@@ -16,6 +17,7 @@ from django.core.checks import Warning as CheckWarning
 from django_notebooks import checks, conf
 from django_notebooks.kernels import cells, router, tunnel
 from django_notebooks.kernels.processes import KernelProcesses
+from django_notebooks.limits import Limits
 from django_notebooks.sessions import owners
 
 # The tunnel.
@@ -40,6 +42,28 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.asyncio
+async def test_an_app_that_fails_ends_its_call_not_its_kernel(caplog):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        raise RuntimeError("as Starlette re-raises after its 500")
+
+    connect, server = await _paired(app)
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    await tunnel.call(connect, {"type": "http"}, receive, send)  # no TunnelClosed
+    await server
+    assert sent[0]["status"] == 500
+    assert "marimo's app failed in a kernel process" in caplog.text
 
 
 @pytest.mark.asyncio
@@ -96,7 +120,8 @@ async def test_what_cannot_be_pickled_stays_behind():
 async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
     async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
-        raise ConnectionError  # the end closes without its end mark
+        # The process goes: its end closes without the end mark.
+        raise asyncio.CancelledError
 
     connect, server = await _paired(app)
     sent = []
@@ -109,7 +134,8 @@ async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
 
     with pytest.raises(tunnel.TunnelClosed):
         await tunnel.call(connect, {"type": "websocket"}, receive, send)
-    await server
+    with contextlib.suppress(asyncio.CancelledError):
+        await server
     assert sent == [{"type": "websocket.accept"}]
 
 
@@ -274,3 +300,89 @@ def test_an_unknown_or_ended_session_has_no_process():
     processes = KernelProcesses()
     assert processes.get(None) is None
     assert processes.get("nobody") is None
+
+
+# The fork server.
+
+
+def test_the_fork_server_starts_once_and_stops_with_its_handle():
+    from django_notebooks.kernels.forkserver import ForkServer
+
+    exits = []
+    server = ForkServer(on_exit=lambda pid, status: exits.append(pid))
+    server.ensure_running()
+    pid = server.pid
+    server.ensure_running()
+    assert server.pid == pid and server.running
+    process = server._process
+    server.stop()
+    assert not server.running
+    assert process is not None and process.returncode == 0  # it exited, not killed
+
+
+# The router.
+
+
+class _Recorder:
+    """An ASGI app that answers 200 and remembers the scopes it got."""
+
+    def __init__(self) -> None:
+        self.scopes: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        self.scopes.append(scope)
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"here"})
+
+
+async def _answer(app, scope):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.asyncio
+async def test_a_session_whose_kernel_cannot_start_runs_in_the_server(monkeypatch):
+    from django_notebooks.kernels import processes
+    from django_notebooks.kernels.forkserver import ForkServerFailed
+    from django_notebooks.marimo import apps
+
+    here = _Recorder()
+    monkeypatch.setattr(apps.notebook_apps, "app_for", lambda path: here)
+
+    async def refused(*args, **kwargs):
+        raise ForkServerFailed("no more processes")
+
+    monkeypatch.setattr(processes.kernel_processes, "start", refused)
+    monkeypatch.setattr(router.registry, "limits_of", lambda notebook: Limits())
+    notebook = type("Notebook", (), {"path": "n.py"})()
+    scope = {"type": "websocket", "query_string": b"session_id=s-9", "headers": []}
+    await router.SessionRouter(notebook)(scope, None, None)
+    assert here.scopes == [scope]
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_call_to_an_ended_kernel_is_answered_410(monkeypatch, tmp_path):
+    from django_notebooks import notices
+    from django_notebooks.kernels import processes
+
+    ended = processes.KernelProcess(session_id="s-8", socket_path=tmp_path / "gone")
+    ended.pid_answer.set_result(999_999)
+    ended.ending = notices.KERNEL_CRASHED
+    table = processes.KernelProcesses()
+    table._by_session["s-8"] = ended
+    monkeypatch.setattr(processes, "kernel_processes", table)
+    monkeypatch.setattr(router, "kernel_processes", table)
+    notebook = type("Notebook", (), {"path": "n.py"})()
+    scope = {"type": "http", "headers": [(b"marimo-session-id", b"s-8")], "path": "/"}
+    sent = await _answer(router.SessionRouter(notebook), scope)
+    assert sent[0]["status"] == 410
+    assert b"has ended" in sent[1]["body"]

@@ -15,8 +15,10 @@ import ctypes
 import threading
 from collections.abc import Callable, Iterator
 
-# The thread running a cell of this process's kernel, while one runs.
+# The thread running a cell of this process's kernel, while one runs; the
+# lock keeps an interrupt from landing after the cell has ended.
 _running_thread: int | None = None
+_lock = threading.Lock()
 # Called (on the kernel thread) when a cell raised MemoryError.
 on_memory_error: Callable[[], None] | None = None
 
@@ -31,7 +33,8 @@ class CellInterrupted(KeyboardInterrupt):
 def running() -> Iterator[None]:
     """Run a cell (on the kernel thread)."""
     global _running_thread
-    outer, _running_thread = _running_thread, threading.get_ident()
+    with _lock:
+        outer, _running_thread = _running_thread, threading.get_ident()
     try:
         yield
     except BaseException as error:
@@ -42,17 +45,28 @@ def running() -> Iterator[None]:
             on_memory_error()
         raise
     finally:
-        _running_thread = outer
+        with _lock:
+            # An interrupt sent as the cell ended must not go off in
+            # marimo's own code: it is withdrawn.
+            _set_async_exception(threading.get_ident(), None)
+            _running_thread = outer
 
 
 def interrupt() -> bool:
     """Interrupt the cell running now, if one is: it raises
     :class:`CellInterrupted` at its next Python instruction (a call into C,
     such as a long ``time.sleep``, ends first). ``False`` if none runs."""
-    thread = _running_thread
-    if thread is None:
-        return False
+    with _lock:
+        thread = _running_thread
+        if thread is None:
+            return False
+        return _set_async_exception(thread, CellInterrupted)
+
+
+def _set_async_exception(thread: int, error: type[BaseException] | None) -> bool:
+    """Raise ``error`` in ``thread`` at its next instruction (``None``
+    withdraws one pending)."""
     changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread), ctypes.py_object(CellInterrupted)
+        ctypes.c_ulong(thread), None if error is None else ctypes.py_object(error)
     )
     return bool(changed)

@@ -40,6 +40,8 @@ LENGTH = struct.Struct("!I")
 COLD = "--cold"  # start without the warm-up session
 # Seconds the web process waits for the fork server to import everything.
 START_TIMEOUT = 60.0
+# Seconds between the fork server's checks that its web process still runs.
+PARENT_CHECK_INTERVAL = 1.0
 
 
 class ForkServerFailed(RuntimeError):
@@ -92,11 +94,31 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[in
 # The web process's side.
 
 
+def _settle(answer: concurrent.futures.Future[int], outcome: int | Exception) -> None:
+    """Give a fork's waiter its pid or error. One that stopped waiting (a
+    cancelled asyncio wrapper cancels the future too) has its process ended:
+    no session will ever use it."""
+    if not answer.set_running_or_notify_cancel():
+        if not isinstance(outcome, Exception):
+            with contextlib.suppress(OSError):
+                os.kill(outcome, signal.SIGTERM)
+        return
+    if isinstance(outcome, Exception):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
+
+
 class ForkServer:
     """The web process's handle on its fork server (started on first use)."""
 
-    def __init__(self, on_exit: Callable[[int, int], None]) -> None:
+    def __init__(
+        self,
+        on_exit: Callable[[int, int], None],
+        on_stopped: Callable[[], None] = lambda: None,
+    ) -> None:
         self._on_exit = on_exit
+        self._on_stopped = on_stopped
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -188,12 +210,15 @@ class ForkServer:
                 if answer is None:
                     continue
                 if "pid" in message:
-                    answer.set_result(message["pid"])
+                    _settle(answer, message["pid"])
                 else:
-                    answer.set_exception(ForkServerFailed(message.get("error", "")))
+                    _settle(answer, ForkServerFailed(message.get("error", "")))
         for answer in list(self._waiting.values()):
-            answer.set_exception(ForkServerFailed("The kernel fork server stopped"))
+            _settle(answer, ForkServerFailed("The kernel fork server stopped"))
         self._waiting.clear()
+        # Its kernel processes die with it (PR_SET_PDEATHSIG, or it killed
+        # them as it stopped): none of their exits will be reported.
+        self._on_stopped()
 
     def stop(self) -> None:
         """Stop the fork server; it kills the kernel processes still running."""
@@ -201,6 +226,11 @@ class ForkServer:
             process, control = self._process, self._control
             self._process = self._control = None
         if control is not None:
+            # shutdown() first: close() alone leaves the socket open while
+            # the reader thread waits in recv() on it, and the fork server
+            # would never see its end.
+            with contextlib.suppress(OSError):
+                control.shutdown(socket.SHUT_RDWR)
             control.close()
         if process is not None:
             try:
@@ -229,9 +259,34 @@ def _warm(run_session: bool) -> None:
     connections.close_all()
 
 
-def _serve(control: socket.socket) -> None:
+def _fork_kernel(
+    request: dict[str, Any],
+    fds: list[int],
+    control: socket.socket,
+    wake_pipe: tuple[int, int],
+) -> int:
+    """Fork the kernel process ``request`` asks for; its pid."""
     from django_notebooks.kernels import child
 
+    if len(fds) != 1:
+        raise ValueError(f"a request with {len(fds)} file descriptors, not 1")
+    child.prepare(request)
+    if threading.active_count() > 1:
+        # Forking now would copy another thread's half-held locks.
+        raise RuntimeError("the fork server has threads running")
+    pid = os.fork()
+    if pid == 0:  # the kernel process
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in wake_pipe:
+            os.close(fd)
+        control.close()
+        child.main(request, socket.socket(fileno=fds[0]))
+    os.close(fds[0])
+    return pid
+
+
+def _serve(control: socket.socket) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     os.set_blocking(wake_read, False)
@@ -251,8 +306,15 @@ def _serve(control: socket.socket) -> None:
             with contextlib.suppress(OSError):  # the web process may be gone
                 send_message(control, {"exited": pid, "status": status})
 
+    web_process = os.getppid()
     while True:
-        readable, _, _ = select.select([control.fileno(), wake_read], [], [])
+        readable, _, _ = select.select(
+            [control.fileno(), wake_read], [], [], PARENT_CHECK_INTERVAL
+        )
+        if os.getppid() != web_process:
+            # The web process has gone though its socket did not close (a
+            # child it forked without exec holds a copy): stop all the same.
+            break
         if wake_read in readable:
             while True:
                 try:
@@ -266,29 +328,21 @@ def _serve(control: socket.socket) -> None:
         request, fds = receive_message(control)
         if request is None:
             break
-        if len(fds) != 1:
+        try:
+            pid = _fork_kernel(request, fds, control, (wake_read, wake_write))
+        except Exception as error:
+            # Refused (no listener, a notebook that cannot be read, a fork
+            # the system refused): that session runs without a process of
+            # its own; the others, and this server, go on.
             for fd in fds:
-                os.close(fd)
-            send_message(control, {"id": request["id"], "error": "no listener"})
-            continue
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            answer: dict[str, Any] = {"id": request.get("id"), "error": repr(error)}
+        else:
+            children.add(pid)
+            answer = {"id": request["id"], "pid": pid}
         try:
-            child.prepare(request)
-        except Exception as error:  # the notebook cannot be read, say
-            os.close(fds[0])
-            send_message(control, {"id": request["id"], "error": repr(error)})
-            continue
-        pid = os.fork()
-        if pid == 0:  # the kernel process
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            os.close(wake_read)
-            os.close(wake_write)
-            control.close()
-            child.main(request, socket.socket(fileno=fds[0]))
-        os.close(fds[0])
-        children.add(pid)
-        try:
-            send_message(control, {"id": request["id"], "pid": pid})
+            send_message(control, answer)
         except OSError:
             break
     # The web process has gone: its sessions go with it.
@@ -324,6 +378,12 @@ def main(argv: list[str]) -> None:
         raise
     send_message(control, {"ready": True})
     _serve(control)
+    # Nothing to tidy at exit: the exit hooks the warm-up installed (closing
+    # marimo sessions, deleting a server's session records) are the web
+    # process's business.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ stop. Whatever ends it, the session's calls learn why (:class:`KernelEnded`).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -49,6 +51,10 @@ TERMINATE_GRACE = 2.0
 # Seconds a call waits for the fork server's word on how a process ended.
 EXIT_WAIT = 2.0
 LISTEN_BACKLOG = 64
+# Seconds a session waits for its kernel process to start (the first one
+# waits for the fork server too).
+START_TIMEOUT = 90.0
+MAX_EARLY_EXITS = 100
 
 
 class KernelEnded(Exception):
@@ -72,20 +78,33 @@ class KernelProcess:
     #: Why the web process ended it, when it did.
     ending: Notice | None = None
     exited: threading.Event = field(default_factory=threading.Event)
-    _pid_answer: Any = None
+    #: Its pid, once the fork server has forked it (any thread, any loop).
+    pid_answer: concurrent.futures.Future[int] = field(
+        default_factory=concurrent.futures.Future
+    )
 
     @property
     def has_exited(self) -> bool:
         return self.exited.is_set()
 
+    async def started(self) -> int:
+        """Its pid, once it has started (``ForkServerFailed`` if it did not).
+
+        A caller that stops waiting does not cancel the start: the websocket
+        of the same session may still be waiting for it.
+        """
+        answer = asyncio.shield(asyncio.wrap_future(self.pid_answer))
+        pid = await asyncio.wait_for(answer, START_TIMEOUT)
+        self.pid = pid
+        return pid
+
     async def call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Relay one ASGI call to the process."""
-        if self.pid is None:
-            try:
-                self.pid = await asyncio.wrap_future(self._pid_answer)
-            except ForkServerFailed as error:
-                logger.error("A notebook's kernel process did not start: %s", error)
-                raise KernelEnded(notices.KERNEL_CRASHED) from error
+        try:
+            await self.started()
+        except (ForkServerFailed, TimeoutError) as error:
+            logger.error("A notebook's kernel process did not start: %s", error)
+            raise KernelEnded(notices.KERNEL_CRASHED) from error
         try:
             await tunnel.call(self._connect, scope, receive, send)
         except (tunnel.TunnelClosed, ConnectionError, FileNotFoundError) as error:
@@ -104,6 +123,8 @@ class KernelProcess:
         return notices.KERNEL_CRASHED
 
     def signal(self, number: int) -> bool:
+        """Send it a signal, unless it has ended (its pid may be another
+        process's by now)."""
         if self.pid is None or self.has_exited:
             return False
         try:
@@ -118,8 +139,11 @@ class KernelProcess:
         first. (An unprivileged server cannot raise a priority again.)"""
         if self.pid is None or self.has_exited:
             return
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, self.pid, LOWEST_PRIORITY)
+        # On Linux a priority belongs to a thread, and the cell runs on
+        # marimo's kernel thread, not the process's main thread.
+        for thread in _threads_of(self.pid):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, thread, LOWEST_PRIORITY)
 
     def interrupt(self) -> bool:
         """Interrupt the cell it runs (SIGINT; the session lives on)."""
@@ -131,12 +155,31 @@ class KernelProcess:
         self.signal(signal.SIGKILL)
 
     def terminate(self, notice: Notice = notices.ADMIN_ENDED) -> None:
-        """End it (the bridge ended the session); killed if it lingers."""
+        """End it (the bridge ended the session); killed if it lingers. One
+        still starting is ended as soon as it has started."""
         self.ending = self.ending or notice
         if self.signal(signal.SIGTERM):
             timer = threading.Timer(TERMINATE_GRACE, self.signal, (signal.SIGKILL,))
             timer.daemon = True
             timer.start()
+
+
+def _threads_of(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (Linux), or just ``pid``."""
+    try:
+        return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def _copy_outcome(
+    source: concurrent.futures.Future[int], target: concurrent.futures.Future[int]
+) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 class KernelProcesses:
@@ -148,8 +191,12 @@ class KernelProcesses:
         self._by_pid: dict[int, KernelProcess] = {}
         self._directory: Path | None = None
         self._warming = threading.Lock()
+        # Exits reported before the pid's answer reached its start (bounded:
+        # one whose start gave up is never claimed).
         self._early_exits: dict[int, int] = {}
-        self.fork_server = ForkServer(on_exit=self._exited)
+        self.fork_server = ForkServer(
+            on_exit=self._exited, on_stopped=self._fork_server_stopped
+        )
 
     def warm(self) -> None:
         """Start the fork server in the background unless it runs."""
@@ -168,7 +215,8 @@ class KernelProcesses:
         ).start()
 
     def get(self, session_id: str | None) -> KernelProcess | None:
-        """The live kernel process of ``session_id``, if there is one."""
+        """The kernel process of ``session_id``, started or starting, unless
+        it has ended."""
         if not session_id:
             return None
         process = self._by_session.get(session_id)
@@ -186,9 +234,16 @@ class KernelProcesses:
         memory_mb: int | None,
         session_ttl: float,
     ) -> KernelProcess:
-        """Fork a kernel process for a new session."""
+        """Fork a kernel process for a new session (or, when the session's
+        websocket came twice at once, wait for the one starting)."""
+        starting = self.get(session_id)
+        if starting is not None:
+            await starting.started()
+            return starting
         listener, path = self._listener()
         process = KernelProcess(session_id=session_id, socket_path=path)
+        with self._lock:
+            self._by_session[session_id] = process
         request = {
             "notebook": str(notebook_file),
             "options": options,
@@ -201,25 +256,42 @@ class KernelProcesses:
             },
         }
         try:
-            # The first call starts the fork server: not on the event loop.
-            process._pid_answer = await asyncio.to_thread(
-                self.fork_server.fork, request, listener
+            try:
+                # The first call starts the fork server: not on the event loop.
+                answer = await asyncio.to_thread(
+                    self.fork_server.fork, request, listener
+                )
+            except BaseException as error:
+                process.pid_answer.set_exception(
+                    error if isinstance(error, Exception) else ForkServerFailed()
+                )
+                raise
+            finally:
+                listener.close()  # the kernel process holds it now
+            answer.add_done_callback(
+                lambda done: _copy_outcome(done, process.pid_answer)
             )
-        finally:
-            listener.close()  # the kernel process holds it now
-        with self._lock:
-            old = self._by_session.get(session_id)
-            if old is not None and not old.has_exited:
-                old.terminate()
-            self._by_session[session_id] = process
-        pid = await asyncio.wrap_future(process._pid_answer)
-        process.pid = pid
+            pid = await process.started()
+        except BaseException:
+            self._forget(process)
+            raise
         with self._lock:
             self._by_pid[pid] = process
             early = self._early_exits.pop(pid, None)
         if early is not None:  # it ended before its pid was known here
             self._exited(pid, early)
+        elif process.ending is not None:  # ended while it was starting
+            process.terminate(process.ending)
         return process
+
+    def _forget(self, process: KernelProcess) -> None:
+        """A process that did not start (or whose start was given up)."""
+        with self._lock:
+            if self._by_session.get(process.session_id) is process:
+                del self._by_session[process.session_id]
+        process.exited.set()
+        with contextlib.suppress(OSError):
+            process.socket_path.unlink()
 
     def _listener(self) -> tuple[socket.socket, Path]:
         if self._directory is None:
@@ -227,6 +299,7 @@ class KernelProcesses:
                 if self._directory is None:
                     # Private to the server's user (mkdtemp makes it 0700).
                     self._directory = Path(tempfile.mkdtemp(prefix="django-notebooks-"))
+                    atexit.register(self._remove_directory)
         path = self._directory / f"{secrets.token_hex(8)}.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
@@ -239,6 +312,8 @@ class KernelProcesses:
             process = self._by_pid.pop(pid, None)
             if process is None:
                 self._early_exits[pid] = status
+                while len(self._early_exits) > MAX_EARLY_EXITS:
+                    del self._early_exits[next(iter(self._early_exits))]
                 return
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
@@ -255,15 +330,25 @@ class KernelProcesses:
                 os.WTERMSIG(status),
             )
 
+    def _fork_server_stopped(self) -> None:
+        """The fork server has gone, and its kernel processes with it."""
+        with self._lock:
+            ended = list(self._by_session.values())
+            self._by_session.clear()
+            self._by_pid.clear()
+        for process in ended:
+            process.exited.set()
+            with contextlib.suppress(OSError):
+                process.socket_path.unlink()
+
     def end_sessions(self) -> None:
         """End every kernel process (the fork server stays ready)."""
         for process in self.all():
             process.terminate(notices.SESSION_LOST)
 
-    def stop_all(self) -> None:
-        """End every kernel process and the fork server (the server stops)."""
-        self.end_sessions()
-        self.fork_server.stop()
+    def _remove_directory(self) -> None:
+        """Remove the sockets' folder (at exit; the fork server, seeing its
+        web process go, kills the kernel processes that listened there)."""
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None

@@ -78,12 +78,6 @@ def end_session(notebook: registry.Notebook, session_id: str, notice: Notice) ->
         internals.close_session(manager, session_id)
 
 
-def end_all() -> None:
-    """End every kernel of this process (the server stops)."""
-    notebook_apps.close_all_sessions()
-    kernel_processes.stop_all()
-
-
 def session_of(scope: dict[str, Any]) -> str | None:
     """The marimo session an ASGI call belongs to, if any: a websocket's
     ``session_id`` query parameter, a kernel call's header, or the session
@@ -149,6 +143,8 @@ class SessionRouter:
             await send({"type": "http.response.body", "body": ENDED_BODY})
 
     async def _start(self, session_id: str) -> KernelProcess:
+        # This process holds sessions now: their records go when it exits.
+        notebook_apps.install_exit_hook()
         limits = registry.limits_of(self.notebook)
         options = notebook_apps.options()
         process = await kernel_processes.start(

@@ -177,7 +177,13 @@ async def serve_call(
 
     try:
         with watch(scope, writer):
-            await app(scope, receive, send)
+            try:
+                await app(scope, receive, send)
+            except Exception:
+                # As a server would: logged, and the call ends (Starlette
+                # has answered 500 already). The process lives on: only a
+                # call cut off without its end mark means it has gone.
+                logger.exception("marimo's app failed in a kernel process")
         writer.write(encode(END))
         await writer.drain()
     except ConnectionError:

@@ -101,7 +101,7 @@ class NotebookApps:
             .build()
         )
         self._apps[key] = app
-        self._install_exit_hook()
+        self.install_exit_hook()
         return app
 
     def close_all_sessions(self) -> None:
@@ -115,7 +115,9 @@ class NotebookApps:
             # stopped process are also deleted when a call to them times out.
             logger.info("Could not delete this process's session records")
 
-    def _install_exit_hook(self) -> None:
+    def install_exit_hook(self) -> None:
+        """Close this process's sessions, and delete their records, when it
+        exits (once; kernels in processes need the records deleted too)."""
         if self._exit_hook_installed:
             return
         self._exit_hook_installed = True

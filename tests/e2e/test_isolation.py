@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def is_alive(pid: int) -> bool:
     # A zombie has ended; only its exit status is left for its parent.
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def priorities(pid: int) -> set[int]:
+    """The CPU priorities (nice) of every thread of ``pid``."""
+    return {
+        os.getpriority(os.PRIO_PROCESS, int(thread))
+        for thread in os.listdir(f"/proc/{pid}/task")
+    }
 
 
 def resident_mb(pid: int) -> float:
@@ -124,8 +133,8 @@ async def test_each_session_has_a_kernel_process_of_its_own(isolated_server):
         await client.login("alice")
         async with client.kernel(PAGE) as one, client.kernel(PAGE) as two:
             first, second = await started(one), await started(two)
-            # Below the server's CPU priority.
-            assert os.getpriority(os.PRIO_PROCESS, first) == 10
+            # Below the server's CPU priority, every thread of it.
+            assert priorities(first) == {10}
     assert len({first, second, isolated_server.process.pid}) == 3
 
 
@@ -138,8 +147,9 @@ async def test_a_runaway_cell_is_interrupted_and_the_session_lives_on(
             pid = await started(session)
             await choose(session, "loop")
             await asyncio.sleep(1.5)
-            # Running for a while: at the lowest priority, for good.
-            assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+            # Running for a while: at the lowest priority, for good (on
+            # Linux a thread's; the cell runs on marimo's kernel thread).
+            assert priorities(pid) == {19}
             frames = await frames_until(session, notice_of)
             notice = notice_of(frames[-1])
             assert notice["text"] == (
@@ -251,7 +261,9 @@ async def test_a_closed_tab_ends_its_kernel_within_the_session_ttl(isolated_serv
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"]
+)
 async def test_no_kernel_process_outlives_its_server(
     kind, stop_signal, live_db, tmp_path
 ):
@@ -281,6 +293,11 @@ async def test_no_kernel_process_outlives_its_server(
         server.stop()
     if stop_signal == signal.SIGTERM:
         assert seconds < 5, f"{kind} took {seconds:.1f}s:\n{server.log()[-2000:]}"
+        # A server that stopped deleted its session records (it served no
+        # page: only kernel websockets).
+        with sqlite3.connect(db_path) as db:
+            rows = db.execute("SELECT * FROM django_notebooks_notebooksession")
+            assert rows.fetchall() == []
     await wait_for(
         lambda: not (is_alive(busy_pid) or is_alive(idle_pid)),
         5,
