@@ -306,7 +306,7 @@ def test_an_unknown_or_ended_session_has_no_process():
 
 
 def test_the_fork_server_starts_once_and_stops_with_its_handle():
-    from django_notebooks.kernels.forkserver import ForkServer
+    from django_notebooks.kernels.forking import ForkServer
 
     exits = []
     server = ForkServer(on_exit=lambda pid, status: exits.append(pid))
@@ -352,7 +352,7 @@ async def _answer(app, scope):
 @pytest.mark.asyncio
 async def test_a_session_whose_kernel_cannot_start_runs_in_the_server(monkeypatch):
     from django_notebooks.kernels import processes
-    from django_notebooks.kernels.forkserver import ForkServerFailed
+    from django_notebooks.kernels.forking import ForkServerFailed
     from django_notebooks.marimo import apps
 
     here = _Recorder()
@@ -386,3 +386,56 @@ async def test_a_kernel_call_to_an_ended_kernel_is_answered_410(monkeypatch, tmp
     sent = await _answer(router.SessionRouter(notebook), scope)
     assert sent[0]["status"] == 410
     assert b"has ended" in sent[1]["body"]
+
+
+# What a kernel process uses, for the admin.
+
+
+@pytest.fixture
+def lookalike_kernel():
+    """A process whose command line is a kernel process's (they keep the
+    fork server's)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; sum(range(10**6)); time.sleep(30)",
+            "django_notebooks.kernels.forkserver",
+        ]
+    )
+    time.sleep(0.3)
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_usage_is_read_for_kernel_processes_only(lookalike_kernel):
+    import os
+
+    from django_notebooks.kernels import usage
+
+    assert usage.usage(os.getpid()) is None  # pytest is no kernel process
+    used = usage.usage(lookalike_kernel)
+    assert used is not None
+    assert used.cpu_seconds >= 0
+    assert used.private_bytes > 1024 * 1024
+
+
+def test_the_admin_shows_a_kernel_process_where_it_can(lookalike_kernel):
+    from django_notebooks.admin import NotebookSessionAdmin
+    from django_notebooks.models import NotebookSession
+    from django_notebooks.sessions import records
+
+    show = NotebookSessionAdmin.kernel
+    here = NotebookSession(process=records.PROCESS, kernel_pid=lookalike_kernel)
+    assert str(show(None, here)).startswith(f"pid {lookalike_kernel} · ")
+    assert str(show(None, here)).endswith(" MB")
+    elsewhere = NotebookSession(process="other-host:1:x", kernel_pid=12)
+    assert str(show(None, elsewhere)) == "pid 12 (another host)"
+    gone = NotebookSession(process=records.PROCESS, kernel_pid=2**22 + 7)
+    assert str(show(None, gone)) == f"pid {2**22 + 7}"
+    threads = NotebookSession(process=records.PROCESS, kernel_pid=None)
+    assert str(show(None, threads)) == "thread in the server process"

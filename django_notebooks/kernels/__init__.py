@@ -8,6 +8,7 @@ whichever mode is in force. The modules, from the web process inwards:
 
 - ``router``: the mode in force; a session's calls to its kernel process.
 - ``processes``: the web process's kernel processes, started and ended.
+- ``forking``: the web process's handle on its fork server.
 - ``forkserver``: the process that forks them, warm and without threads.
 - ``tunnel``: ASGI calls over a local socket.
 - ``child``: a kernel process, under its limits.

@@ -36,7 +36,7 @@ from django.db import connections
 
 from django_notebooks import notices
 from django_notebooks.kernels import tunnel
-from django_notebooks.kernels.forkserver import ForkServer, ForkServerFailed
+from django_notebooks.kernels.forking import ForkServer, ForkServerFailed
 from django_notebooks.notices import Notice
 
 logger = logging.getLogger(__name__)

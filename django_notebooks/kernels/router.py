@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 
 from django_notebooks import conf, registry
-from django_notebooks.kernels.forkserver import ForkServerFailed
+from django_notebooks.kernels.forking import ForkServerFailed
 from django_notebooks.kernels.processes import (
     KernelEnded,
     KernelProcess,

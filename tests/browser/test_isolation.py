@@ -10,20 +10,28 @@ import pytest
 from tests.browser.test_notices import expect_notice
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
 from tests.live import LiveServer
+from tests.security.test_revocation import run_in_other_process
 
 pytestmark = pytest.mark.browser
 
 PAGE = "/notebooks/misbehave/"
+SESSIONS = "/admin/django_notebooks/notebooksession/"
 CELL_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module", params=["daphne", "uvicorn"])
 def visit_server(request, live_db, tmp_path_factory):
-    """A server with the misbehaving notebook and low limits."""
+    """A server with the misbehaving notebook and low limits, and a database
+    of its own with a superuser (root) for the admin."""
     folder = tmp_path_factory.mktemp(f"isolation-{request.param}")
+    db_path = folder / "db.sqlite3"
+    db_path.write_bytes(live_db.read_bytes())
+    run_in_other_process(
+        db_path, {}, "User.objects.create_superuser('root', password='root-pw')"
+    )
     server = LiveServer(
         request.param,
-        live_db,
+        db_path,
         folder / "server.log",
         DJANGO_NOTEBOOKS_TEST_MISBEHAVE="1",
         DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
@@ -106,3 +114,34 @@ def test_a_crash_ends_that_session_only(visit, browser, tmp_path):
         expect_notice(other, "and was stopped.", final=False)
         choose(other, "nothing")
         expect_done(other, "nothing")
+
+
+def test_the_admin_shows_the_kernel_process_and_terminate_ends_it(
+    visit, browser, tmp_path
+):
+    import re
+
+    from playwright.sync_api import expect
+
+    from tests.browser.visit import visiting
+
+    visit.log_in("alice")
+    open_notebook(visit)
+    shown = visit.page.get_by_text(re.compile(r"kernel pid=\d+")).inner_text()
+    pid = re.search(r"kernel pid=(\d+)", shown)[1]
+    with visiting(browser, visit.server, tmp_path / "admin") as admin:
+        admin.page.goto(f"{admin.origin}/admin/login/?next={SESSIONS}")
+        admin.submit_login("root", SESSIONS, password="root-pw")
+        with admin.step("the kernel's figures"):
+            admin.page.goto(f"{admin.origin}{SESSIONS}?q=alice")
+            expect(
+                admin.page.get_by_text(
+                    re.compile(rf"pid {pid} · [\d.]+ s CPU · \d+ MB")
+                )
+            ).to_be_visible()
+        with admin.step("terminate"):
+            admin.page.locator("input[name=_selected_action]").first.check()
+            admin.page.select_option("select[name=action]", "terminate_sessions")
+            admin.page.get_by_role("button", name="Go").click()
+            expect(admin.page.get_by_text("Asked 1 notebook session")).to_be_visible()
+    expect_notice(visit, "An administrator ended this session.")
