@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 # The thread running a cell of this process's kernel, while one runs; the
 # lock keeps an interrupt from landing after the cell has ended.
 _running_thread: int | None = None
+_interrupted = False  # an interrupt was sent to the cell running now
 _lock = threading.Lock()
 # Called (on the kernel thread) when a cell raised MemoryError.
 on_memory_error: Callable[[], None] | None = None
@@ -32,9 +33,10 @@ class CellInterrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def running() -> Iterator[None]:
     """Run a cell (on the kernel thread)."""
-    global _running_thread
+    global _running_thread, _interrupted
     with _lock:
         outer, _running_thread = _running_thread, threading.get_ident()
+        _interrupted = False
     try:
         yield
     except BaseException as error:
@@ -46,9 +48,11 @@ def running() -> Iterator[None]:
         raise
     finally:
         with _lock:
-            # An interrupt sent as the cell ended must not go off in
-            # marimo's own code: it is withdrawn.
-            _set_async_exception(threading.get_ident(), None)
+            if _interrupted:
+                # An interrupt sent as the cell ended must not go off in
+                # marimo's own code: it is withdrawn.
+                _set_async_exception(threading.get_ident(), None)
+                _interrupted = False
             _running_thread = outer
 
 
@@ -56,11 +60,13 @@ def interrupt() -> bool:
     """Interrupt the cell running now, if one is: it raises
     :class:`CellInterrupted` at its next Python instruction (a call into C,
     such as a long ``time.sleep``, ends first). ``False`` if none runs."""
+    global _interrupted
     with _lock:
         thread = _running_thread
         if thread is None:
             return False
-        return _set_async_exception(thread, CellInterrupted)
+        _interrupted = _set_async_exception(thread, CellInterrupted)
+        return _interrupted
 
 
 def _set_async_exception(thread: int, error: type[BaseException] | None) -> bool:
