@@ -463,3 +463,174 @@ def test_the_admin_shows_a_kernel_process_where_it_can(lookalike_kernel):
     assert str(show(None, gone)) == f"pid {2**22 + 7}"
     threads = NotebookSession(process=records.PROCESS, kernel_pid=None)
     assert str(show(None, threads)) == "thread in the server process"
+
+
+# The web process's record of its kernel processes.
+
+
+def _process(table, session_id, pid, tmp_path):
+    from django_notebooks.kernels import processes
+
+    process = processes.KernelProcess(
+        session_id=session_id, socket_path=tmp_path / f"{session_id}.sock"
+    )
+    process.socket_path.touch()
+    process.pid = pid
+    process.pid_answer.set_result(pid)
+    table._by_session[session_id] = process
+    table._by_pid[pid] = process
+    return process
+
+
+def test_an_exit_report_ends_its_process_and_removes_its_socket(tmp_path):
+    table = KernelProcesses()
+    process = _process(table, "s-1", 4_194_300, tmp_path)
+    table._exited(4_194_300, 9)  # killed by SIGKILL, not by the bridge
+    assert process.has_exited and process.exit_status == 9
+    assert table.get("s-1") is None and not process.socket_path.exists()
+    # Nothing is signalled any more: the pid may be another process's now.
+    assert process.signal(0) is False and process.interrupt() is False
+
+
+def test_an_exit_reported_before_its_pid_is_kept_for_its_start(tmp_path):
+    from django_notebooks.kernels import processes
+
+    table = KernelProcesses()
+    for pid in range(processes.MAX_EARLY_EXITS + 5):
+        table._exited(pid + 1, 0)
+    assert len(table._early_exits) == processes.MAX_EARLY_EXITS
+
+
+def test_a_stopped_fork_server_ends_every_kernel_process(tmp_path):
+    table = KernelProcesses()
+    one = _process(table, "s-1", 4_194_301, tmp_path)
+    two = _process(table, "s-2", 4_194_302, tmp_path)
+    table._fork_server_stopped()
+    assert one.has_exited and two.has_exited and table.all() == []
+
+
+@pytest.mark.asyncio
+async def test_why_a_kernel_ended(tmp_path):
+    from django_notebooks import notices
+
+    table = KernelProcesses()
+    process = _process(table, "s-1", 4_194_303, tmp_path)
+    process.exited.set()
+    assert await process.why_ended() == notices.KERNEL_CRASHED
+    process.ending = notices.OUT_OF_MEMORY
+    assert await process.why_ended() == notices.OUT_OF_MEMORY
+
+
+def test_ending_a_process_that_is_still_starting_waits_for_its_pid(tmp_path):
+    from django_notebooks import notices
+    from django_notebooks.kernels import processes
+
+    starting = processes.KernelProcess(session_id="s-1", socket_path=tmp_path / "s")
+    starting.terminate(notices.ACCESS_ENDED)  # no pid yet: nothing to signal
+    starting.kill(notices.KERNEL_CRASHED)
+    starting.demote()
+    assert starting.ending == notices.ACCESS_ENDED  # the first reason stays
+
+
+def test_demote_renices_every_thread_of_a_process():
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time; threading.Thread(target=time.sleep, "
+            "args=(30,), daemon=True).start(); time.sleep(30)",
+        ]
+    )
+    try:
+        time.sleep(0.5)
+        from django_notebooks.kernels import processes
+
+        process = processes.KernelProcess(session_id="s", socket_path=None)  # type: ignore[arg-type]
+        process.pid = child.pid
+        process.demote()
+        threads = os.listdir(f"/proc/{child.pid}/task")
+        assert len(threads) == 2
+        assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in threads} == {19}
+    finally:
+        child.kill()
+        child.wait()
+
+
+# The fork server's wire.
+
+
+def test_a_message_and_its_descriptor_cross_the_wire():
+    from django_notebooks.kernels.forking import receive_message, send_message
+
+    ours, theirs = socket.socketpair()
+    readable, writable = socket.socketpair()
+    send_message(ours, {"id": 1, "notebook": "n.py"}, [readable.fileno()])
+    message, fds = receive_message(theirs)
+    assert message == {"id": 1, "notebook": "n.py"} and len(fds) == 1
+    writable.sendall(b"x")
+    assert socket.socket(fileno=fds[0]).recv(1) == b"x"
+    ours.close()
+    assert receive_message(theirs) == (None, [])  # the other end closed
+    for sock in (theirs, readable, writable):
+        sock.close()
+
+
+def test_a_fork_nobody_waits_for_any_more_is_ended():
+    import concurrent.futures
+    import subprocess
+    import sys
+
+    from django_notebooks.kernels.forking import _settle
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    answer: concurrent.futures.Future[int] = concurrent.futures.Future()
+    answer.cancel()
+    _settle(answer, child.pid)
+    assert child.wait(10) == -15  # SIGTERM
+    failed: concurrent.futures.Future[int] = concurrent.futures.Future()
+    _settle(failed, RuntimeError("no"))
+    assert isinstance(failed.exception(), RuntimeError)
+
+
+@pytest.mark.asyncio
+async def test_a_frame_too_large_or_not_a_message_closes_the_call():
+    import marshal
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(tunnel.LENGTH.pack(tunnel.MAX_FRAME + 1))
+    with pytest.raises(tunnel.TunnelClosed):
+        await tunnel.read_message(reader)
+    reader = asyncio.StreamReader()
+    data = marshal.dumps([1, 2])
+    reader.feed_data(tunnel.LENGTH.pack(len(data)) + data)
+    with pytest.raises(tunnel.TunnelClosed):
+        await tunnel.read_message(reader)
+
+
+@pytest.mark.asyncio
+async def test_marimos_enum_close_codes_cross_the_tunnel_as_values():
+    import enum
+
+    class Code(enum.IntEnum):
+        FORBIDDEN = 1008
+
+    class Reason(enum.StrEnum):
+        NO = "MARIMO_NO"
+
+    reader = asyncio.StreamReader()
+    message = {"type": "websocket.close", "code": Code.FORBIDDEN, "reason": Reason.NO}
+    reader.feed_data(tunnel.encode(message))
+    reader.feed_eof()
+    got = await tunnel.read_message(reader)
+    assert got == {"type": "websocket.close", "code": 1008, "reason": "MARIMO_NO"}
+    assert type(got["code"]) is int
+    assert await tunnel.read_message(reader) is None
+
+
+def test_a_call_for_no_session_is_for_the_server():
+    scope = {"type": "http", "headers": [], "root_path": "/n", "path": "/n/assets/x.js"}
+    assert router.session_of(scope) is None
