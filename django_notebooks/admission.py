@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -106,11 +105,6 @@ class Caller:
         headers = context.scope_headers(scope)
         cookies = parse_cookie(headers.get("cookie", ""))
         session = scope.get("session")
-        if scope["type"] == "websocket":
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            session_id = (query.get("session_id") or [""])[0] or None
-        else:
-            session_id = headers.get(SESSION_HEADER.lower())
         return cls(
             host=headers.get("host", ""),
             scheme=scope.get("scheme", "http"),
@@ -123,7 +117,7 @@ class Caller:
                 else cookies.get(settings.SESSION_COOKIE_NAME)
             ),
             visitor=owners.visitor_from_cookie(cookies.get(owners.VISITOR_COOKIE)),
-            session_id=session_id,
+            session_id=context.session_id_in(scope, headers),
             address=(scope.get("client") or (None,))[0],
         )
 

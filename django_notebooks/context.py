@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from django.http import parse_cookie
 
 from django_notebooks import conf, query
+from django_notebooks.marimo import routes
 from django_notebooks.registry import Notebook
 
 # Credentials the notebook must never see. Cookies are filtered separately
@@ -46,6 +47,20 @@ def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in scope.get("headers", ())
     }
+
+
+def session_id_in(
+    scope: dict[str, Any], headers: dict[str, str] | None = None
+) -> str | None:
+    """The marimo session an ASGI call names: a websocket's ``session_id``
+    query parameter, an HTTP call's ``Marimo-Session-Id`` header
+    (``headers``: the scope's, when the caller has read them already)."""
+    if scope["type"] == "websocket":
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        return (query.get("session_id") or [""])[0] or None
+    if headers is None:
+        headers = scope_headers(scope)
+    return headers.get(routes.SESSION_HEADER.lower()) or None
 
 
 def session_context(

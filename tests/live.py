@@ -123,6 +123,35 @@ def prepare_database(db_path: Path, **extra: str) -> Path:
     return db_path
 
 
+def run_in_other_process(db_path: Path, env: dict[str, str], code: str) -> None:
+    """Run ``code`` with Django set up on the database ``db_path``, in a
+    process of its own (the auth models imported)."""
+    script = (
+        "import django\ndjango.setup()\nfrom django.contrib.auth.models import User, Group, Permission\n"
+        + code
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env=server_env(db_path, **env),
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+
+
+def database_of_its_own(live_db: Path, folder: Path, *, superuser: bool) -> Path:
+    """A copy of the live servers' database in ``folder``, for a server that
+    may leave session rows behind (killed) or needs the superuser ``root``
+    (password ``root-pw``)."""
+    db_path = folder / "db.sqlite3"
+    db_path.write_bytes(live_db.read_bytes())
+    if superuser:
+        run_in_other_process(
+            db_path, {}, "User.objects.create_superuser('root', password='root-pw')"
+        )
+    return db_path
+
+
 def server_command(kind: str, port: int) -> list[str]:
     if kind == "daphne":
         return [

@@ -26,17 +26,18 @@ import marshal
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from django_notebooks.kernels import tunnel
+
 logger = logging.getLogger(__name__)
 
 SERVER_MODULE = "django_notebooks.kernels.forkserver"
-LENGTH = struct.Struct("!I")
+LENGTH = tunnel.LENGTH
 # Seconds the web process waits for the fork server to import everything.
 START_TIMEOUT = 60.0
 
@@ -45,20 +46,19 @@ class ForkServerFailed(RuntimeError):
     """The fork server could not start, or has stopped."""
 
 
-# The wire: a length, then a marshalled dict; a passed file descriptor
-# travels with the length's bytes.
+# The wire: the tunnel's frames (a length, then a marshalled dict); a passed
+# file descriptor travels with the length's bytes.
 
 
 def send_message(
     sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None
 ) -> None:
-    data = marshal.dumps(message)
-    header = LENGTH.pack(len(data))
+    frame = tunnel.encode(message)
     if fds:
-        socket.send_fds(sock, [header], fds)
-        sock.sendall(data)
+        socket.send_fds(sock, [frame[: LENGTH.size]], fds)
+        sock.sendall(frame[LENGTH.size :])
     else:
-        sock.sendall(header + data)
+        sock.sendall(frame)
 
 
 def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
@@ -172,11 +172,14 @@ class ForkServer:
         ).start()
 
     def fork(
-        self, request: dict[str, Any], listener: socket.socket
-    ) -> concurrent.futures.Future[int]:
-        """Ask for a kernel process serving on ``listener``; its pid comes."""
+        self,
+        request: dict[str, Any],
+        listener: socket.socket,
+        answer: concurrent.futures.Future[int],
+    ) -> None:
+        """Ask for a kernel process serving on ``listener``; ``answer`` gets
+        its pid (or the fork server's error)."""
         self.ensure_running()
-        answer: concurrent.futures.Future[int] = concurrent.futures.Future()
         number = next(self._ids)
         self._waiting[number] = answer
         try:
@@ -190,7 +193,6 @@ class ForkServer:
             raise ForkServerFailed(
                 f"The kernel fork server has stopped: {error}"
             ) from error
-        return answer
 
     def _read(self, control: socket.socket) -> None:
         while True:

@@ -172,16 +172,6 @@ def _threads_of(pid: int) -> list[int]:
         return [pid]
 
 
-def _copy_outcome(
-    source: concurrent.futures.Future[int], target: concurrent.futures.Future[int]
-) -> None:
-    error = source.exception()
-    if error is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
-
-
 class KernelProcesses:
     """This web process's kernel processes, by session id."""
 
@@ -258,8 +248,8 @@ class KernelProcesses:
         try:
             try:
                 # The first call starts the fork server: not on the event loop.
-                answer = await asyncio.to_thread(
-                    self.fork_server.fork, request, listener
+                await asyncio.to_thread(
+                    self.fork_server.fork, request, listener, process.pid_answer
                 )
             except BaseException as error:
                 process.pid_answer.set_exception(
@@ -268,9 +258,6 @@ class KernelProcesses:
                 raise
             finally:
                 listener.close()  # the kernel process holds it now
-            answer.add_done_callback(
-                lambda done: _copy_outcome(done, process.pid_answer)
-            )
             pid = await process.started()
         except BaseException:
             self._forget(process)

@@ -3,16 +3,12 @@ ending a session's kernel whichever the mode."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 from typing import Any
-from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
-
-from django_notebooks import conf, registry
+from django_notebooks import conf, context, registry
 from django_notebooks.kernels.forking import ForkServerFailed
 from django_notebooks.kernels.processes import (
     KernelEnded,
@@ -25,10 +21,8 @@ from django_notebooks.notices import Notice
 from django_notebooks.sessions import owners, records
 
 logger = logging.getLogger(__name__)
-_pending_writes: set[asyncio.Task[None]] = set()
 PROCESS = "process"
 THREAD = "thread"
-MODES = (PROCESS, THREAD)
 ENDED_BODY = json.dumps(
     {"error": "This notebook session has ended. Reload the page to start it again."}
 ).encode()
@@ -82,14 +76,9 @@ def session_of(scope: dict[str, Any]) -> str | None:
     """The marimo session an ASGI call belongs to, if any: a websocket's
     ``session_id`` query parameter, a kernel call's header, or the session
     whose kernel made a downloaded file."""
-    if scope["type"] == "websocket":
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        found: list[str] = query.get("session_id") or []
-        return found[0] if found else None
-    header = routes.SESSION_HEADER.lower().encode()
-    for name, value in scope.get("headers", ()):
-        if name.lower() == header:
-            return str(value.decode("latin-1"))
+    named = context.session_id_in(scope)
+    if named is not None or scope["type"] == "websocket":
+        return named
     root = scope.get("root_path", "")
     name = routes.virtual_file_name(scope.get("path", "")[len(root) + 1 :])
     return owners.bindings.session_holding_file(name) if name else None
@@ -155,11 +144,6 @@ class SessionRouter:
             session_ttl=options.get("session_ttl", 120),
         )
         assert process.pid is not None
-        # For the admin's live sessions page (its pid, CPU and memory); the
-        # session need not wait for the write.
-        write = asyncio.create_task(
-            database_sync_to_async(records.kernel_started)(session_id, process.pid)
-        )
-        _pending_writes.add(write)
-        write.add_done_callback(_pending_writes.discard)
+        # For the admin's live sessions page (its pid, CPU and memory).
+        records.write_later(records.kernel_started, session_id, process.pid)
         return process

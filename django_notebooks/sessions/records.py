@@ -14,6 +14,7 @@ import asyncio
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -100,12 +101,18 @@ _pending_writes: set[asyncio.Future[None]] = set()
 
 def touch_later(session_id: str) -> None:
     """Update the session's last activity without making a kernel call wait."""
+    write_later(touched, session_id)
+
+
+def write_later(write: Callable[..., None], *args: Any) -> None:
+    """Run the database write ``write(*args)`` without making the caller
+    wait for it (at once, from a synchronous caller: tests, WSGI)."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # a synchronous caller (tests, WSGI): just write it
-        touched(session_id)
+    except RuntimeError:
+        write(*args)
         return
-    task = loop.create_task(database_sync_to_async(touched)(session_id))
+    task = loop.create_task(database_sync_to_async(write)(*args))
     _pending_writes.add(task)
     task.add_done_callback(_pending_writes.discard)
 

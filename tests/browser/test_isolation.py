@@ -9,35 +9,18 @@ import pytest
 
 from tests.browser.test_notices import expect_notice
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
-from tests.live import LiveServer
-from tests.security.test_revocation import run_in_other_process
+from tests.e2e.test_isolation import CELL_TIMEOUT, misbehaving_server
 
 pytestmark = pytest.mark.browser
 
 PAGE = "/notebooks/misbehave/"
 SESSIONS = "/admin/django_notebooks/notebooksession/"
-CELL_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module", params=["daphne", "uvicorn"])
 def visit_server(request, live_db, tmp_path_factory):
-    """A server with the misbehaving notebook and low limits, and a database
-    of its own with a superuser (root) for the admin."""
     folder = tmp_path_factory.mktemp(f"isolation-{request.param}")
-    db_path = folder / "db.sqlite3"
-    db_path.write_bytes(live_db.read_bytes())
-    run_in_other_process(
-        db_path, {}, "User.objects.create_superuser('root', password='root-pw')"
-    )
-    server = LiveServer(
-        request.param,
-        db_path,
-        folder / "server.log",
-        DJANGO_NOTEBOOKS_TEST_MISBEHAVE="1",
-        DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
-        DJANGO_NOTEBOOKS_TEST_LIMIT_CELL_TIMEOUT=str(CELL_TIMEOUT),
-        DJANGO_NOTEBOOKS_TEST_LIMIT_MEMORY_MB="256",
-    )
+    server = misbehaving_server(request.param, live_db, folder)
     yield server
     server.stop()
 

@@ -12,8 +12,7 @@ import pytest
 from django.conf import settings
 
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
-from tests.live import LiveServer
-from tests.security.test_revocation import run_in_other_process
+from tests.live import LiveServer, database_of_its_own
 
 pytestmark = pytest.mark.browser
 
@@ -31,14 +30,9 @@ def visit_server(request, live_db, tmp_path_factory):
     notebooks, a notebook closed after IDLE_SECONDS without use, and room
     for two sessions."""
     folder = tmp_path_factory.mktemp(f"notices-{request.param}")
-    db_path = folder / "db.sqlite3"
-    db_path.write_bytes(live_db.read_bytes())
-    run_in_other_process(
-        db_path, {}, "User.objects.create_superuser('root', password='root-pw')"
-    )
     server = LiveServer(
         request.param,
-        db_path,
+        database_of_its_own(live_db, folder, superuser=True),
         folder / "server.log",
         DJANGO_NOTEBOOKS_TEST_QUERY="1",
         DJANGO_NOTEBOOKS_TEST_IDLE_NOTEBOOK=str(IDLE_SECONDS),

@@ -14,9 +14,13 @@ import pytest
 import websockets
 
 from tests.helpers import async_wait_until
-from tests.live import LiveServer, NotebookClient, terminate_in_admin
+from tests.live import (
+    LiveServer,
+    NotebookClient,
+    run_in_other_process,
+    terminate_in_admin,
+)
 from tests.security import test_revocation
-from tests.security.test_revocation import run_in_other_process
 
 # A daphne server on a Redis channel layer, with a database of its own.
 redis_server = test_revocation.redis_server

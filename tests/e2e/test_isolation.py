@@ -20,8 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import KernelSession, LiveServer, NotebookClient, terminate_in_admin
-from tests.security.test_revocation import run_in_other_process
+from tests.live import (
+    KernelSession,
+    LiveServer,
+    NotebookClient,
+    database_of_its_own,
+    terminate_in_admin,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -67,24 +72,30 @@ async def wait_for(condition, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
-def isolated_server(request, live_db, tmp_path_factory):
-    """A server with the misbehaving notebook, low limits, and a database
-    of its own with a superuser (root) for the admin."""
-    folder = tmp_path_factory.mktemp(f"isolation-{request.param}")
-    db_path = folder / "db.sqlite3"
-    db_path.write_bytes(live_db.read_bytes())
-    run_in_other_process(
-        db_path, {}, "User.objects.create_superuser('root', password='root-pw')"
-    )
-    server = LiveServer(
-        request.param,
-        db_path,
+def misbehaving_server(
+    kind: str, live_db: Path, folder: Path, **env: str
+) -> LiveServer:
+    """A server with the misbehaving notebook, kernels in processes, low
+    limits, and a database of its own with a superuser (root) for the admin."""
+    return LiveServer(
+        kind,
+        database_of_its_own(live_db, folder, superuser=True),
         folder / "server.log",
         DJANGO_NOTEBOOKS_TEST_MISBEHAVE="1",
         DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
         DJANGO_NOTEBOOKS_TEST_LIMIT_CELL_TIMEOUT=str(CELL_TIMEOUT),
         DJANGO_NOTEBOOKS_TEST_LIMIT_MEMORY_MB=str(MEMORY_MB),
+        **env,
+    )
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def isolated_server(request, live_db, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"isolation-{request.param}")
+    server = misbehaving_server(
+        request.param,
+        live_db,
+        folder,
         DJANGO_NOTEBOOKS_TEST_SESSION_TTL=str(SESSION_TTL),
         DJANGO_NOTEBOOKS_TEST_FAST_PATH="1",
     )
@@ -268,8 +279,7 @@ async def test_no_kernel_process_outlives_its_server(
     kind, stop_signal, live_db, tmp_path
 ):
     # A database of its own: a killed server leaves its session rows behind.
-    db_path = tmp_path / "db.sqlite3"
-    db_path.write_bytes(live_db.read_bytes())
+    db_path = database_of_its_own(live_db, tmp_path, superuser=False)
     server = LiveServer(
         kind,
         db_path,

@@ -6,8 +6,6 @@ another process than the server holding the websocket."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 
@@ -16,11 +14,10 @@ import websockets
 
 from tests.live import (
     REDIS_LAYERS,
-    ROOT,
     LiveServer,
     NotebookClient,
     require_redis,
-    server_env,
+    run_in_other_process,
     square_session,
 )
 
@@ -61,20 +58,6 @@ async def test_logout_closes_open_sessions_and_refuses_later_calls(notebook_serv
             client.http.cookies.set(name, value)
         response = await kernel.set_ui_value(slider, 4)
         assert response.status_code in (401, 403)
-
-
-def run_in_other_process(db_path, env, code: str) -> None:
-    script = (
-        "import django\ndjango.setup()\nfrom django.contrib.auth.models import User, Group, Permission\n"
-        + code
-    )
-    subprocess.run(
-        [sys.executable, "-c", script],
-        env=server_env(db_path, **env),
-        cwd=ROOT,
-        check=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(params=REDIS_LAYERS)
