@@ -29,7 +29,7 @@ from django_notebooks.access import Access
 from django_notebooks.admission import WebsocketRefusal
 from django_notebooks.kernels import router
 from django_notebooks.kernels.processes import KernelEnded
-from django_notebooks.limits import Limits
+from django_notebooks.limits import CELL_STOP_GRACE, Limits
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import channel_messages, layers, owners, records, relay
@@ -52,8 +52,6 @@ UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
 # The idle watch wakes this much after the timeout would be reached, so
 # that a wake-up a little early does not take another round.
 IDLE_CHECK_SLACK = 0.05
-# Seconds a cell gets to stop once interrupted before its kernel is killed.
-CELL_STOP_GRACE = 5.0
 # Seconds a cell runs before its kernel process goes to the lowest priority.
 DEMOTE_AFTER = 1.0
 

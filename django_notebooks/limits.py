@@ -20,6 +20,14 @@ SERVER_LIMITS = frozenset({"MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"})
 
 EXPECTED = "a positive whole number, or None for no limit"
 
+# Seconds a cell gets to stop once interrupted at CELL_TIMEOUT before its
+# kernel process is killed.
+CELL_STOP_GRACE = 5
+# What bounds a kernel call when no CELL_TIMEOUT does (see call_deadline()).
+UNTIMED_CELL_SECONDS = 600
+# Seconds a kernel call may take beyond what a cell can hold its kernel up.
+CALL_MARGIN = 5
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -88,3 +96,20 @@ def from_setting(value: Mapping[str, Any]) -> Limits:
 def with_option(limits: Limits, option: Mapping[str, Any] | None) -> Limits:
     """``limits`` with a notebook's own ``limits`` option over them."""
     return replace(limits, **option) if option else limits
+
+
+def call_deadline(limits: Limits) -> float:
+    """Seconds a call into a session's kernel (a widget change, a download)
+    may wait for the kernel's answer before the caller is told that the
+    notebook is not answering.
+
+    A kernel answers a call at once unless a cell holds Python's GIL in C
+    code; such a cell is interrupted at ``CELL_TIMEOUT`` and its kernel
+    killed ``CELL_STOP_GRACE`` seconds later. So a call that waits longer
+    than that (plus a margin) waits for a kernel that has stopped answering
+    (stopped, deadlocked), not for a slow one. Every process asks a session's
+    kernel with the same deadline: a call forwarded from another server
+    process waits as long as a local one.
+    """
+    cell = limits.CELL_TIMEOUT or UNTIMED_CELL_SECONDS
+    return float(cell + CELL_STOP_GRACE + CALL_MARGIN)
