@@ -35,7 +35,9 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_notebooks import registry
+from django_notebooks.kernels import router as kernel_router
 from django_notebooks.kernels import usage
+from django_notebooks.kernels.processes import kernel_processes
 from django_notebooks.marimo import headless
 from django_notebooks.models import (
     NotebookCheck,
@@ -183,6 +185,23 @@ class NotebookSessionAdmin(SessionAdminBase):
     search_fields = ("user__username", "notebook", "session_id")
     list_select_related = ("user",)
     actions = ["terminate_sessions"]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        """The list, under a line saying what keeps kernels in bounds on
+        this machine (docs: topics/isolation)."""
+        if kernel_router.isolation() == kernel_router.PROCESS:
+            found = kernel_processes.mechanisms()
+            extra_context = {
+                **(extra_context or {}),
+                "subtitle": _(
+                    "Each kernel process runs in %(containment)s; its memory "
+                    "(MEMORY_MB) is limited by %(memory)s."
+                )
+                % {"containment": found.containment, "memory": found.memory},
+            }
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description=_("user"), ordering="user__username")
     def who(self, session: NotebookSession) -> Any:

@@ -266,18 +266,19 @@ def body_refusal(body: bytes) -> Refusal | None:
 # Downloads.
 
 
-def download_here(location: Location, owner: str) -> bool:
-    """Whether the ``@file`` download at ``location`` is ``owner``'s to have
-    from this process (if not, maybe from a session of theirs elsewhere).
+def download_here(location: Location, owner: str) -> str | None:
+    """The session of ``owner``'s, held by this process, whose kernel made
+    the ``@file`` download at ``location`` (if none, maybe a session of
+    theirs elsewhere did).
 
     marimo keeps every session's virtual files in one store per process and
     serves any name to anyone: the bridge serves only names the owner's own
     session sent its page (recorded by the consumer).
     """
     name = routes.virtual_file_name(location.subpath)
-    return name is not None and bool(
-        owners.bindings.session_with_file(owner, location.notebook.slug, name)
-    )
+    if name is None:
+        return None
+    return owners.bindings.session_with_file(owner, location.notebook.slug, name)
 
 
 def owned_download(notebook: Notebook, caller: Caller, subpath: str) -> bool:

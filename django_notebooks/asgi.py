@@ -168,6 +168,7 @@ class FastPathMiddleware:
             user=admitted.user_context,
             meta=admitted.meta,
             notebook_file=str(found.notebook.path),
+            session_id=caller.session_id,
         )
         await self._to_marimo(router.app_for(found.notebook), marimo_scope, body, send)
         return True

@@ -77,6 +77,9 @@ class NotebookSettings:
     #: Where sessions' kernels run: "process" (one process each) or
     #: "thread" (marimo's threads inside the server process).
     ISOLATION: str
+    #: Put what notebook code prints in the server's log (process mode:
+    #: bounded, each line marked with its notebook and session).
+    LOG_NOTEBOOK_OUTPUT: bool
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ KEYS: dict[str, Key] = {
         lambda value: value in ("process", "thread"),
         check_id="django_notebooks.E018",
     ),
+    "LOG_NOTEBOOK_OUTPUT": Key(False, "True or False", is_bool),
 }
 
 

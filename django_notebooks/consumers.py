@@ -28,8 +28,8 @@ from django_notebooks import (
 from django_notebooks.access import Access
 from django_notebooks.admission import WebsocketRefusal
 from django_notebooks.kernels import router
-from django_notebooks.kernels.processes import KernelEnded
-from django_notebooks.limits import CELL_STOP_GRACE, Limits
+from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable
+from django_notebooks.limits import Limits
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import channel_messages, layers, owners, records, relay
@@ -52,8 +52,6 @@ UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
 # The idle watch wakes this much after the timeout would be reached, so
 # that a wake-up a little early does not take another round.
 IDLE_CHECK_SLACK = 0.05
-# Seconds a cell runs before its kernel process goes to the lowest priority.
-DEMOTE_AFTER = 1.0
 
 
 # How long a disconnect waits for marimo's handler to finish.
@@ -180,7 +178,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     marimo_task: asyncio.Task[None] | None = None
     idle_watch: asyncio.Task[None] | None = None
-    cell_watch: asyncio.Task[None] | None = None
     limits: Limits = Limits()
     session_id: str | None = None
     owner: str | None = None
@@ -270,6 +267,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             user=admitted.user_context,
             meta=admitted.meta,
             notebook_file=str(location.notebook.path),
+            session_id=admitted.session_id,
         )
         app = router.app_for(location.notebook)
         self.marimo_task = asyncio.create_task(self._run_marimo(app, scope))
@@ -428,47 +426,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             await asyncio.sleep(timeout - idle + IDLE_CHECK_SLACK)
         await self._end_session(notices.idle(timeout))
 
-    def _watch_cell_time(self, running: bool) -> None:
-        """A cell started (or the run ended): time it against CELL_TIMEOUT.
-
-        Only a kernel process can be interrupted, or given a lower priority:
-        in thread mode marimo's kernel thread runs on (docs: topics/isolation).
-        """
-        self._cancel(self.cell_watch)
-        self.cell_watch = None
-        if running and router.process_of(self.session_id) is not None:
-            watch = self._watch_long_cell(self.limits.CELL_TIMEOUT)
-            self.cell_watch = asyncio.create_task(watch)
-            self.cell_watch.add_done_callback(_log_failure)
-
-    async def _watch_long_cell(self, timeout: float | None) -> None:
-        """After DEMOTE_AFTER, lower the kernel's priority; at ``timeout``,
-        interrupt the cell; end its kernel if it runs on."""
-        first = DEMOTE_AFTER if timeout is None else min(DEMOTE_AFTER, timeout)
-        await asyncio.sleep(first)
-        process = router.process_of(self.session_id)
-        if process is None:
-            return
-        process.demote()
-        if timeout is None:
-            return
-        await asyncio.sleep(timeout - first)
-        if not process.interrupt():
-            return
-        await self._notify(notices.cell_stopped(timeout))
-        await asyncio.sleep(CELL_STOP_GRACE)
-        # The run has not ended (that would have cancelled this watch).
-        process.kill(notices.kernel_stopped(timeout))
-
-    async def _notify(self, notice: Notice) -> None:
-        """Show ``notice`` on the page; the session goes on."""
-        if self.accepted and not self.closed:
-            await self.send({"type": "websocket.send", "text": notice.frame()})
-
     def _stop_watches(self) -> None:
-        for watch in (self.idle_watch, self.cell_watch):
-            self._cancel(watch)
-        self.idle_watch = self.cell_watch = None
+        self._cancel(self.idle_watch)
+        self.idle_watch = None
 
     @staticmethod
     def _cancel(watch: asyncio.Task[None] | None) -> None:
@@ -502,6 +462,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         except KernelEnded as ended:
             # The session's kernel process crashed, or was ended for a limit.
             await self._end_session(ended.notice, CLOSE_GONE)
+        except KernelUnavailable:
+            # No kernel process could start (logged): never run the
+            # visitor's code in this process instead.
+            await self._end_session(notices.CANNOT_START, CLOSE_UNAVAILABLE)
         except Exception:
             logger.exception("marimo's websocket handler failed")
         finally:
@@ -522,7 +486,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
                 binding = owners.bindings.get(self.session_id)
                 if binding is not None:
                     binding.run_changed(running)
-                self._watch_cell_time(running)
         elif message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":
@@ -531,21 +494,22 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         await self.send(message)
 
     async def _refuse(self, refusal: WebsocketRefusal) -> None:
-        """Refuse the websocket. With a notice, accept the handshake first
-        so that the page can show it; without, the browser sees HTTP 403."""
-        if refusal.notice is not None:
-            await self.send({"type": "websocket.accept"})
-            self.accepted = True
+        """Refuse the websocket (see :meth:`_close`)."""
         await self._close(refusal.code, refusal.notice)
 
     async def _close(self, code: int, notice: Notice | None = None) -> None:
         """Close the websocket; with a notice, the page shows it (and marimo's
-        frontend gets the close reason that stops its reconnecting)."""
+        frontend gets the close reason that stops its reconnecting): a
+        handshake not accepted yet is accepted first, so that it can.
+        Without, a handshake not accepted is refused (HTTP 403)."""
         if self.closed:
             return
         self.closed = True
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
-        if notice is not None and self.accepted:
+        if notice is not None:
+            if not self.accepted:
+                await self.send({"type": "websocket.accept"})
+                self.accepted = True
             await self.send({"type": "websocket.send", "text": notice.frame()})
             message["reason"] = notice.reason
         await self.send(_sendable_close(message))

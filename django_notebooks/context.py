@@ -25,6 +25,11 @@ from django_notebooks.registry import Notebook
 SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"x-csrftoken"})
 
 NOTEBOOK_ID_HEADER = b"x-notebook-id"
+SESSION_HEADER = routes.SESSION_HEADER.lower().encode("latin-1")
+# The scope key that names the session the bridge admitted a call for (its
+# owner's websocket, kernel call or download): only such a call reaches the
+# session's kernel (kernels/router.py).
+ADMITTED_SESSION = "django_notebooks.session_id"
 
 # Keys other layers add to a scope that mean nothing to marimo, or that would
 # hand it Django objects (the session, the user model instance).
@@ -180,12 +185,16 @@ def marimo_scope(
     user: dict[str, Any],
     meta: dict[str, Any],
     notebook_file: str,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
     """A copy of ``scope`` for marimo's app of one notebook.
 
     ``path`` is the full URL path and ``root_path`` the notebook's page URL
     without its trailing slash: marimo's Starlette routing matches the path
     below ``root_path``, and its frontend computes every URL from the page.
+    ``session_id`` is the session the bridge admitted the call for (see
+    admission.py); without one, a ``Marimo-Session-Id`` header the caller
+    sent is dropped: it names a session the caller was not admitted to.
     """
     forwarded = {
         key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS
@@ -198,14 +207,25 @@ def marimo_scope(
     # marimo's service worker names the notebook by its file path in this
     # header (for public/ files); the bridge knows the file, the browser need
     # not, so the header is always set here.
+    dropped = (
+        {NOTEBOOK_ID_HEADER} if session_id else {NOTEBOOK_ID_HEADER, SESSION_HEADER}
+    )
     forwarded["headers"] = [
         *(
             h
             for h in safe_headers(scope.get("headers", ()))
-            if h[0].lower() != NOTEBOOK_ID_HEADER
+            if h[0].lower() not in dropped
         ),
         (NOTEBOOK_ID_HEADER, quote(notebook_file).encode("latin-1")),
     ]
     forwarded["user"] = user
     forwarded["meta"] = meta
+    if session_id:
+        forwarded[ADMITTED_SESSION] = session_id
     return forwarded
+
+
+def admitted_session(scope: dict[str, Any]) -> str | None:
+    """The session a call to marimo was admitted for, if any."""
+    found: str | None = scope.get(ADMITTED_SESSION)
+    return found

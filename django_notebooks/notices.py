@@ -133,32 +133,58 @@ def duration(seconds: float) -> str:
     return f"{whole} second{'s' if whole != 1 else ''}"
 
 
-# A kernel process's misbehaviour (process isolation: topics/isolation).
+# A kernel process's misbehaviour (process isolation: topics/isolation). The
+# words are for a site's visitors; what happened exactly goes to the log.
 
 OUT_OF_MEMORY = Notice(
-    "Out of memory",
-    "A cell of this notebook needed more memory than it may use, and its "
-    "allocation failed. Change the input and run it again, or reload the page "
-    "to start again.",
+    "Not enough memory",
+    "This notebook needed more memory than it may use, so its last step "
+    "failed. Try a smaller input, or reload the page to start again.",
     final=False,
 )
 KERNEL_OUT_OF_MEMORY = Notice(
-    "Notebook stopped: out of memory",
-    "This notebook used more memory than it may, and its kernel was stopped. "
-    "Reload the page to start it again.",
+    "Notebook stopped: not enough memory",
+    "This notebook used more memory than it may, so it was closed. Reload "
+    "the page to start it again.",
 )
 KERNEL_CRASHED = Notice(
     "Notebook stopped",
-    "This notebook's kernel stopped unexpectedly (its process crashed or was "
-    "killed). Reload the page to start it again.",
+    "This notebook stopped unexpectedly. Reload the page to start it again.",
+)
+KERNEL_UNRESPONSIVE = Notice(
+    "Notebook stopped",
+    "This notebook stopped responding, so it was closed. Reload the page to "
+    "start it again.",
+)
+NOT_ANSWERING = Notice(
+    "The notebook is not responding",
+    "Your last change could not be applied: the notebook did not respond in "
+    "time. It may be busy; try again in a moment.",
+    final=False,
+)
+CANNOT_START = Notice(
+    "The notebook could not start",
+    "The server cannot start this notebook right now. Reload the page in a "
+    "moment to try again.",
 )
 
 
-def cell_stopped(timeout: float) -> Notice:
-    """A cell ran past ``CELL_TIMEOUT`` and was interrupted; the session lives."""
+def cell_stopping(timeout: float) -> Notice:
+    """A cell ran past ``CELL_TIMEOUT``: it is being interrupted."""
     return Notice(
-        "Cell stopped",
-        f"This cell ran longer than {duration(timeout)} and was stopped.",
+        "Stopping a long calculation",
+        f"Part of this notebook has been running for longer than "
+        f"{duration(timeout)}, and it is being stopped.",
+        final=False,
+    )
+
+
+def cell_stopped(timeout: float) -> Notice:
+    """The cell interrupted at ``CELL_TIMEOUT`` has stopped; the session lives."""
+    return Notice(
+        "Calculation stopped",
+        f"Part of this notebook ran for longer than {duration(timeout)}, so it "
+        "was stopped. The rest of the notebook still works.",
         final=False,
     )
 
@@ -167,6 +193,7 @@ def kernel_stopped(timeout: float) -> Notice:
     """A cell ran past ``CELL_TIMEOUT`` and did not stop when interrupted."""
     return Notice(
         "Notebook stopped",
-        f"A cell ran longer than {duration(timeout)} and did not stop when "
-        "interrupted, so its kernel was ended. Reload the page to start again.",
+        f"Part of this notebook ran for longer than {duration(timeout)} and "
+        "could not be stopped, so the notebook was closed. Reload the page to "
+        "start it again.",
     )

@@ -210,7 +210,14 @@ async def _serve_kernel_call(
     body = _body(request)
     if isinstance(body, admission.Refusal):
         return refusal_response(body)
-    return await _to_marimo(request, found, admitted.user_context, admitted.meta, body)
+    return await _to_marimo(
+        request,
+        found,
+        admitted.user_context,
+        admitted.meta,
+        body,
+        session_id=caller.session_id,
+    )
 
 
 def _body(request: HttpRequest) -> bytes | admission.Refusal:
@@ -228,8 +235,11 @@ async def _to_marimo(
     user_context: dict[str, Any],
     meta: dict[str, Any],
     body: bytes,
+    *,
+    session_id: str | None = None,
 ) -> HttpResponse | StreamingHttpResponse:
-    """Hand the request to the notebook's marimo app.
+    """Hand the request to the notebook's marimo app (``session_id``: the
+    session it was admitted for, whose kernel answers it).
 
     Notebook code sees the request of its websocket and of its kernel calls
     (never of an asset); those carry the session's user context and meta.
@@ -243,6 +253,7 @@ async def _to_marimo(
         user=user_context,
         meta=meta,
         notebook_file=str(notebook.path),
+        session_id=session_id,
     )
     return await forward_http(router.app_for(notebook), scope, body)
 
@@ -259,8 +270,11 @@ async def _serve_virtual_file(
     owner = caller.owner(user)
     if owner is None:
         return refusal_response(admission.NO_SUCH_FILE)
-    if admission.download_here(found, owner):
-        return await _to_marimo(request, found, _identity(user), {}, b"")
+    holder = admission.download_here(found, owner)
+    if holder is not None:
+        return await _to_marimo(
+            request, found, _identity(user), {}, b"", session_id=holder
+        )
     if get_channel_layer() is not None:
         elsewhere = await database_sync_to_async(records.sessions_elsewhere)(
             owner, found.notebook.slug

@@ -172,6 +172,10 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
 DJANGO_NOTEBOOKS["ISOLATION"] = os.environ.get(
     "DJANGO_NOTEBOOKS_TEST_ISOLATION", "process"
 )
+# What notebooks print, in the server's log (tests/e2e/test_isolation.py).
+DJANGO_NOTEBOOKS["LOG_NOTEBOOK_OUTPUT"] = bool(
+    os.environ.get("DJANGO_NOTEBOOKS_TEST_LOG_OUTPUT")
+)
 
 # A notebook that loops, blocks, allocates or crashes on request
 # (tests/e2e/test_isolation.py).

@@ -228,9 +228,10 @@ def test_a_download_is_its_owners_only(alice):
     bind(call, alice)
     owners.bindings.add_files(call.session_id, {"12-data.csv"})
     here = registry.Location(SQUARE, "@file/12-data.csv")
-    assert admission.download_here(here, call.owner(alice)) is True
+    # The session whose kernel made it answers it.
+    assert admission.download_here(here, call.owner(alice)) == call.session_id
     bob_call = caller(session_key="bobs-login")
-    assert admission.download_here(here, bob_call.owner(alice)) is False
+    assert admission.download_here(here, bob_call.owner(alice)) is None
     # Without a login (or visitor cookie) nobody owns a download: the view
     # answers 404 before asking.
     assert caller(session_key=None).owner(AnonymousUser()) is None

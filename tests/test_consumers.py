@@ -29,6 +29,7 @@ from tests.helpers import (
     websocket_application,
 )
 from tests.live import free_port
+from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -359,3 +360,35 @@ async def test_a_new_session_is_refused_with_a_reason_while_the_layer_is_down(
     assert not await NotebookSession.objects.filter(session_id=session_id).aexists()
     assert session_id not in owners.bindings._bindings
     assert "The channel layer failed" in caplog.text
+
+
+async def test_a_session_whose_kernel_cannot_start_is_refused_with_a_reason(
+    close_marimo_sessions, monkeypatch, caplog
+):
+    """No fork server, or no fork: the page says to try again, and the
+    visitor's notebook never runs in the web process instead."""
+    from django_notebooks.kernels import processes
+    from django_notebooks.marimo.apps import notebook_apps
+
+    async def cannot(*args, **kwargs):
+        raise processes.KernelUnavailable("no more processes")
+
+    monkeypatch.setattr(processes.kernel_processes, "start", cannot)
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={session_id}", sessionid=sessionid
+    )
+    try:
+        connected, _ = await ws.connect(timeout=FIRST_RUN_TIMEOUT)
+        assert connected  # accepted, so that the page can say why it closes
+        frames, close = await messages_until_close(ws)
+    finally:
+        await ws.disconnect()
+    assert [frame["data"]["title"] for frame in frames] == [
+        "The notebook could not start"
+    ]
+    assert close["code"] == consumers.CLOSE_UNAVAILABLE
+    assert session_id not in owners.bindings._bindings
+    manager = notebook_apps.session_manager_for(NOTEBOOKS_DIR / "square.py")
+    assert manager is None or manager.get_session(session_id) is None

@@ -226,6 +226,7 @@ def test_marimo_scope():
         user=user,
         meta={"site": "tests"},
         notebook_file="/srv/notebooks/my notebook.py",
+        session_id="s_1",
     )
     # The full path, with the page URL as root_path: how Starlette matches.
     assert scope["path"] == "/notebooks/square/api/kernel/set_ui_element_value"
@@ -245,7 +246,9 @@ def test_marimo_scope():
     )
     headers = dict(scope["headers"])
     assert headers[b"host"] == b"example.com"
+    # Admitted for its session: the kernel router and marimo read it.
     assert headers[b"marimo-session-id"] == b"s_1"
+    assert context.admitted_session(scope) == "s_1"
     assert b"cookie" not in headers
     assert b"authorization" not in headers
     # The notebook is named by the bridge, not by the browser.
@@ -255,6 +258,19 @@ def test_marimo_scope():
     )
     # The caller's scope is left alone.
     assert original == before
+
+
+def test_a_session_id_the_call_was_not_admitted_for_is_dropped():
+    scope = context.marimo_scope(
+        django_scope(),
+        path="/notebooks/square/health",
+        root_path="/notebooks/square",
+        user={},
+        meta={},
+        notebook_file="/f.py",
+    )
+    assert b"marimo-session-id" not in dict(scope["headers"])
+    assert context.admitted_session(scope) is None
 
 
 def test_marimo_scope_query_string_is_bytes():

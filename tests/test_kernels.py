@@ -1,24 +1,42 @@
-"""The kernels package's parts, without a server: the tunnel, the running
-cell's interrupt, the mode in force, which session a call is for.
+"""The kernels package's parts, without a server: the tunnel and its
+deadline, the running cell's reports and interrupt, the web process's
+record of its kernels and fork servers, the router's rule that only an
+admitted call reaches a kernel, cgroups, process titles, the output log.
 (tests/e2e/test_isolation.py runs real kernel processes.)"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
+import errno
+import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.core.checks import Warning as CheckWarning
 
-from django_notebooks import checks, conf
-from django_notebooks.kernels import cells, router, tunnel
-from django_notebooks.kernels.processes import KernelProcesses
-from django_notebooks.limits import Limits
-from django_notebooks.sessions import owners
+from django_notebooks import checks, conf, context, notices
+from django_notebooks.kernels import (
+    cells,
+    cgroups,
+    processes,
+    router,
+    titles,
+    tunnel,
+    wire,
+)
+from django_notebooks.kernels.forking import ForkRefused, ForkServerFailed
+from django_notebooks.kernels.processes import KernelProcesses, KernelStart
+from django_notebooks.limits import Limits, call_deadline
+from tests.helpers import wait_until
 
 # The tunnel.
 
@@ -26,7 +44,7 @@ from django_notebooks.sessions import owners
 async def _paired(app, watch=None):
     """An ASGI call to ``app`` through a socket pair, as to a kernel process."""
     ours, theirs = socket.socketpair()
-    watch = watch or (lambda scope, writer: _nothing())
+    watch = watch or (lambda scope: contextlib.nullcontext())
     reader, writer = await asyncio.open_connection(sock=theirs)
     server = asyncio.create_task(tunnel.serve_call(app, reader, writer, watch))
 
@@ -36,12 +54,8 @@ async def _paired(app, watch=None):
     return connect, server
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+async def _never():
+    await asyncio.sleep(3600)
 
 
 @pytest.mark.asyncio
@@ -54,13 +68,10 @@ async def test_an_app_that_fails_ends_its_call_not_its_kernel(caplog):
     connect, server = await _paired(app)
     sent = []
 
-    async def receive():
-        await asyncio.sleep(3600)
-
     async def send(message):
         sent.append(message)
 
-    await tunnel.call(connect, {"type": "http"}, receive, send)  # no TunnelClosed
+    await tunnel.call(connect, {"type": "http"}, _never, send, deadline=5)
     await server
     assert sent[0]["status"] == 500
     assert "marimo's app failed in a kernel process" in caplog.text
@@ -81,9 +92,7 @@ async def test_an_http_call_crosses_the_tunnel_with_its_scope_and_body():
     body = [{"type": "http.request", "body": b"x=1", "more_body": False}]
 
     async def receive():
-        if body:
-            return body.pop()
-        await asyncio.sleep(3600)
+        return body.pop() if body else await _never()
 
     async def send(message):
         sent.append(message)
@@ -94,7 +103,7 @@ async def test_an_http_call_crosses_the_tunnel_with_its_scope_and_body():
         "headers": [(b"a", b"b")],
         "meta": {"since": datetime.date(2024, 5, 1)},
     }
-    await tunnel.call(connect, scope, receive, send)
+    await tunnel.call(connect, scope, receive, send, deadline=5)
     await server
     assert seen["scope"]["meta"] == {"since": datetime.date(2024, 5, 1)}
     assert seen["scope"]["headers"] == [(b"a", b"b")]
@@ -103,40 +112,73 @@ async def test_an_http_call_crosses_the_tunnel_with_its_scope_and_body():
     assert sent[1]["body"] == b"made"
 
 
-@pytest.mark.asyncio
-async def test_what_cannot_be_pickled_stays_behind():
+def test_what_cannot_be_pickled_stays_behind():
+    import pickle
+
     lock = threading.Lock()  # cannot be pickled
     data = tunnel.encode_scope(
         {"type": "http", "state": {"lock": lock}, "meta": {"lock": lock, "n": 1}}
     )
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    scope = await tunnel.read_message(reader, pickled=True)
-    assert scope == {"type": "http", "meta": {"n": 1}}
+    assert pickle.loads(data) == {"type": "http", "meta": {"n": 1}}
 
 
 @pytest.mark.asyncio
 async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
     async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
-        # The process goes: its end closes without the end mark.
+        # The process goes: its end closes without the call's end.
         raise asyncio.CancelledError
 
     connect, server = await _paired(app)
     sent = []
 
-    async def receive():
-        await asyncio.sleep(3600)
-
     async def send(message):
         sent.append(message)
 
     with pytest.raises(tunnel.TunnelClosed):
-        await tunnel.call(connect, {"type": "websocket"}, receive, send)
+        await tunnel.call(connect, {"type": "websocket"}, _never, send, deadline=5)
     with contextlib.suppress(asyncio.CancelledError):
         await server
     assert sent == [{"type": "websocket.accept"}]
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_that_does_not_answer_in_time_is_left_holding_nothing():
+    answered = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await answered.wait()  # stopped: never answers
+
+    connect, server = await _paired(app)
+    opened = len(os.listdir("/proc/self/fd"))
+    started = time.monotonic()
+    with pytest.raises(tunnel.NotAnswering):
+        await tunnel.call(
+            connect, {"type": "http"}, _never, lambda m: None, deadline=0.3
+        )
+    assert 0.3 <= time.monotonic() - started < 3
+    # The caller's end of the connection is closed.
+    assert len(os.listdir("/proc/self/fd")) < opened
+    answered.set()
+    await server
+
+
+@pytest.mark.asyncio
+async def test_an_accepted_websocket_may_stay_quiet_past_the_deadline():
+    async def app(scope, receive, send):
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0.5)  # longer than the deadline
+        await send({"type": "websocket.send", "text": "late"})
+
+    connect, server = await _paired(app)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await tunnel.call(connect, {"type": "websocket"}, _never, send, deadline=0.2)
+    await server
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send"]
 
 
 @pytest.mark.asyncio
@@ -149,10 +191,10 @@ async def test_the_app_sees_a_disconnect_when_the_web_process_leaves():
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=theirs)
     server = asyncio.create_task(
-        tunnel.serve_call(app, reader, writer, lambda s, w: _nothing())
+        tunnel.serve_call(app, reader, writer, lambda scope: contextlib.nullcontext())
     )
     _, our_writer = await asyncio.open_connection(sock=ours)
-    our_writer.write(tunnel.encode_scope({"type": "websocket"}))
+    our_writer.write(wire.encode(wire.Call(tunnel.encode_scope({"type": "websocket"}))))
     await our_writer.drain()
     our_writer.close()
     assert await asyncio.wait_for(got, 5) == {
@@ -163,21 +205,83 @@ async def test_the_app_sees_a_disconnect_when_the_web_process_leaves():
 
 
 @pytest.mark.asyncio
-async def test_what_comes_back_is_never_unpickled():
-    reader = asyncio.StreamReader()
-    import pickle
+async def test_a_call_that_does_not_open_with_its_scope_runs_nothing():
+    ran = []
 
-    reader.feed_data(tunnel.LENGTH.pack(3) + pickle.dumps(1)[:3])
-    reader.feed_eof()
-    with pytest.raises(ValueError):
-        await tunnel.read_message(reader)  # marshal refuses a pickle
+    async def app(scope, receive, send):
+        ran.append(scope)
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    server = asyncio.create_task(
+        tunnel.serve_call(app, reader, writer, lambda scope: contextlib.nullcontext())
+    )
+    _, our_writer = await asyncio.open_connection(sock=ours)
+    our_writer.write(wire.encode(wire.Asgi({"type": "http.request"})))
+    await our_writer.drain()
+    await asyncio.wait_for(server, 5)
+    assert ran == []
+    our_writer.close()
 
 
 # The running cell.
 
 
+class _Reports:
+    def __init__(self) -> None:
+        self.said: list[tuple] = []
+
+    def started(self) -> None:
+        self.said.append(("started",))
+
+    def ended(self, *, interrupted: bool, out_of_memory: bool) -> None:
+        self.said.append(("ended", interrupted, out_of_memory))
+
+
 def test_interrupt_without_a_running_cell_does_nothing():
     assert cells.interrupt() is False
+
+
+@pytest.mark.parametrize(
+    "error, out_of_memory",
+    [
+        (ValueError("no"), False),
+        (MemoryError(), True),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), True),  # mmap, shm
+        (OSError(errno.ENOENT, "No such file"), False),
+    ],
+)
+def test_a_cell_reports_its_start_and_end_and_a_lack_of_memory(
+    monkeypatch, error, out_of_memory
+):
+    reports = _Reports()
+    monkeypatch.setattr(cells, "reporter", reports)
+    with pytest.raises(type(error)), cells.running():
+        raise error
+    assert reports.said == [("started",), ("ended", False, out_of_memory)]
+
+
+def test_marimos_own_error_from_a_memory_error_is_a_lack_of_memory(monkeypatch):
+    reports = _Reports()
+    monkeypatch.setattr(cells, "reporter", reports)
+
+    class MarimoError(Exception):
+        pass
+
+    with pytest.raises(MarimoError), cells.running():
+        try:
+            raise MemoryError
+        except MemoryError as error:
+            raise MarimoError from error  # as marimo's executor does
+    assert reports.said[-1] == ("ended", False, True)
+
+
+def test_a_cell_run_inside_a_cell_is_reported_once(monkeypatch):
+    reports = _Reports()
+    monkeypatch.setattr(cells, "reporter", reports)
+    with cells.running(), cells.running():
+        pass
+    assert reports.said == [("started",), ("ended", False, False)]
 
 
 # A cell interrupted, run in a Python of its own: it is how a kernel process
@@ -188,6 +292,13 @@ import threading, time
 from django_notebooks.kernels import cells
 outcome = []
 running = threading.Event()
+
+class Reports:
+    said = []
+    def started(self): self.said.append("started")
+    def ended(self, *, interrupted, out_of_memory): self.said.append(interrupted)
+
+cells.reporter = Reports()
 
 def cell():
     try:
@@ -204,15 +315,11 @@ running.wait(5)
 time.sleep(0.05)
 sent = cells.interrupt()
 thread.join(5)
-print(sent, outcome, thread.is_alive(), cells.interrupt())
+print(sent, outcome, thread.is_alive(), cells.interrupt(), Reports.said)
 """
 
 
 def test_a_running_cell_is_interrupted_at_its_next_instruction():
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("COV")}
     result = subprocess.run(
         [sys.executable, "-c", INTERRUPTED_CELL],
@@ -221,34 +328,12 @@ def test_a_running_cell_is_interrupted_at_its_next_instruction():
         timeout=30,
         env=env,
     )
-    # Sent, raised in the cell, the thread ended, and nothing left to stop.
-    assert result.stdout.split("\n")[0] == "True ['interrupted'] False False", (
-        result.stdout + result.stderr
-    )
+    # Sent, raised in the cell, the thread ended, nothing left to stop, and
+    # the cell's end reported as interrupted.
+    assert result.stdout.split("\n")[0] == (
+        "True ['interrupted'] False False ['started', True]"
+    ), result.stdout + result.stderr
     assert issubclass(cells.CellInterrupted, KeyboardInterrupt)
-
-
-@pytest.mark.parametrize("wrapped", [False, True])
-def test_a_memory_error_in_a_cell_is_reported(monkeypatch, wrapped):
-    reported = []
-    monkeypatch.setattr(cells, "on_memory_error", lambda: reported.append(1))
-
-    class MarimoError(Exception):
-        pass
-
-    def fail():
-        if not wrapped:
-            raise MemoryError
-        try:
-            raise MemoryError
-        except MemoryError as error:
-            raise MarimoError from error  # as marimo's executor does
-
-    with pytest.raises((MemoryError, MarimoError)), cells.running():
-        fail()
-    with pytest.raises(ValueError), cells.running():
-        raise ValueError
-    assert reported == [1]
 
 
 # The mode in force.
@@ -290,61 +375,271 @@ def test_a_wrong_isolation_is_e018(settings, value):
     assert "ISOLATION" in error.msg
 
 
-# Which session a call is for.
-
-
-def test_the_session_of_a_websocket_is_its_query_parameter():
-    scope = {"type": "websocket", "query_string": b"a=1&session_id=s-1"}
-    assert router.session_of(scope) == "s-1"
-    assert router.session_of({"type": "websocket", "query_string": b""}) is None
-
-
-def test_the_session_of_a_kernel_call_is_its_header():
-    scope = {"type": "http", "headers": [(b"marimo-session-id", b"s-2")], "path": "/"}
-    assert router.session_of(scope) == "s-2"
-
-
-def test_the_session_of_a_download_is_the_one_whose_kernel_made_it(monkeypatch):
-    bindings = owners.SessionBindings()
-    monkeypatch.setattr(owners, "bindings", bindings)
-    bindings.claim("s-3", owner="user:1:k", notebook="n", user_context={})
-    bindings.add_files("s-3", {"123-data.csv"})
-    scope = {
-        "type": "http",
-        "headers": [],
-        "root_path": "/notebooks/n",
-        "path": "/notebooks/n/@file/123-data.csv",
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_log_notebook_output_is_true_or_false(settings, value):
+    settings.DJANGO_NOTEBOOKS = {
+        **settings.DJANGO_NOTEBOOKS,
+        "LOG_NOTEBOOK_OUTPUT": value,
     }
-    assert router.session_of(scope) == "s-3"
-    scope["path"] = "/notebooks/n/@file/999-other.csv"
-    assert router.session_of(scope) is None
+    (error,) = [e for e in checks.check_settings() if "LOG_NOTEBOOK_OUTPUT" in e.msg]
+    assert error.id == "django_notebooks.E015"
 
 
-def test_an_unknown_or_ended_session_has_no_process():
-    processes = KernelProcesses()
-    assert processes.get(None) is None
-    assert processes.get("nobody") is None
+def test_the_deadline_of_a_call_covers_what_a_cell_may_hold_its_kernel_up():
+    assert call_deadline(Limits(CELL_TIMEOUT=2)) == 2 + 5 + 5
+    assert call_deadline(Limits(CELL_TIMEOUT=None)) == 600 + 5 + 5
 
 
-# The fork server.
+# The web process's kernels and fork servers, with a fork server of the
+# test's own.
 
 
-def test_the_fork_server_starts_once_and_stops_with_its_handle():
-    from django_notebooks.kernels.forking import ForkServer
+class FakeForkServer:
+    """Stands in for forking.ForkServer: records what it is asked; the test
+    answers."""
 
-    exits = []
-    server = ForkServer(on_exit=lambda pid, status: exits.append(pid))
-    server.ensure_running()
-    pid = server.pid
-    server.ensure_running()
-    assert server.pid == pid and server.running
-    process = server._process
-    server.stop()
-    assert not server.running
-    assert process is not None and process.returncode == 0  # it exited, not killed
+    made: list[FakeForkServer] = []
+    fail_start: list[bool] = []
+
+    def __init__(self, *, on_exit, on_notice, on_stopped) -> None:
+        self.on_exit, self.on_notice, self.on_stopped = on_exit, on_notice, on_stopped
+        self.forks: dict[int, tuple[wire.Fork, concurrent.futures.Future]] = {}
+        self.ends: list[tuple[int, bool]] = []
+        self.running = False
+        self.ready = wire.Ready("/none", cgroups.PROCESS_GROUPS, cgroups.RLIMITS)
+        self.stopping = False
+        self.pid = 4_000_000 + len(self.made)
+        self.answer_with: object = "forked"
+        FakeForkServer.made.append(self)
+
+    def start(self) -> None:
+        if self.fail_start and self.fail_start.pop(0):
+            raise ForkServerFailed("The kernel fork server did not start: test")
+        self.running = True
+
+    def fork(self, fork, answer) -> None:
+        self.forks[fork.id] = (fork, answer)
+        if self.answer_with == "forked":
+            answer.set_result(wire.Forked(fork.id, 5_000_000 + fork.id, "/none"))
+        elif isinstance(self.answer_with, Exception):
+            answer.set_exception(self.answer_with)
+
+    def end(self, kernel_id, *, now=False) -> None:
+        self.ends.append((kernel_id, now))
+
+    def stop_now(self) -> None:
+        """It died: what its reader thread does."""
+        self.running = False
+        for _fork, answer in self.forks.values():
+            if not answer.done():
+                answer.set_exception(ForkServerFailed("The kernel fork server stopped"))
+        self.on_stopped(self)
 
 
-# The router.
+@pytest.fixture
+def fork_servers(monkeypatch):
+    FakeForkServer.made = []
+    FakeForkServer.fail_start = []
+    monkeypatch.setattr(processes, "ForkServer", FakeForkServer)
+    return FakeForkServer
+
+
+START = KernelStart(
+    notebook_file="/n.py",
+    slug="n",
+    user="alice",
+    options={},
+    memory_mb=256,
+    cell_timeout=2,
+    deadline=12.0,
+    session_ttl=5,
+    log_output=False,
+)
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_starts_on_the_fork_server_with_the_sessions_limits(
+    fork_servers,
+):
+    table = KernelProcesses()
+    process = await table.start("s-1", START)
+    (server,) = fork_servers.made
+    (fork, _answer) = server.forks[process.kernel_id]
+    assert (fork.slug, fork.session_id, fork.user) == ("n", "s-1", "alice")
+    assert (fork.memory_mb, fork.cell_timeout, fork.unresponsive_after) == (
+        256,
+        2,
+        12.0,
+    )
+    assert process.pid == 5_000_000 + process.kernel_id
+    assert table.get("s-1") is process and table.all() == [process]
+    # The same session's second websocket shares it.
+    assert await table.start("s-1", START) is process
+    assert len(server.forks) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_fork_server_that_stopped_is_replaced(fork_servers):
+    table = KernelProcesses()
+    first = await table.start("s-1", START)
+    fork_servers.made[0].stop_now()
+    assert first.has_exited and first.ending == notices.SESSION_LOST
+    second = await table.start("s-2", START)
+    assert len(fork_servers.made) == 2 and second.server is fork_servers.made[1]
+
+
+@pytest.mark.asyncio
+async def test_a_fork_server_that_dies_with_the_request_is_replaced_once(fork_servers):
+    table = KernelProcesses()
+    await table.start("s-0", START)  # one runs
+    dying = fork_servers.made[0]
+    dying.answer_with = None
+
+    async def die_soon():
+        await asyncio.sleep(0.05)
+        dying.stop_now()
+
+    asyncio.create_task(die_soon())
+    process = await table.start("s-1", START)
+    assert process.server is fork_servers.made[1]
+
+
+@pytest.mark.asyncio
+async def test_no_kernel_at_all_when_the_fork_server_will_not_start(fork_servers):
+    table = KernelProcesses()
+    fork_servers.fail_start = [True, True]
+    with pytest.raises(processes.KernelUnavailable):
+        await table.start("s-1", START)
+    assert table.get("s-1") is None
+
+
+@pytest.mark.asyncio
+async def test_a_refused_fork_is_not_tried_again(fork_servers):
+    table = KernelProcesses()
+    await table.start("s-0", START)
+    fork_servers.made[0].answer_with = ForkRefused(
+        "OSError(11, 'Resource temporarily unavailable')"
+    )
+    with pytest.raises(processes.KernelUnavailable):
+        await table.start("s-1", START)
+    assert len(fork_servers.made) == 1 and len(fork_servers.made[0].forks) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_start_given_up_ends_its_kernel(fork_servers):
+    table = KernelProcesses()
+    running = await table.start("s-0", START)
+    server = fork_servers.made[0]
+    server.answer_with = None  # the pid never comes
+    starting = asyncio.create_task(table.start("s-1", START))
+    await asyncio.sleep(0.1)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    (kernel_id,) = [i for i in server.forks if i != running.kernel_id]
+    assert server.ends == [(kernel_id, True)]
+    assert table.get("s-1") is None
+
+
+def test_a_start_given_up_before_its_request_went_out_is_ended_when_it_does():
+    server = FakeForkServer(on_exit=None, on_notice=None, on_stopped=None)
+    process = processes.KernelProcess("s-1", 77, START)
+    process.end(notices.SESSION_LOST)  # nothing to ask yet
+    assert server.ends == []
+    process.requested_from(server)
+    assert server.ends == [(77, True)]
+
+
+@pytest.mark.asyncio
+async def test_an_end_goes_to_the_fork_server_by_kernel_id(fork_servers):
+    table = KernelProcesses()
+    process = await table.start("s-1", START)
+    process.end(notices.ACCESS_ENDED)
+    process.end(notices.KERNEL_CRASHED, now=True)
+    assert fork_servers.made[0].ends == [
+        (process.kernel_id, False),
+        (process.kernel_id, True),
+    ]
+    assert process.ending == notices.ACCESS_ENDED  # the first reason stays
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "cause, status, notice, level",
+    [
+        ("crashed", 9, notices.KERNEL_CRASHED, logging.WARNING),
+        ("timeout", 9, notices.kernel_stopped(2), logging.WARNING),
+        ("unresponsive", 9, notices.KERNEL_UNRESPONSIVE, logging.WARNING),
+        ("memory", 9, notices.KERNEL_OUT_OF_MEMORY, logging.WARNING),
+        ("closed", 0, notices.KERNEL_CRASHED, logging.INFO),
+    ],
+)
+async def test_a_kernels_end_is_logged_once_and_its_page_told_why(
+    fork_servers, caplog, cause, status, notice, level
+):
+    caplog.set_level(logging.INFO, "django_notebooks")
+    table = KernelProcesses()
+    ended = []
+    table.on_ended.append(ended.append)
+    process = await table.start("s-1", START)
+    server = fork_servers.made[0]
+    server.on_exit(server, wire.Exited(process.kernel_id, process.pid, status, cause))
+    server.on_exit(server, wire.Exited(process.kernel_id, process.pid, status, cause))
+    assert process.has_exited and process.cause == cause
+    assert await process.why_ended() == notice
+    assert table.get("s-1") is None and ended == ["s-1"]
+    (record,) = [r for r in caplog.records if "ended:" in r.getMessage()]
+    assert record.levelno == level
+    said = record.getMessage()
+    assert "notebook n" in said and "session s-1" in said and "user alice" in said
+    assert f"pid {process.pid}" in said
+
+
+def test_an_end_asked_for_keeps_the_reason_the_bridge_gave():
+    process = processes.KernelProcess("s-1", 1, START)
+    process.ending = notices.ACCESS_ENDED
+    assert processes.notice_for_end(process, "asked") == notices.ACCESS_ENDED
+    assert "signal SIGKILL" in processes.describe_status(9)
+    assert processes.describe_status(1 << 8) == "exit status 1"
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_fork_server_ends_its_own_kernels_only(fork_servers):
+    table = KernelProcesses()
+    old = await table.start("s-1", START)
+    fork_servers.made[0].running = False  # stopped; its reader not done yet
+    new = await table.start("s-2", START)
+    fork_servers.made[0].stop_now()
+    assert old.has_exited and not new.has_exited
+    assert table.all() == [new]
+
+
+@pytest.mark.asyncio
+async def test_what_the_fork_server_says_of_a_kernel_reaches_its_page(fork_servers):
+    table = KernelProcesses()
+    process = await table.start("s-1", START)
+    heard = []
+    stop = process.listen(heard.append)
+    server = fork_servers.made[0]
+    for what in ("stopping", "stopped", "out_of_memory"):
+        server.on_notice(server, wire.KernelNotice(process.kernel_id, what, 2.0))
+    stop()
+    server.on_notice(server, wire.KernelNotice(process.kernel_id, "stopped", 2.0))
+    assert heard == [
+        notices.cell_stopping(2),
+        notices.cell_stopped(2),
+        notices.OUT_OF_MEMORY,
+    ]
+
+
+def test_the_words_for_a_long_cell_are_for_visitors():
+    for notice in (notices.cell_stopping(120), notices.cell_stopped(120)):
+        assert "2 minutes" in notice.text and not notice.final
+        assert "cell" not in notice.text.lower() and "kernel" not in notice.text.lower()
+    assert notices.kernel_stopped(120).final
+
+
+# The router: only an admitted call reaches a kernel.
 
 
 class _Recorder:
@@ -373,43 +668,296 @@ async def _answer(app, scope):
     return sent
 
 
-@pytest.mark.asyncio
-async def test_a_session_whose_kernel_cannot_start_runs_in_the_server(monkeypatch):
-    from django_notebooks.kernels import processes
-    from django_notebooks.kernels.forking import ForkServerFailed
+class _Notebook:
+    path = Path("n.py")
+    slug = "n"
+
+
+@pytest.fixture
+def web_process_app(monkeypatch):
     from django_notebooks.marimo import apps
 
     here = _Recorder()
     monkeypatch.setattr(apps.notebook_apps, "app_for", lambda path: here)
+    return here
 
-    async def refused(*args, **kwargs):
-        raise ForkServerFailed("no more processes")
 
-    monkeypatch.setattr(processes.kernel_processes, "start", refused)
-    monkeypatch.setattr(router.registry, "limits_of", lambda notebook: Limits())
-    notebook = type("Notebook", (), {"path": "n.py"})()
-    scope = {"type": "websocket", "query_string": b"session_id=s-9", "headers": []}
-    await router.SessionRouter(notebook)(scope, None, None)
-    assert here.scopes == [scope]
+@pytest.fixture
+def table(monkeypatch):
+    found = KernelProcesses()
+    monkeypatch.setattr(processes, "kernel_processes", found)
+    monkeypatch.setattr(router, "kernel_processes", found)
+    return found
+
+
+def _live(table, session_id):
+    process = processes.KernelProcess(session_id, 9, START)
+    process.forked.set_result(wire.Forked(9, 1, "/nowhere.sock"))
+    table._by_session[session_id] = process
+    table._by_id[9] = process
+    return process
 
 
 @pytest.mark.asyncio
-async def test_a_kernel_call_to_an_ended_kernel_is_answered_410(monkeypatch, tmp_path):
-    from django_notebooks import notices
-    from django_notebooks.kernels import processes
+@pytest.mark.parametrize("path", ["/n/", "/n/health", "/n/favicon.ico"])
+async def test_a_session_id_in_a_header_alone_reaches_no_kernel(
+    web_process_app, table, path
+):
+    process = _live(table, "s-7")
+    called = []
+    process.call = lambda *args: called.append(args)  # type: ignore[method-assign]
+    scope = context.marimo_scope(
+        {"type": "http", "headers": [(b"marimo-session-id", b"s-7")]},
+        path=path,
+        root_path="/n",
+        user={},
+        meta={},
+        notebook_file="n.py",
+    )
+    sent = await _answer(router.SessionRouter(_Notebook()), scope)
+    assert sent[0]["status"] == 200 and called == []
+    (seen,) = web_process_app.scopes
+    # marimo here does not see the id either.
+    assert b"marimo-session-id" not in dict(seen["headers"])
 
-    ended = processes.KernelProcess(session_id="s-8", socket_path=tmp_path / "gone")
-    ended.pid_answer.set_result(999_999)
-    ended.ending = notices.KERNEL_CRASHED
-    table = processes.KernelProcesses()
-    table._by_session["s-8"] = ended
-    monkeypatch.setattr(processes, "kernel_processes", table)
-    monkeypatch.setattr(router, "kernel_processes", table)
-    notebook = type("Notebook", (), {"path": "n.py"})()
-    scope = {"type": "http", "headers": [(b"marimo-session-id", b"s-8")], "path": "/"}
-    sent = await _answer(router.SessionRouter(notebook), scope)
+
+@pytest.mark.asyncio
+async def test_an_admitted_call_for_an_ended_kernel_is_answered_410(
+    web_process_app, table
+):
+    scope = context.marimo_scope(
+        {"type": "http", "headers": [(b"marimo-session-id", b"s-8")]},
+        path="/n/api/kernel/set_ui_element_value",
+        root_path="/n",
+        user={},
+        meta={},
+        notebook_file="n.py",
+        session_id="s-8",
+    )
+    assert dict(scope["headers"])[b"marimo-session-id"] == b"s-8"
+    sent = await _answer(router.SessionRouter(_Notebook()), scope)
     assert sent[0]["status"] == 410
     assert b"has ended" in sent[1]["body"]
+    assert web_process_app.scopes == []
+
+
+@pytest.mark.asyncio
+async def test_an_admitted_call_its_kernel_does_not_answer_is_504_and_the_page_is_told(
+    web_process_app, table
+):
+    process = _live(table, "s-9")
+    heard = []
+    process.listen(heard.append)
+
+    async def not_answering(scope, receive, send):
+        raise processes.KernelNotAnswering
+
+    process.call = not_answering  # type: ignore[method-assign]
+    scope = {"type": "http", "headers": [], context.ADMITTED_SESSION: "s-9"}
+    sent = await _answer(router.SessionRouter(_Notebook()), scope)
+    assert sent[0]["status"] == 504
+    assert b"not responding" in sent[1]["body"]
+    assert heard == [notices.NOT_ANSWERING]
+
+
+@pytest.mark.asyncio
+async def test_a_websocket_whose_kernel_cannot_start_runs_nowhere(
+    web_process_app, table, monkeypatch
+):
+    async def refused(*args, **kwargs):
+        raise processes.KernelUnavailable("no more processes")
+
+    monkeypatch.setattr(table, "start", refused)
+    monkeypatch.setattr(router.registry, "limits_of", lambda notebook: Limits())
+    scope = {"type": "websocket", "headers": [], context.ADMITTED_SESSION: "s-9"}
+    with pytest.raises(processes.KernelUnavailable):
+        await router.SessionRouter(_Notebook())(scope, None, None)
+    assert web_process_app.scopes == []  # never in the web process
+
+
+# The fork server, for real.
+
+
+def test_the_fork_server_starts_says_what_keeps_kernels_in_bounds_and_stops():
+    from django_notebooks.kernels.forking import ForkServer
+
+    stopped = []
+    server = ForkServer(
+        on_exit=lambda *a: None,
+        on_notice=lambda *a: None,
+        on_stopped=stopped.append,
+    )
+    server.start()
+    assert server.running and server.ready is not None
+    directory = Path(server.ready.directory)
+    assert directory.is_dir() and oct(directory.stat().st_mode)[-3:] == "700"
+    assert server.ready.containment in (cgroups.CGROUPS, cgroups.PROCESS_GROUPS)
+    assert server.ready.memory in (cgroups.MEMORY_MAX, cgroups.RLIMITS)
+    title = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert title.startswith(b"django-notebooks fork server")
+    process = server._process
+    server.stop()
+    assert not server.running
+    assert process is not None and process.returncode == 0  # it exited, not killed
+    assert not directory.exists()  # it removed its sockets' folder
+    wait_until(lambda: stopped == [server], 5, "its end was not reported")
+
+
+def test_a_fork_server_removes_the_sockets_folder_a_killed_one_left(
+    tmp_path, monkeypatch
+):
+    from django_notebooks.kernels import forkserver
+
+    monkeypatch.setattr(forkserver.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / "django-notebooks-left"
+    left.mkdir()
+    (left / forkserver.OWNER_FILE).write_text(str(dead.pid))
+    (left / "1.sock").touch()
+    alive = tmp_path / "django-notebooks-alive"
+    alive.mkdir()
+    (alive / forkserver.OWNER_FILE).write_text(str(os.getpid()))
+    made = forkserver.sockets_directory()
+    assert not left.exists() and alive.exists()
+    assert (made / forkserver.OWNER_FILE).read_text() == str(os.getpid())
+
+
+def test_the_output_log_is_bounded(caplog):
+    from django_notebooks.kernels import forkserver
+
+    caplog.set_level(logging.INFO, "django_notebooks.notebook_output")
+    log = forkserver.OutputLog(START_FORK)
+    log.feed(b"".join(b"line %d\n" % n for n in range(200)) + b"x" * 5000, 1000.2)
+    log.feed(b"\n" + b"y" * 10, 1001.5)
+    log.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "line " in m]) == forkserver.OUTPUT_LINES_PER_SECOND
+    assert any("180 lines of output left out" in m for m in lines)
+    assert all(len(m) < forkserver.OUTPUT_LINE_CHARS + 50 for m in lines)
+    assert lines[0].startswith("[n s-1] line 0")
+    assert lines[-1].startswith("[n s-1] yyyy") or "left out" in lines[-1]
+
+
+START_FORK = wire.Fork(
+    id=1,
+    notebook="/n.py",
+    slug="n",
+    session_id="s-1",
+    user="alice",
+    options={},
+    memory_mb=None,
+    cell_timeout=None,
+    unresponsive_after=10.0,
+    session_ttl=5,
+    log_output=True,
+)
+
+
+# cgroups, on a folder of the test's own shaped like cgroupfs.
+
+
+@pytest.fixture
+def cgroup_parent(tmp_path):
+    parent = tmp_path / "service"
+    parent.mkdir()
+    return parent
+
+
+def _as_cgroupfs(folder: Path, controllers: str = "") -> None:
+    (folder / "cgroup.controllers").write_text(controllers)
+    (folder / "cgroup.subtree_control").write_text("")
+
+
+def test_no_cgroups_where_the_folder_cannot_be_made(tmp_path):
+    assert cgroups.KernelCgroups.create(tmp_path / "missing") is None
+    assert cgroups.mechanisms(tmp_path / "missing") == cgroups.Mechanisms(
+        cgroups.PROCESS_GROUPS, cgroups.RLIMITS
+    )
+
+
+def test_each_kernel_gets_a_cgroup_with_its_memory_limit(cgroup_parent):
+    _as_cgroupfs(cgroup_parent, "cpu memory")
+    with_memory = cgroups.KernelCgroups(cgroup_parent, memory=True)
+    assert with_memory.mechanisms == cgroups.Mechanisms(
+        cgroups.CGROUPS, cgroups.MEMORY_MAX
+    )
+    kernel = with_memory.for_kernel(5, 256)
+    assert kernel is not None and kernel.name == "kernel-5"
+    limit = (256 + cgroups.KERNEL_BASE_MB) * 1024 * 1024
+    assert (kernel / "memory.max").read_text() == str(limit)
+    assert (kernel / "memory.oom.group").read_text() == "1"
+    (kernel / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cgroups.ran_out_of_memory(kernel)
+    (kernel / "memory.events").write_text("oom_kill 0\n")
+    assert not cgroups.ran_out_of_memory(kernel)
+
+
+def test_killing_a_cgroup_uses_cgroup_kill(cgroup_parent):
+    (cgroup_parent / "cgroup.kill").write_text("0")
+    cgroups.kill(cgroup_parent)
+    assert (cgroup_parent / "cgroup.kill").read_text() == "1"
+
+
+@pytest.fixture
+def real_cgroup():
+    """A cgroup of the test's own in this machine's cgroup v2 hierarchy
+    (this machine's kind lets root make them: see docs/topics/isolation)."""
+    own = cgroups.own_cgroup()
+    folder = None if own is None else own / f"django-notebooks-tests-{os.getpid()}"
+    try:
+        folder.mkdir()  # type: ignore[union-attr]
+    except (AttributeError, OSError) as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"no cgroup v2 folder can be made here: {error!r}")
+        pytest.skip(f"no cgroup v2 folder can be made here: {error!r}")
+    yield folder
+    cgroups.remove(folder)
+
+
+def test_the_folders_of_fork_servers_gone_are_removed_with_their_processes(
+    real_cgroup,
+):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = real_cgroup / f"django-notebooks-{dead.pid}"
+    (stale / "kernel-1").mkdir(parents=True)
+    # What a cell started and moved out of its process group is still in it.
+    escaped = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    (stale / "kernel-1" / "cgroup.procs").write_text(str(escaped.pid))
+    mine = real_cgroup / f"django-notebooks-{os.getpid()}"
+    mine.mkdir()
+    cgroups.remove_stale(real_cgroup)
+    assert escaped.wait(10) == -9
+    assert not stale.exists() and mine.exists()
+
+
+def test_a_kernel_cgroup_ends_everything_in_it_even_what_left_its_group(real_cgroup):
+    made = cgroups.KernelCgroups.create(real_cgroup)
+    assert made is not None
+    kernel = made.for_kernel(1, None)
+    assert kernel is not None
+    escaped = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    (kernel / "cgroup.procs").write_text(str(escaped.pid))
+    made.close()
+    assert escaped.wait(10) == -9
+    assert not made.base.exists()
+
+
+def test_the_own_cgroup_is_read_from_proc(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(
+        "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
+    )
+    (proc / "self" / "cgroup").write_text("0::/system.slice/site.service\n")
+    assert cgroups.own_cgroup(proc) == Path("/sys/fs/cgroup/system.slice/site.service")
+    (proc / "self" / "mountinfo").write_text(
+        "30 1 0:26 /system.slice /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    )
+    assert cgroups.own_cgroup(proc) == Path("/sys/fs/cgroup/site.service")
+    (proc / "self" / "mountinfo").write_text("no cgroup2 here\n")
+    assert cgroups.own_cgroup(proc) is None
 
 
 # What a kernel process uses, for the admin.
@@ -417,28 +965,29 @@ async def test_a_kernel_call_to_an_ended_kernel_is_answered_410(monkeypatch, tmp
 
 @pytest.fixture
 def lookalike_kernel():
-    """A process whose command line is a kernel process's (they keep the
-    fork server's)."""
-    import subprocess
-    import sys
-
+    """A process with a kernel process's title."""
     process = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import time; sum(range(10**6)); time.sleep(30)",
-            "django_notebooks.kernels.forkserver",
+            "import setproctitle, time; "
+            f"setproctitle.setproctitle({titles.kernel('n', 's_x')!r}); "
+            "sum(range(10**6)); time.sleep(30)",
         ]
     )
-    time.sleep(0.3)
+
+    def titled() -> bool:
+        return titles.is_kernel(Path(f"/proc/{process.pid}/cmdline").read_bytes())
+
+    deadline = time.monotonic() + 10
+    while not titled() and time.monotonic() < deadline:
+        time.sleep(0.05)
     yield process.pid
     process.kill()
     process.wait()
 
 
 def test_usage_is_read_for_kernel_processes_only(lookalike_kernel):
-    import os
-
     from django_notebooks.kernels import usage
 
     assert usage.usage(os.getpid()) is None  # pytest is no kernel process
@@ -465,172 +1014,20 @@ def test_the_admin_shows_a_kernel_process_where_it_can(lookalike_kernel):
     assert str(show(None, threads)) == "thread in the server process"
 
 
-# The web process's record of its kernel processes.
+def test_titles_tell_the_fork_server_a_kernel_and_what_a_cell_started_apart():
+    kernel = titles.kernel("sales", "s_abc123")
+    assert kernel == "django-notebooks kernel sales s_abc123"
+    assert titles.is_kernel(kernel.encode() + b"\x00")
+    assert not titles.is_kernel(titles.fork_server(1).encode())
+    assert not titles.is_kernel(titles.started_by_cell("sales", "s_abc123").encode())
 
 
-def _process(table, session_id, pid, tmp_path):
-    from django_notebooks.kernels import processes
+@pytest.mark.django_db
+def test_the_sessions_list_says_what_keeps_kernels_in_bounds(admin_client):
+    from django_notebooks.kernels.processes import kernel_processes
 
-    process = processes.KernelProcess(
-        session_id=session_id, socket_path=tmp_path / f"{session_id}.sock"
-    )
-    process.socket_path.touch()
-    process.pid = pid
-    process.pid_answer.set_result(pid)
-    table._by_session[session_id] = process
-    table._by_pid[pid] = process
-    return process
-
-
-def test_an_exit_report_ends_its_process_and_removes_its_socket(tmp_path):
-    table = KernelProcesses()
-    process = _process(table, "s-1", 4_194_300, tmp_path)
-    table._exited(4_194_300, 9)  # killed by SIGKILL, not by the bridge
-    assert process.has_exited and process.exit_status == 9
-    assert table.get("s-1") is None and not process.socket_path.exists()
-    # Nothing is signalled any more: the pid may be another process's now.
-    assert process.signal(0) is False and process.interrupt() is False
-
-
-def test_an_exit_reported_before_its_pid_is_kept_for_its_start(tmp_path):
-    from django_notebooks.kernels import processes
-
-    table = KernelProcesses()
-    for pid in range(processes.MAX_EARLY_EXITS + 5):
-        table._exited(pid + 1, 0)
-    assert len(table._early_exits) == processes.MAX_EARLY_EXITS
-
-
-def test_a_stopped_fork_server_ends_every_kernel_process(tmp_path):
-    table = KernelProcesses()
-    one = _process(table, "s-1", 4_194_301, tmp_path)
-    two = _process(table, "s-2", 4_194_302, tmp_path)
-    table._fork_server_stopped()
-    assert one.has_exited and two.has_exited and table.all() == []
-
-
-@pytest.mark.asyncio
-async def test_why_a_kernel_ended(tmp_path):
-    from django_notebooks import notices
-
-    table = KernelProcesses()
-    process = _process(table, "s-1", 4_194_303, tmp_path)
-    process.exited.set()
-    assert await process.why_ended() == notices.KERNEL_CRASHED
-    process.ending = notices.OUT_OF_MEMORY
-    assert await process.why_ended() == notices.OUT_OF_MEMORY
-
-
-def test_ending_a_process_that_is_still_starting_waits_for_its_pid(tmp_path):
-    from django_notebooks import notices
-    from django_notebooks.kernels import processes
-
-    starting = processes.KernelProcess(session_id="s-1", socket_path=tmp_path / "s")
-    starting.terminate(notices.ACCESS_ENDED)  # no pid yet: nothing to signal
-    starting.kill(notices.KERNEL_CRASHED)
-    starting.demote()
-    assert starting.ending == notices.ACCESS_ENDED  # the first reason stays
-
-
-def test_demote_renices_every_thread_of_a_process():
-    import os
-    import subprocess
-    import sys
-
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import threading, time; threading.Thread(target=time.sleep, "
-            "args=(30,), daemon=True).start(); time.sleep(30)",
-        ]
-    )
-    try:
-        time.sleep(0.5)
-        from django_notebooks.kernels import processes
-
-        process = processes.KernelProcess(session_id="s", socket_path=None)  # type: ignore[arg-type]
-        process.pid = child.pid
-        process.demote()
-        threads = os.listdir(f"/proc/{child.pid}/task")
-        assert len(threads) == 2
-        assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in threads} == {19}
-    finally:
-        child.kill()
-        child.wait()
-
-
-# The fork server's wire.
-
-
-def test_a_message_and_its_descriptor_cross_the_wire():
-    from django_notebooks.kernels.forking import receive_message, send_message
-
-    ours, theirs = socket.socketpair()
-    readable, writable = socket.socketpair()
-    send_message(ours, {"id": 1, "notebook": "n.py"}, [readable.fileno()])
-    message, fds = receive_message(theirs)
-    assert message == {"id": 1, "notebook": "n.py"} and len(fds) == 1
-    writable.sendall(b"x")
-    assert socket.socket(fileno=fds[0]).recv(1) == b"x"
-    ours.close()
-    assert receive_message(theirs) == (None, [])  # the other end closed
-    for sock in (theirs, readable, writable):
-        sock.close()
-
-
-def test_a_fork_nobody_waits_for_any_more_is_ended():
-    import concurrent.futures
-    import subprocess
-    import sys
-
-    from django_notebooks.kernels.forking import _settle
-
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    answer: concurrent.futures.Future[int] = concurrent.futures.Future()
-    answer.cancel()
-    _settle(answer, child.pid)
-    assert child.wait(10) == -15  # SIGTERM
-    failed: concurrent.futures.Future[int] = concurrent.futures.Future()
-    _settle(failed, RuntimeError("no"))
-    assert isinstance(failed.exception(), RuntimeError)
-
-
-@pytest.mark.asyncio
-async def test_a_frame_too_large_or_not_a_message_closes_the_call():
-    import marshal
-
-    reader = asyncio.StreamReader()
-    reader.feed_data(tunnel.LENGTH.pack(tunnel.MAX_FRAME + 1))
-    with pytest.raises(tunnel.TunnelClosed):
-        await tunnel.read_message(reader)
-    reader = asyncio.StreamReader()
-    data = marshal.dumps([1, 2])
-    reader.feed_data(tunnel.LENGTH.pack(len(data)) + data)
-    with pytest.raises(tunnel.TunnelClosed):
-        await tunnel.read_message(reader)
-
-
-@pytest.mark.asyncio
-async def test_marimos_enum_close_codes_cross_the_tunnel_as_values():
-    import enum
-
-    class Code(enum.IntEnum):
-        FORBIDDEN = 1008
-
-    class Reason(enum.StrEnum):
-        NO = "MARIMO_NO"
-
-    reader = asyncio.StreamReader()
-    message = {"type": "websocket.close", "code": Code.FORBIDDEN, "reason": Reason.NO}
-    reader.feed_data(tunnel.encode(message))
-    reader.feed_eof()
-    got = await tunnel.read_message(reader)
-    assert got == {"type": "websocket.close", "code": 1008, "reason": "MARIMO_NO"}
-    assert type(got["code"]) is int
-    assert await tunnel.read_message(reader) is None
-
-
-def test_a_call_for_no_session_is_for_the_server():
-    scope = {"type": "http", "headers": [], "root_path": "/n", "path": "/n/assets/x.js"}
-    assert router.session_of(scope) is None
+    found = kernel_processes.mechanisms()
+    page = admin_client.get("/admin/django_notebooks/notebooksession/")
+    said = page.content.decode()
+    assert f"Each kernel process runs in {found.containment}" in said
+    assert f"limited by {found.memory}" in said

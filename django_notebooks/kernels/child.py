@@ -2,11 +2,18 @@
 own, forked by the fork server (``forkserver.py``).
 
 It serves the session's ASGI calls (``tunnel.py``) on the listening socket
-the web process made for it, and runs the notebook's cells under the
+its fork server made for it, and runs the notebook's cells under the
 session's limits: a lower CPU priority than the web server, a cap on the
-memory it may take, an interrupt on SIGINT (from the web process, when a
-cell has run past ``CELL_TIMEOUT``). It ends by itself once its websocket
-has been gone for marimo's ``session_ttl``, and when the fork server goes.
+memory it may take, an interrupt on ``SIGINT`` (from its fork server, when
+a cell has run past ``CELL_TIMEOUT``). It is a process group of its own
+(and a cgroup's, where there are cgroups), so that its parent ends
+whatever its cells started together with it. It tells its parent when a
+cell starts and ends, and answers its pings, on its status channel. It
+ends by itself once its websocket has been gone for marimo's
+``session_ttl``, and when the fork server goes.
+
+This code runs only in the kernel processes: the test suite's in-process
+coverage does not see it; tests/e2e/test_isolation.py runs it.
 """
 
 from __future__ import annotations
@@ -27,8 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from django_notebooks import notices
-from django_notebooks.kernels import cells, tunnel
+from django_notebooks.kernels import cells, cgroups, titles, tunnel, wire
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,19 @@ WARM_UP_TIMEOUT = 30.0
 # How often the process looks whether it is still wanted.
 WATCH_INTERVAL = 0.5
 PR_SET_PDEATHSIG = 1
+# Kernel processes run at this much lower CPU priority than the web server,
+# so that a busy cell cannot starve the server's event loop (the fork server
+# lowers one whose cell runs long further, to the lowest).
+NICE_INCREMENT = 10
+# Address space a kernel process may map beyond what it holds at its start
+# and MEMORY_MB (RLIMIT_AS counts what is reserved, not only what is used):
+# the stacks and malloc arenas of the threads marimo starts for a session,
+# libraries loaded on first use.
+ADDRESS_SPACE_MARGIN_MB = 256
+# marimo's threads would each reserve a malloc arena of 64 MB of address
+# space; two are enough for one session.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8
 
 
 class WarmUpFailed(RuntimeError):
@@ -106,129 +125,231 @@ async def _warm_up_session(app: Any) -> None:
         session.cancel()
 
 
-def prepare(request: dict[str, Any]) -> None:
-    """In the fork server, before it forks the kernel process for
-    ``request``: build the notebook's marimo app (once per notebook and
-    options; marimo reads the notebook file again for each session), so
-    that the kernel process finds it built. Building starts no thread."""
+def prepare(fork: wire.Fork) -> None:
+    """In the fork server, before it forks the kernel process for ``fork``:
+    build the notebook's marimo app (once per notebook and options; marimo
+    reads the notebook file again for each session), so that the kernel
+    process finds it built. Building starts no thread."""
     from django_notebooks.marimo.apps import notebook_apps
 
-    notebook_apps.app_for(Path(request["notebook"]), request["options"])
+    notebook_apps.app_for(Path(fork.notebook), fork.options)
     # What is in memory now stays as it is: the kernel processes' garbage
     # collector would otherwise touch, and so copy, all of it.
     gc.freeze()
 
 
-def main(request: dict[str, Any], listener: socket.socket) -> NoReturn:
-    """Run the kernel process (in the fork server's child, after the fork)."""
-    status = 0
-    try:
-        _die_with_parent()
-        _lower_priority(request.get("nice", 0))
-        _limit_memory(request.get("memory_mb"))
-        _use_databases(request.get("databases", {}))
-        asyncio.run(_serve(request, listener))
-    except BaseException:
-        logger.exception("A notebook's kernel process failed")
-        status = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+def run(
+    fork: wire.Fork,
+    *,
+    parent: int,
+    listener: socket.socket,
+    status: socket.socket,
+    output: int | None,
+    cgroup: Path | None,
+    memory_by_cgroup: bool,
+    inherited: list[int],
+) -> NoReturn:
+    """Be the kernel process (in the fork server's child, right after the
+    fork; the fork server's guard ends the process if this ever returns).
+
+    ``parent`` is the fork server's pid, taken before the fork; ``output``
+    the pipe for what notebook code prints (``None``: thrown away);
+    ``inherited``: the fork server's descriptors, closed here.
+    """
+    _die_with_parent(parent)
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    # Its own process group (its parent sets it too, whichever runs first),
+    # and its own cgroup: what its cells start ends with it.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if cgroup is not None:
+        with contextlib.suppress(OSError):
+            cgroups.join(cgroup)
+    titles.set_title(titles.kernel(fork.slug, fork.session_id))
+    os.register_at_fork(
+        after_in_child=lambda: titles.set_title(
+            titles.started_by_cell(fork.slug, fork.session_id)
+        )
+    )
+    _redirect_output(output)
+    with contextlib.suppress(OSError):
+        os.nice(NICE_INCREMENT)
+    _limit_memory(fork.memory_mb, address_space=not memory_by_cgroup)
+    cells.reporter = _StatusReporter(status)
+    asyncio.run(_serve(fork, listener, status))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """On Linux, the kernel kills this process if the fork server dies, even
-    by SIGKILL (elsewhere the fork server kills its children as it exits)."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    # The process's own symbols include libc's (find_library would run
-    # ldconfig, a subprocess, on every start).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    by SIGKILL (elsewhere the fork server kills its children as it exits).
+    ``parent``: the fork server's pid, taken before the fork."""
+    if sys.platform.startswith("linux"):
+        # The process's own symbols include libc's (find_library would run
+        # ldconfig, a subprocess, on every start).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
 
 
-def _lower_priority(increment: int) -> None:
-    if increment:
-        with contextlib.suppress(OSError):
-            os.nice(increment)
+def _redirect_output(output: int | None) -> None:
+    """Send what notebook code (and anything it starts) prints to
+    ``output``, or nowhere; the bridge's own log lines keep going to the
+    server's log."""
+    server_log = os.fdopen(os.dup(2), "w", buffering=1)
+    for handler in _stream_handlers():
+        if _fileno(handler.stream) in (1, 2):
+            handler.setStream(server_log)
+    target = output if output is not None else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    os.close(target)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
-def memory_in_use() -> int:
-    """Bytes of private, writable memory this process holds now (what
-    RLIMIT_DATA counts), 0 where the system does not say."""
+def _stream_handlers() -> Iterator[logging.StreamHandler[Any]]:
+    """The handlers of the root logger and of Django's and the bridge's
+    loggers (not marimo's: its log in a kernel is the notebook's)."""
+    loggers: list[Any] = [logging.getLogger()]
+    for name, found in logging.Logger.manager.loggerDict.items():
+        if name.startswith("django") and isinstance(found, logging.Logger):
+            loggers.append(found)
+    for found in loggers:
+        for handler in found.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                yield handler
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def memory_in_use() -> tuple[int, int]:
+    """Bytes of private writable memory (what RLIMIT_DATA counts) and of
+    address space (what RLIMIT_AS counts) this process holds now; zeros
+    where the system does not say."""
+    found = {"VmData:": 0, "VmSize:": 0}
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            name = line.split(":", 1)[0] + ":"
+            if name in found:
+                found[name] = int(line.split()[1]) * 1024
+    return found["VmData:"], found["VmSize:"]
 
 
-def _limit_memory(megabytes: int | None) -> None:
+def _limit_memory(megabytes: int | None, *, address_space: bool) -> None:
     """Let notebook code allocate ``megabytes`` more than the kernel process
-    holds at its start; past that an allocation fails (MemoryError)."""
+    holds at its start; past that an allocation fails (``MemoryError``, or
+    ``OSError(ENOMEM)`` for a mapping).
+
+    ``RLIMIT_DATA`` counts private memory exactly; shared mappings
+    (``mmap(-1, n)``, ``multiprocessing.shared_memory``) escape it, so
+    unless a cgroup limits the memory (``address_space`` false),
+    ``RLIMIT_AS`` caps everything the process maps, with a margin for
+    the address space that threads reserve.
+    """
     if not megabytes:
         return
-    limit = memory_in_use() + megabytes * 1024 * 1024
-    kind = (
-        resource.RLIMIT_DATA if sys.platform.startswith("linux") else resource.RLIMIT_AS
-    )
-    if kind == resource.RLIMIT_AS:
-        limit += resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(kind, (limit, limit))
+    data, size = memory_in_use()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        limit = data + megabytes * 1024 * 1024
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if address_space or not sys.platform.startswith("linux"):
+        limit = size + (megabytes + ADDRESS_SPACE_MARGIN_MB) * 1024 * 1024
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _use_databases(names: dict[str, str]) -> None:
-    """Use the databases the web process uses (a test run renames them)."""
-    from django.conf import settings
+class _StatusReporter:
+    """The kernel's side of its status channel: cells started and ended
+    (from the kernel thread) and answers to pings (from the event loop)."""
 
-    for alias, name in names.items():
-        if alias in settings.DATABASES:
-            settings.DATABASES[alias]["NAME"] = name
+    def __init__(self, status: socket.socket) -> None:
+        self.status = status
+        self._lock = threading.Lock()
+
+    def send(self, sent: Any) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            wire.send(self.status, sent)
+
+    def started(self) -> None:
+        self.send(wire.CellStarted())
+
+    def ended(self, *, interrupted: bool, out_of_memory: bool) -> None:
+        self.send(wire.CellEnded(interrupted, out_of_memory))
 
 
-async def _serve(request: dict[str, Any], listener: socket.socket) -> None:
+async def _serve(
+    fork: wire.Fork, listener: socket.socket, status: socket.socket
+) -> None:
     from django_notebooks.marimo.apps import notebook_apps
 
     loop = asyncio.get_running_loop()
     # Built already, by the fork server (prepare()): found in its cache.
-    app = notebook_apps.app_for(Path(request["notebook"]), request["options"])
-    websockets: set[asyncio.StreamWriter] = set()
+    app = notebook_apps.app_for(Path(fork.notebook), fork.options)
+    websockets = 0
     last_seen = loop.time()
+    parent_gone = asyncio.Event()
+    reporter = cells.reporter
+    assert isinstance(reporter, _StatusReporter)
+    decoder = wire.Decoder()
 
-    def tell_page(notice: notices.Notice) -> None:
-        frame = tunnel.encode({"type": "websocket.send", "text": notice.frame()})
-        for writer in websockets:
-            writer.write(frame)
+    def answer_pings() -> None:
+        try:
+            data = status.recv(wire.READ_SIZE, socket.MSG_DONTWAIT)
+            messages = decoder.feed(data) if data else None
+        except BlockingIOError:
+            return
+        except (OSError, wire.WireError):
+            messages = None
+        if messages is None:  # the fork server has gone
+            loop.remove_reader(status.fileno())
+            parent_gone.set()
+            return
+        for message in messages:
+            if isinstance(message, wire.Ping):
+                reporter.send(wire.Pong(message.number))
 
     @contextlib.contextmanager
-    def watch(scope: dict[str, Any], writer: asyncio.StreamWriter) -> Iterator[None]:
-        nonlocal last_seen
+    def watch(scope: dict[str, Any]) -> Iterator[None]:
+        nonlocal websockets, last_seen
         if scope.get("type") != "websocket":
             yield
             return
-        websockets.add(writer)
+        websockets += 1
         try:
             yield
         finally:
-            websockets.discard(writer)
+            websockets -= 1
             last_seen = loop.time()
 
-    def out_of_memory() -> None:  # on the kernel thread
-        loop.call_soon_threadsafe(tell_page, notices.OUT_OF_MEMORY)
-
-    cells.on_memory_error = out_of_memory
+    loop.add_reader(status.fileno(), answer_pings)
     loop.add_signal_handler(signal.SIGINT, cells.interrupt)
     loop.add_signal_handler(signal.SIGTERM, os._exit, 0)
     server = await asyncio.start_unix_server(
         lambda reader, writer: tunnel.serve_call(app, reader, writer, watch),
         sock=listener,
     )
-    keep = request["session_ttl"] + END_GRACE
+    keep = fork.session_ttl + END_GRACE
     async with server:
-        while websockets or loop.time() - last_seen < keep:
-            await asyncio.sleep(WATCH_INTERVAL)
+        while not parent_gone.is_set() and (
+            websockets or loop.time() - last_seen < keep
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(parent_gone.wait(), WATCH_INTERVAL)

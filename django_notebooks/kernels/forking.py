@@ -1,6 +1,5 @@
-"""The web process's handle on its fork server (``forkserver.py``): one
-process per web process that forks a kernel process for each notebook
-session.
+"""The web process's handle on a fork server (``forkserver.py``): the process
+that forks a kernel process for each notebook session.
 
 Forking the web process itself would copy its threads' half-held locks and
 open database connections into the child. Starting a fresh interpreter per
@@ -10,10 +9,16 @@ Django, marimo and the bridge, and then forks a ready kernel process in a
 few milliseconds whenever asked (``multiprocessing``'s forkserver works the
 same way).
 
-The two talk over a socket pair: requests to fork (with the session's
-listening socket passed along), answers with the new pid, and a message
-when a kernel process ends. When the web process goes, even killed, the
-socket closes, and the fork server kills its kernel processes and exits.
+The two talk over a socket pair, in the wire's messages (``wire.py``): the
+web process asks for a kernel (:class:`~wire.Fork`) or its end
+(:class:`~wire.End`), by the kernel's id, never by pid; the fork server
+answers with the kernel's pid and socket (:class:`~wire.Forked`), and
+reports each kernel's end (:class:`~wire.Exited`) and what its page should
+hear (:class:`~wire.KernelNotice`). When the web process goes, even killed,
+the socket closes, and the fork server ends its kernels and exits.
+
+A :class:`ForkServer` is one fork server's life: once it has stopped, the
+web process makes a new one, and the kernels of the old one are its own.
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import marshal
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,96 +35,54 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_notebooks.kernels import tunnel
+from django_notebooks.kernels import wire
 
 logger = logging.getLogger(__name__)
 
 SERVER_MODULE = "django_notebooks.kernels.forkserver"
-LENGTH = tunnel.LENGTH
 # Seconds the web process waits for the fork server to import everything.
 START_TIMEOUT = 60.0
+# Seconds stop() waits for the fork server to end its kernels and exit.
+STOP_TIMEOUT = 5.0
+# Kernel ids are unique in the web process, across fork servers.
+_kernel_ids = itertools.count(1)
 
 
 class ForkServerFailed(RuntimeError):
     """The fork server could not start, or has stopped."""
 
 
-# The wire: the tunnel's frames (a length, then a marshalled dict); a passed
-# file descriptor travels with the length's bytes.
+class ForkRefused(RuntimeError):
+    """The fork server could not fork a kernel (the system's limit on
+    processes or memory, a notebook it could not read)."""
 
 
-def send_message(
-    sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None
-) -> None:
-    frame = tunnel.encode(message)
-    if fds:
-        socket.send_fds(sock, [frame[: LENGTH.size]], fds)
-        sock.sendall(frame[LENGTH.size :])
-    else:
-        sock.sendall(frame)
-
-
-def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """The next message and the descriptors passed with it; ``None`` once the
-    other end has closed (or gone: a reset is an end too)."""
-    try:
-        header, fds, _flags, _address = socket.recv_fds(sock, LENGTH.size, 4)
-    except ConnectionError:
-        return None, []
-    while header and len(header) < LENGTH.size:
-        more = sock.recv(LENGTH.size - len(header))
-        if not more:
-            break
-        header += more
-    if len(header) < LENGTH.size:
-        return None, fds
-    (length,) = LENGTH.unpack(header)
-    data = b""
-    while len(data) < length:
-        try:
-            chunk = sock.recv(length - len(data))
-        except ConnectionError:
-            chunk = b""
-        if not chunk:
-            return None, fds
-        data += chunk
-    return marshal.loads(data), fds
-
-
-# The web process's side.
-
-
-def _settle(answer: concurrent.futures.Future[int], outcome: int | Exception) -> None:
-    """Give a fork's waiter its pid or error. One that stopped waiting (a
-    cancelled asyncio wrapper cancels the future too) has its process ended:
-    no session will ever use it."""
-    if not answer.set_running_or_notify_cancel():
-        if not isinstance(outcome, Exception):
-            with contextlib.suppress(OSError):
-                os.kill(outcome, signal.SIGTERM)
-        return
-    if isinstance(outcome, Exception):
-        answer.set_exception(outcome)
-    else:
-        answer.set_result(outcome)
+def new_kernel_id() -> int:
+    return next(_kernel_ids)
 
 
 class ForkServer:
-    """The web process's handle on its fork server (started on first use)."""
+    """The web process's handle on one fork server (started by
+    :meth:`start`, ended by :meth:`stop` or its own end)."""
 
     def __init__(
         self,
-        on_exit: Callable[[int, int], None],
-        on_stopped: Callable[[], None] = lambda: None,
+        *,
+        on_exit: Callable[[ForkServer, wire.Exited], None],
+        on_notice: Callable[[ForkServer, wire.KernelNotice], None],
+        on_stopped: Callable[[ForkServer], None],
     ) -> None:
         self._on_exit = on_exit
+        self._on_notice = on_notice
         self._on_stopped = on_stopped
-        self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, concurrent.futures.Future[int]] = {}
+        self._waiting: dict[int, concurrent.futures.Future[wire.Forked]] = {}
+        self.ready: wire.Ready | None = None
+        self.stopped = threading.Event()
+        #: stop() was called: its end was asked for.
+        self.stopping = False
 
     @property
     def pid(self) -> int | None:
@@ -129,16 +90,14 @@ class ForkServer:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return (
+            self._process is not None
+            and self._process.poll() is None
+            and not self.stopped.is_set()
+        )
 
-    def ensure_running(self) -> None:
-        """Start the fork server unless it runs (blocks while it starts)."""
-        with self._lock:
-            if self._process is not None and self._process.poll() is None:
-                return
-            self._start()
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the fork server and wait until it is ready (blocking)."""
         ours, theirs = socket.socketpair()
         path = [entry or os.getcwd() for entry in sys.path]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
@@ -152,78 +111,107 @@ class ForkServer:
         finally:
             theirs.close()
         ours.settimeout(START_TIMEOUT)
+        receive = wire.receiver(ours)
+        ready = None
         try:
-            ready, _fds = receive_message(ours)
-        except OSError:
-            ready = None
-        if not ready or "error" in ready:
+            messages: list[Any] | None = []
+            while messages == []:
+                messages = receive()
+            ready = messages[0] if messages else None
+        except (OSError, wire.WireError):
+            pass
+        if not isinstance(ready, wire.Ready):
             process.kill()
             process.wait()
             ours.close()
-            why = ready["error"] if ready else "it exited while starting"
-            raise ForkServerFailed(f"The kernel fork server did not start: {why}")
+            self.stopped.set()
+            why = ready.error if isinstance(ready, wire.StartFailed) else None
+            raise ForkServerFailed(
+                f"The kernel fork server did not start: {why or 'it exited while starting'}"
+            )
         ours.settimeout(None)
-        self._process, self._control = process, ours
+        self._process, self._control, self.ready = process, ours, ready
         threading.Thread(
             target=self._read,
-            args=(ours,),
+            args=(receive,),
             name="django-notebooks-forkserver",
             daemon=True,
         ).start()
 
     def fork(
-        self,
-        request: dict[str, Any],
-        listener: socket.socket,
-        answer: concurrent.futures.Future[int],
+        self, fork: wire.Fork, answer: concurrent.futures.Future[wire.Forked]
     ) -> None:
-        """Ask for a kernel process serving on ``listener``; ``answer`` gets
-        its pid (or the fork server's error)."""
-        self.ensure_running()
-        number = next(self._ids)
-        self._waiting[number] = answer
+        """Ask for a kernel process; ``answer`` gets its :class:`~wire.Forked`
+        (or :class:`ForkRefused`, :class:`ForkServerFailed`)."""
+        self._waiting[fork.id] = answer
         try:
-            with self._send_lock:
-                assert self._control is not None
-                send_message(
-                    self._control, {**request, "id": number}, [listener.fileno()]
-                )
-        except OSError as error:
-            self._waiting.pop(number, None)
-            raise ForkServerFailed(
-                f"The kernel fork server has stopped: {error}"
-            ) from error
+            self._send(fork)
+        except ForkServerFailed:
+            self._waiting.pop(fork.id, None)
+            raise
 
-    def _read(self, control: socket.socket) -> None:
+    def end(self, kernel_id: int, *, now: bool = False) -> None:
+        """Ask for kernel ``kernel_id``'s end (nothing if it has ended)."""
+        with contextlib.suppress(ForkServerFailed):
+            self._send(wire.End(kernel_id, now))
+
+    def _send(self, message: Any) -> None:
+        with self._send_lock:
+            control = self._control
+            if control is None or self.stopped.is_set():
+                raise ForkServerFailed("The kernel fork server has stopped")
+            try:
+                wire.send(control, message)
+            except OSError as error:
+                raise ForkServerFailed(
+                    f"The kernel fork server has stopped: {error}"
+                ) from error
+
+    def _read(self, receive: Callable[[], list[Any] | None]) -> None:
         while True:
             try:
-                message, _fds = receive_message(control)
-            except OSError:
-                message = None
-            if message is None:
+                messages = receive()
+            except (OSError, wire.WireError) as error:
+                logger.error("The kernel fork server's messages failed: %r", error)
+                messages = None
+            if messages is None:
                 break
-            if "exited" in message:
-                self._on_exit(message["exited"], message["status"])
-            elif "id" in message:
-                answer = self._waiting.pop(message["id"], None)
-                if answer is None:
-                    continue
-                if "pid" in message:
-                    _settle(answer, message["pid"])
-                else:
-                    _settle(answer, ForkServerFailed(message.get("error", "")))
+            for message in messages:
+                self._dispatch(message)
+        self.stopped.set()
         for answer in list(self._waiting.values()):
             _settle(answer, ForkServerFailed("The kernel fork server stopped"))
         self._waiting.clear()
+        process = self._process
+        if process is not None:
+            # Reaped here, not left a zombie until the web process exits.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_TIMEOUT)
         # Its kernel processes die with it (PR_SET_PDEATHSIG, or it killed
         # them as it stopped): none of their exits will be reported.
-        self._on_stopped()
+        self._on_stopped(self)
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, wire.Exited):
+            self._on_exit(self, message)
+        elif isinstance(message, wire.KernelNotice):
+            self._on_notice(self, message)
+        elif isinstance(message, wire.Forked):
+            answer = self._waiting.pop(message.id, None)
+            if answer is not None:
+                _settle(answer, message)
+        elif isinstance(message, wire.ForkRefused):
+            answer = self._waiting.pop(message.id, None)
+            if answer is not None:
+                _settle(answer, ForkRefused(message.error))
 
     def stop(self) -> None:
-        """Stop the fork server; it kills the kernel processes still running."""
-        with self._lock:
+        """Stop the fork server; it ends the kernel processes still running."""
+        self.stopping = True
+        with self._send_lock:
             process, control = self._process, self._control
-            self._process = self._control = None
+            self._control = None
+        self.stopped.set()
         if control is not None:
             # shutdown() first: close() alone leaves the socket open while
             # the reader thread waits in recv() on it, and the fork server
@@ -233,7 +221,19 @@ class ForkServer:
             control.close()
         if process is not None:
             try:
-                process.wait(timeout=3)
+                process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _settle(
+    answer: concurrent.futures.Future[wire.Forked], outcome: wire.Forked | Exception
+) -> None:
+    """Give a fork's waiter its answer (unless it has been given one)."""
+    if answer.done():
+        return
+    if isinstance(outcome, Exception):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)

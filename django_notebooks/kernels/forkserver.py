@@ -3,10 +3,25 @@ django_notebooks.kernels.forkserver <fd>`` by its web process
 (``forking.py``), it gets ready once and then forks a kernel process
 (``child.py``) for each request on the socket ``fd``.
 
-It reports each kernel process's exit. When its web process goes (the
-socket closes, or its parent changes) it kills its kernel processes and
-exits. This code runs only in the fork server: the test suite's in-process
-coverage does not see it; tests/e2e/test_isolation.py runs it.
+It is the one owner of its kernel processes: it starts them, signals them
+and reaps them, so that no signal ever goes to a pid that has been reused.
+For each kernel it
+
+- makes its listening socket (in a private folder it removes as it exits),
+  its status channel and, when notebook output is logged, its output pipe;
+- makes it a process group (and a cgroup, where it may), and ends the whole
+  group when the kernel ends, before reaping it;
+- times its cells against ``CELL_TIMEOUT`` from the kernel's own reports
+  (interrupt, then kill), lowers its priority when a cell runs long or when
+  it uses the CPU while no cell runs, and ends it if it stops answering
+  pings while no cell runs;
+- reports its end to the web process, with why.
+
+When its web process goes (the control socket closes, or its parent
+changes) it ends every kernel and exits. Its loop is single-threaded: a
+process may only fork while no other thread runs. This code runs only in
+the fork server: the test suite's in-process coverage does not see it;
+tests/e2e/test_isolation.py runs it.
 """
 
 from __future__ import annotations
@@ -14,20 +29,47 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
+import selectors
+import shutil
 import signal
 import socket
 import sys
-import threading
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from django_notebooks.kernels.forking import receive_message, send_message
+from django_notebooks.kernels import cgroups, titles, wire
 
 logger = logging.getLogger(__name__)
+output_logger = logging.getLogger("django_notebooks.notebook_output")
 
 COLD = "--cold"  # start without the warm-up session
-# Seconds between checks that the web process still runs.
-PARENT_CHECK_INTERVAL = 1.0
+# The longest the loop sleeps: how soon it sees its web process gone when
+# that process's socket stays open (a child it forked without exec holds a
+# copy), and the resolution of its timers.
+TICK = 0.5
+# Seconds a kernel gets to end on SIGTERM before its group is killed.
+TERMINATE_GRACE = 2.0
+# Seconds a cell runs before its kernel process goes to the lowest priority.
+DEMOTE_AFTER = 1.0
+LOWEST_PRIORITY = 19
+# A kernel running no cell that uses more than this share of a core over a
+# second (a thread a cell left spinning) is demoted too.
+IDLE_CPU_SHARE = 0.2
+# Seconds between pings to a kernel's event loop.
+PING_EVERY = 2.0
+LISTEN_BACKLOG = 64
+# Seconds the fork server waits for its web process to take a message.
+SEND_TIMEOUT = 10.0
+SOCKETS_PREFIX = "django-notebooks-"
+OWNER_FILE = "fork-server.pid"
+# What a kernel's printed output may put in the server's log (when the
+# project asks for it): lines a second, and characters a line.
+OUTPUT_LINES_PER_SECOND = 20
+OUTPUT_LINE_CHARS = 1000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _warm(run_session: bool) -> None:
@@ -35,6 +77,7 @@ def _warm(run_session: bool) -> None:
     import django
 
     django.setup()
+    _log_like_the_server()
     import marimo  # noqa: F401
 
     from django_notebooks.kernels import child
@@ -46,103 +89,542 @@ def _warm(run_session: bool) -> None:
     connections.close_all()
 
 
-def _fork_kernel(
-    request: dict[str, Any],
-    fds: list[int],
-    control: socket.socket,
-    wake_pipe: tuple[int, int],
-) -> int:
-    """Fork the kernel process ``request`` asks for; its pid."""
-    from django_notebooks.kernels import child
-
-    if len(fds) != 1:
-        raise ValueError(f"a request with {len(fds)} file descriptors, not 1")
-    child.prepare(request)
-    if threading.active_count() > 1:
-        # Forking now would copy another thread's half-held locks.
-        raise RuntimeError("the fork server has threads running")
-    pid = os.fork()
-    if pid == 0:  # the kernel process
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in wake_pipe:
-            os.close(fd)
-        control.close()
-        child.main(request, socket.socket(fileno=fds[0]))
-    os.close(fds[0])
-    return pid
+def _log_like_the_server() -> None:
+    """Where the project configured no logging (the ASGI server configures
+    its own, in the web process only), the bridge's messages still go to
+    the server's output, the fork server's standard error."""
+    bridge = logging.getLogger("django_notebooks")
+    if bridge.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-8s %(name)s %(message)s")
+    )
+    bridge.addHandler(handler)
+    bridge.setLevel(logging.INFO)
 
 
-def _serve(control: socket.socket) -> None:
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    os.set_blocking(wake_read, False)
-    signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGCHLD, lambda number, frame: None)
-    children: set[int] = set()
+@dataclass(eq=False)
+class Kernel:
+    """One kernel process, as its parent keeps it."""
 
-    def reap() -> None:
-        while children:
+    fork: wire.Fork
+    pid: int
+    status: socket.socket
+    socket_path: Path
+    cgroup: Path | None
+    output: int | None = None
+    output_log: OutputLog | None = None
+    decoder: wire.Decoder = field(default_factory=wire.Decoder)
+    status_open: bool = True
+    #: When the cell running now started (monotonic), if one runs.
+    cell_since: float | None = None
+    #: When the last cell ended, or the kernel started.
+    cell_ended_at: float = field(default_factory=time.monotonic)
+    demoted: bool = False
+    #: CPU ticks and when they were read, to see CPU used while no cell runs.
+    cpu_seen: tuple[float, int] | None = None
+    ping_number: int = 0
+    pinged_at: float = 0.0
+    answered_at: float = field(default_factory=time.monotonic)
+    #: Why it is being ended, once its parent has begun to end it.
+    ending: wire.Cause | None = None
+    #: When its group gets SIGKILL (a SIGTERM's grace, or an interrupted
+    #: cell's), and why.
+    kill_at: float | None = None
+    kill_cause: wire.Cause | None = None
+
+    @property
+    def id(self) -> int:
+        return self.fork.id
+
+    @property
+    def stopping_a_cell(self) -> bool:
+        return self.kill_cause is wire.Cause.TIMEOUT and self.ending is None
+
+
+class OutputLog:
+    """What one kernel prints, into the server's log, bounded: at most
+    OUTPUT_LINES_PER_SECOND lines a second, each cut to OUTPUT_LINE_CHARS;
+    the rest is counted and said."""
+
+    def __init__(self, fork: wire.Fork) -> None:
+        self.name = f"{fork.slug} {fork.session_id}"
+        self.partial = b""
+        self.second = 0
+        self.lines = 0
+        self.dropped = 0
+
+    def feed(self, data: bytes, now: float) -> None:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()[: OUTPUT_LINE_CHARS * 4]
+        for line in lines:
+            self._line(line, now)
+
+    def tick(self, now: float) -> None:
+        """A new second: say what the last one left out."""
+        if int(now) != self.second:
+            self._say_dropped()
+            self.second, self.lines = int(now), 0
+
+    def _line(self, line: bytes, now: float) -> None:
+        self.tick(now)
+        if self.lines >= OUTPUT_LINES_PER_SECOND:
+            self.dropped += 1
+            return
+        self.lines += 1
+        text = line.decode(errors="replace")[:OUTPUT_LINE_CHARS]
+        output_logger.info("[%s] %s", self.name, text)
+
+    def _say_dropped(self) -> None:
+        if self.dropped:
+            output_logger.warning(
+                "[%s] %d lines of output left out of the log (more than %d a second)",
+                self.name,
+                self.dropped,
+                OUTPUT_LINES_PER_SECOND,
+            )
+            self.dropped = 0
+
+    def close(self) -> None:
+        if self.partial:
+            self._line(self.partial, time.monotonic())
+        self._say_dropped()
+
+
+class ForkServer:
+    """The fork server's loop and its kernels."""
+
+    def __init__(
+        self,
+        control: socket.socket,
+        directory: Path,
+        kernel_cgroups: cgroups.KernelCgroups | None,
+    ) -> None:
+        self.control = control
+        self.directory = directory
+        self.cgroups = kernel_cgroups
+        self.kernels: dict[int, Kernel] = {}  # by pid
+        self.by_id: dict[int, Kernel] = {}
+        self.selector = selectors.DefaultSelector()
+        self.web_process = os.getppid()
+        self.control_decoder = wire.Decoder()
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        self.wake = (wake_read, wake_write)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda number, frame: None)
+        # systemd (or an operator) stopping the whole service: the kernels
+        # are ended first (see close()).
+        signal.signal(signal.SIGTERM, lambda number, frame: None)
+        self.stopping = False
+        self.ticked = 0.0
+        control.setblocking(False)
+        self.selector.register(control, selectors.EVENT_READ, self._from_web)
+        self.selector.register(wake_read, selectors.EVENT_READ, self._woken)
+
+    # The loop.
+
+    def serve(self) -> None:
+        while not self.stopping:
+            for key, _events in self.selector.select(TICK):
+                key.data()
+            if os.getppid() != self.web_process:
+                # The web process has gone though its socket did not close.
+                break
+            self._reap()
+            now = time.monotonic()
+            if now - self.ticked >= TICK / 2:
+                self.ticked = now
+                self._tick(now)
+        self.close()
+
+    def _woken(self) -> None:
+        while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                received = os.read(self.wake[0], 512)
+            except BlockingIOError:
+                return
+            if not received:
+                return
+            if signal.SIGTERM in received:
+                self.stopping = True
+
+    def _from_web(self) -> None:
+        try:
+            data = self.control.recv(wire.READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the web process has gone: its sessions go with it
+            self.stopping = True
+            return
+        for message in self.control_decoder.feed(data):
+            if isinstance(message, wire.Fork):
+                self._fork(message)
+            elif isinstance(message, wire.End):
+                kernel = self.by_id.get(message.id)
+                if kernel is not None:  # else ended already, or never forked
+                    self._stop(kernel, wire.Cause.ASKED, now=message.now)
+
+    def _tell_web(self, message: Any) -> None:
+        with contextlib.suppress(OSError):
+            self.control.settimeout(SEND_TIMEOUT)
+            try:
+                wire.send(self.control, message)
+            finally:
+                self.control.setblocking(False)
+
+    # Forking.
+
+    def _fork(self, fork: wire.Fork) -> None:
+        try:
+            kernel = self._fork_kernel(fork)
+        except Exception as error:
+            # Refused (a notebook that cannot be read, a fork the system
+            # refused): the web process refuses that session with a notice.
+            logger.error(
+                "Could not start a kernel for notebook %s: %r", fork.slug, error
+            )
+            self._tell_web(wire.ForkRefused(fork.id, repr(error)))
+            return
+        self.kernels[kernel.pid] = kernel
+        self.by_id[kernel.id] = kernel
+        self.selector.register(
+            kernel.status, selectors.EVENT_READ, lambda: self._from_kernel(kernel)
+        )
+        if kernel.output is not None:
+            self.selector.register(
+                kernel.output, selectors.EVENT_READ, lambda: self._output(kernel)
+            )
+        self._tell_web(wire.Forked(fork.id, kernel.pid, str(kernel.socket_path)))
+
+    def _fork_kernel(self, fork: wire.Fork) -> Kernel:
+        from django_notebooks.kernels import child
+
+        child.prepare(fork)
+        socket_path = self.directory / f"{fork.id}.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket.socketpair()
+        read_output, write_output = os.pipe() if fork.log_output else (None, None)
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = self.cgroups.for_kernel(fork.id, fork.memory_mb)
+        try:
+            listener.bind(str(socket_path))
+            listener.listen(LISTEN_BACKLOG)
+            inherited = [
+                self.control.fileno(),
+                self.selector.fileno(),
+                *self.wake,
+                ours.fileno(),
+                *(() if read_output is None else (read_output,)),
+                *(k.status.fileno() for k in self.kernels.values() if k.status_open),
+                *(k.output for k in self.kernels.values() if k.output is not None),
+            ]
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:  # the kernel process: never back into this loop
+                try:
+                    child.run(
+                        fork,
+                        parent=parent,
+                        listener=listener,
+                        status=theirs,
+                        output=write_output,
+                        cgroup=cgroup,
+                        memory_by_cgroup=bool(self.cgroups and self.cgroups.memory),
+                        inherited=inherited,
+                    )
+                finally:
+                    os._exit(1)
+        except BaseException:
+            ours.close()
+            if read_output is not None:
+                os.close(read_output)
+            if cgroup is not None:
+                cgroups.remove(cgroup)
+            with contextlib.suppress(OSError):
+                socket_path.unlink()
+            raise
+        finally:
+            listener.close()
+            theirs.close()
+            if write_output is not None:
+                os.close(write_output)
+        # Its own process group now, whichever of the two runs first.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        ours.setblocking(False)
+        if read_output is not None:
+            os.set_blocking(read_output, False)
+        return Kernel(
+            fork=fork,
+            pid=pid,
+            status=ours,
+            socket_path=socket_path,
+            cgroup=cgroup,
+            output=read_output,
+            output_log=OutputLog(fork) if read_output is not None else None,
+        )
+
+    # Ending.
+
+    def _stop(self, kernel: Kernel, cause: wire.Cause, *, now: bool) -> None:
+        """End a kernel and its process group: SIGTERM, then SIGKILL after
+        TERMINATE_GRACE (at once with ``now``). Its pid still names it: it
+        is reaped only by this process, after its end."""
+        if kernel.ending is None:
+            kernel.ending = cause
+        if now:
+            self._kill(kernel)
+            return
+        _signal_group(kernel, signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE
+        if kernel.kill_at is None or deadline < kernel.kill_at:
+            kernel.kill_at, kernel.kill_cause = deadline, cause
+
+    def _kill(self, kernel: Kernel) -> None:
+        kernel.kill_at = None
+        _signal_group(kernel, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        """Report the kernels that ended. Each is seen ended first without
+        being reaped (``WNOWAIT``): while it is a zombie its pid, and so its
+        process group's id, cannot be taken by another process, so what its
+        cells started is ended by group first."""
+        while True:
+            try:
+                seen = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if seen is None or not seen.si_pid:
                 return
-            children.discard(pid)
-            with contextlib.suppress(OSError):  # the web process may be gone
-                send_message(control, {"exited": pid, "status": status})
+            pid = seen.si_pid
+            kernel = self.kernels.pop(pid, None)
+            if kernel is not None:
+                _signal_group(kernel, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            if kernel is not None:
+                self._ended(kernel, status)
 
-    web_process = os.getppid()
-    while True:
-        readable, _, _ = select.select(
-            [control.fileno(), wake_read], [], [], PARENT_CHECK_INTERVAL
-        )
-        if os.getppid() != web_process:
-            # The web process has gone though its socket did not close (a
-            # child it forked without exec holds a copy): stop all the same.
-            break
-        if wake_read in readable:
-            while True:
-                try:
-                    if not os.read(wake_read, 512):
-                        break
-                except BlockingIOError:
-                    break
-            reap()
-        if control.fileno() not in readable:
-            continue
-        request, fds = receive_message(control)
-        if request is None:
-            break
+    def _ended(self, kernel: Kernel, status: int) -> None:
+        self.by_id.pop(kernel.id, None)
+        self._close_status(kernel)
+        if kernel.output is not None:
+            self._output(kernel)  # what it printed last
+            self.selector.unregister(kernel.output)
+            os.close(kernel.output)
+        if kernel.output_log is not None:
+            kernel.output_log.close()
+        cause = kernel.ending
+        if kernel.cgroup is not None:
+            if cause is None and cgroups.ran_out_of_memory(kernel.cgroup):
+                cause = wire.Cause.MEMORY
+            cgroups.remove(kernel.cgroup)
+        if cause is None:
+            clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            cause = wire.Cause.CLOSED if clean else wire.Cause.CRASHED
+        with contextlib.suppress(OSError):
+            kernel.socket_path.unlink()
+        self._tell_web(wire.Exited(kernel.id, kernel.pid, status, str(cause)))
+
+    def _close_status(self, kernel: Kernel) -> None:
+        if kernel.status_open:
+            kernel.status_open = False
+            self.selector.unregister(kernel.status)
+            kernel.status.close()
+
+    # What a kernel says.
+
+    def _from_kernel(self, kernel: Kernel) -> None:
         try:
-            pid = _fork_kernel(request, fds, control, (wake_read, wake_write))
-        except Exception as error:
-            # Refused (no listener, a notebook that cannot be read, a fork
-            # the system refused): that session runs without a process of
-            # its own; the others, and this server, go on.
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            answer: dict[str, Any] = {"id": request.get("id"), "error": repr(error)}
-        else:
-            children.add(pid)
-            answer = {"id": request["id"], "pid": pid}
-        try:
-            send_message(control, answer)
-        except OSError:
-            break
-    # The web process has gone: its sessions go with it.
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in list(children):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+            data = kernel.status.recv(wire.READ_SIZE)
+            messages = kernel.decoder.feed(data)
+        except BlockingIOError:
+            return
+        except (OSError, wire.WireError):
+            data = b""
+        if not data:
+            # Closed: it is ending (reaped once its exit is signalled).
+            self._close_status(kernel)
+            return
+        now = time.monotonic()
+        for message in messages:
+            if isinstance(message, wire.CellStarted):
+                kernel.cell_since = now
+            elif isinstance(message, wire.CellEnded):
+                self._cell_ended(kernel, message, now)
+            elif isinstance(message, wire.Pong):
+                kernel.answered_at = now
+
+    def _cell_ended(self, kernel: Kernel, ended: wire.CellEnded, now: float) -> None:
+        kernel.cell_since = None
+        kernel.cell_ended_at = now
+        if kernel.stopping_a_cell:
+            # The interrupted cell stopped in time: no kill.
+            kernel.kill_at = kernel.kill_cause = None
+            self._notice(kernel, wire.Happening.STOPPED)
+        if ended.out_of_memory:
+            self._notice(kernel, wire.Happening.OUT_OF_MEMORY)
+
+    def _notice(self, kernel: Kernel, what: wire.Happening) -> None:
+        seconds = float(kernel.fork.cell_timeout or 0)
+        self._tell_web(wire.KernelNotice(kernel.id, str(what), seconds))
+
+    def _output(self, kernel: Kernel) -> None:
+        assert kernel.output is not None
+        for _ in range(16):  # bounded work per turn of the loop
+            try:
+                data = os.read(kernel.output, wire.READ_SIZE)
+            except OSError:  # BlockingIOError: nothing more now
+                return
+            if not data:
+                return
+            if kernel.output_log is not None:
+                kernel.output_log.feed(data, time.time())
+
+    # Timers.
+
+    def _tick(self, now: float) -> None:
+        for kernel in list(self.kernels.values()):
+            if kernel.output_log is not None:
+                kernel.output_log.tick(time.time())
+            if kernel.kill_at is not None and now >= kernel.kill_at:
+                if kernel.ending is None:
+                    kernel.ending = kernel.kill_cause
+                self._kill(kernel)
+            if kernel.ending is not None:
+                continue
+            if kernel.cell_since is not None:
+                self._time_cell(kernel, now)
+            elif not kernel.stopping_a_cell:
+                self._watch_idle(kernel, now)
+            if kernel.demoted:
+                _demote(kernel.pid)  # threads started since stay low too
+
+    def _time_cell(self, kernel: Kernel, now: float) -> None:
+        """A cell runs: lower the kernel's priority once it has run for
+        DEMOTE_AFTER; at CELL_TIMEOUT interrupt it, and kill the kernel if
+        it has not stopped CELL_STOP_GRACE seconds later."""
+        from django_notebooks.limits import CELL_STOP_GRACE
+
+        assert kernel.cell_since is not None
+        running = now - kernel.cell_since
+        if running >= DEMOTE_AFTER and not kernel.demoted:
+            kernel.demoted = True
+            _demote(kernel.pid)
+        timeout = kernel.fork.cell_timeout
+        if timeout is None or kernel.stopping_a_cell or running < timeout:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(kernel.pid, signal.SIGINT)
+        kernel.kill_at, kernel.kill_cause = now + CELL_STOP_GRACE, wire.Cause.TIMEOUT
+        self._notice(kernel, wire.Happening.STOPPING)
+
+    def _watch_idle(self, kernel: Kernel, now: float) -> None:
+        """No cell runs: is the kernel still answering, and is it using the
+        CPU (a thread a cell left running)?"""
+        quiet_since = max(kernel.answered_at, kernel.cell_ended_at)
+        if now - quiet_since > kernel.fork.unresponsive_after:
+            logger.warning(
+                "The kernel of notebook %s (session %s, pid %s) has not "
+                "answered for %.0f s while running no cell: ending it",
+                kernel.fork.slug,
+                kernel.fork.session_id,
+                kernel.pid,
+                now - quiet_since,
+            )
+            self._stop(kernel, wire.Cause.UNRESPONSIVE, now=True)
+            return
+        if now - kernel.pinged_at >= PING_EVERY and kernel.status_open:
+            kernel.ping_number += 1
+            kernel.pinged_at = now
+            with contextlib.suppress(OSError):
+                kernel.status.send(wire.encode(wire.Ping(kernel.ping_number)))
+        if kernel.demoted:
+            return
+        ticks = _cpu_ticks(kernel.pid)
+        seen = kernel.cpu_seen
+        if seen is None or now - seen[0] >= 1.0:
+            kernel.cpu_seen = (now, ticks)
+        if seen is not None and now - seen[0] >= 1.0:
+            share = (ticks - seen[1]) / CLOCK_TICKS / (now - seen[0])
+            ran_no_cell = kernel.cell_ended_at <= seen[0]
+            if ran_no_cell and share > IDLE_CPU_SHARE:
+                kernel.demoted = True
+                _demote(kernel.pid)
+
+    # The end.
+
+    def close(self) -> None:
+        """End every kernel (its group and cgroup), reap them, and remove
+        the sockets' folder and the cgroups."""
+        for kernel in list(self.kernels.values()):
+            _signal_group(kernel, signal.SIGKILL)
+        for pid in list(self.kernels):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        if self.cgroups is not None:
+            self.cgroups.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _signal_group(kernel: Kernel, number: int) -> None:
+    """Signal a kernel's process group (and, for SIGKILL, its cgroup)."""
+    with contextlib.suppress(OSError):
+        os.killpg(kernel.pid, number)
+    if number == signal.SIGKILL and kernel.cgroup is not None:
+        cgroups.kill(kernel.cgroup)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time (user and system, in clock ticks) process ``pid`` has used."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _demote(pid: int) -> None:
+    """Give every thread of kernel ``pid`` the lowest CPU priority (on Linux
+    a priority is a thread's, and the cell runs on marimo's kernel thread).
+    ``pid`` is an unreaped child of this process: it cannot name another."""
+    try:
+        threads = [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            if os.getpriority(os.PRIO_PROCESS, thread) < LOWEST_PRIORITY:
+                os.setpriority(os.PRIO_PROCESS, thread, LOWEST_PRIORITY)
+
+
+def sockets_directory() -> Path:
+    """A new private folder for the kernels' sockets (``mkdtemp`` makes it
+    0700), marked with this process's pid; the folders of fork servers
+    that were killed are removed first."""
+    base = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for folder in base.glob(f"{SOCKETS_PREFIX}*"):
+            owner = folder / OWNER_FILE
+            with contextlib.suppress(OSError, ValueError):
+                if folder.owner() == _user() and not cgroups.is_running(
+                    int(owner.read_text())
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX))
+    (directory / OWNER_FILE).write_text(str(os.getpid()))
+    return directory
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def main(argv: list[str]) -> None:
@@ -150,6 +632,7 @@ def main(argv: list[str]) -> None:
     # Ctrl+C in a terminal reaches the whole process group: the web server
     # decides when this process ends (by closing the socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    titles.set_title(titles.fork_server(os.getppid()))
     cold = COLD in argv
     try:
         _warm(run_session=not cold)
@@ -161,10 +644,20 @@ def main(argv: list[str]) -> None:
             # without the warm-up session (kernel processes start slower).
             logger.warning("%s; the fork server starts again without it", error)
             os.execv(sys.executable, [sys.executable, "-m", __name__, argv[1], COLD])
-        send_message(control, {"error": f"{type(error).__name__}: {error}"})
+        wire.send(control, wire.StartFailed(f"{type(error).__name__}: {error}"))
         raise
-    send_message(control, {"ready": True})
-    _serve(control)
+    directory = sockets_directory()
+    kernel_cgroups = cgroups.KernelCgroups.create()
+    mechanisms = (
+        kernel_cgroups.mechanisms
+        if kernel_cgroups is not None
+        else cgroups.Mechanisms(cgroups.PROCESS_GROUPS, cgroups.RLIMITS)
+    )
+    wire.send(
+        control,
+        wire.Ready(str(directory), mechanisms.containment, mechanisms.memory),
+    )
+    ForkServer(control, directory, kernel_cgroups).serve()
     # Nothing to tidy at exit: the exit hooks the warm-up installed (closing
     # marimo sessions, deleting a server's session records) are the web
     # process's business.

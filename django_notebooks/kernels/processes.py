@@ -1,60 +1,64 @@
 """The web process's kernel processes: one per notebook session.
 
-A session's kernel process is forked when its websocket first connects
-(``forkserver.py``) and serves on a Unix socket the web process made for it
-in a private folder. Every ASGI call for the session (its websocket, its
-kernel calls, its downloads) is relayed there (``tunnel.py``); calls that
-belong to no session (the page, marimo's files) are answered by marimo in
-the web process, as in thread mode.
+A session's kernel process is forked when its websocket first connects, by
+the web process's fork server (``forking.py``, ``forkserver.py``), and
+serves on a Unix socket in the fork server's private folder. Every ASGI
+call for the session (its websocket, its kernel calls, its downloads) is
+relayed there (``tunnel.py``), with a deadline; calls that belong to no
+session (the page, marimo's files) are answered by marimo in the web
+process, as in thread mode.
 
-The web process decides when a kernel process ends: when the bridge ends
-the session (terminate, revocation, idle) it is terminated; when a cell
-runs past ``CELL_TIMEOUT`` it is interrupted, then killed if it does not
-stop. Whatever ends it, the session's calls learn why (:class:`KernelEnded`).
+The web process never signals a kernel: it asks the fork server, by the
+kernel's id, to end it, and hears from the fork server when a kernel ended
+and why, and what its page should be told (a cell being stopped, memory
+that ran out). Whatever ends a kernel, the session's calls learn why
+(:class:`KernelEnded`). If the fork server has gone, a new one is started;
+a session whose kernel still cannot start is refused
+(:class:`KernelUnavailable`): a visitor's code never runs in the web
+server in process mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
-import contextlib
+import functools
 import logging
 import os
-import secrets
-import shutil
 import signal
-import socket
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from django.db import connections
-
 from django_notebooks import notices
-from django_notebooks.kernels import tunnel
-from django_notebooks.kernels.forking import ForkServer, ForkServerFailed
+from django_notebooks.kernels import cgroups, tunnel, wire
+from django_notebooks.kernels.forking import (
+    ForkRefused,
+    ForkServer,
+    ForkServerFailed,
+    new_kernel_id,
+)
 from django_notebooks.notices import Notice
 
 logger = logging.getLogger(__name__)
 
-# Kernel processes run at this much lower CPU priority than the web server,
-# so that a busy cell cannot starve the server's event loop; one whose cell
-# has run for long goes lower still (demote()).
-NICE_INCREMENT = 10
-LOWEST_PRIORITY = 19
-# Seconds a terminated kernel process gets before it is killed.
-TERMINATE_GRACE = 2.0
-# Seconds a call waits for the fork server's word on how a process ended.
-EXIT_WAIT = 2.0
-LISTEN_BACKLOG = 64
 # Seconds a session waits for its kernel process to start (the first one
 # waits for the fork server too).
 START_TIMEOUT = 90.0
-MAX_EARLY_EXITS = 100
+# Seconds a call waits for the fork server's word on how a process ended
+# (it comes a moment after the kernel's socket closed).
+EXIT_WAIT = 2.0
+# Ends nobody asked for, logged as warnings.
+UNASKED = frozenset(
+    {
+        wire.Cause.TIMEOUT,
+        wire.Cause.UNRESPONSIVE,
+        wire.Cause.MEMORY,
+        wire.Cause.CRASHED,
+    }
+)
 
 
 class KernelEnded(Exception):
@@ -66,143 +70,254 @@ class KernelEnded(Exception):
         self.notice = notice
 
 
+class KernelUnavailable(Exception):
+    """No kernel process could be started for the session (the fork server
+    could not start, or could not fork, even after a restart)."""
+
+
+class KernelNotAnswering(Exception):
+    """The kernel did not answer a call within its deadline; it may be busy
+    or stopped, but it has not ended."""
+
+
+@dataclass(frozen=True)
+class KernelStart:
+    """What a new session's kernel is, for its fork server and the log."""
+
+    notebook_file: str
+    slug: str
+    user: str
+    options: dict[str, Any]
+    memory_mb: int | None
+    cell_timeout: int | None
+    #: limits.call_deadline(): how long its calls may wait for an answer.
+    deadline: float
+    session_ttl: float
+    log_output: bool
+
+
 @dataclass(eq=False)
 class KernelProcess:
     """One session's kernel process, seen from the web process."""
 
     session_id: str
-    socket_path: Path
+    kernel_id: int
+    start: KernelStart
     started_at: float = field(default_factory=time.time)
+    server: ForkServer | None = None
     pid: int | None = None
+    socket_path: str | None = None
     exit_status: int | None = None
+    cause: str | None = None
     #: Why the web process ended it, when it did.
     ending: Notice | None = None
     exited: threading.Event = field(default_factory=threading.Event)
-    #: Its pid, once the fork server has forked it (any thread, any loop).
-    pid_answer: concurrent.futures.Future[int] = field(
+    #: Its fork server's answer (any thread, any loop).
+    forked: concurrent.futures.Future[wire.Forked] = field(
         default_factory=concurrent.futures.Future
     )
+    #: Set once its fork request has gone to the fork server.
+    requested: bool = False
+    #: Its start was given up before it was requested: end it when it is.
+    abandoned: bool = False
+    _waiters: int = 0
+    _listeners: set[Callable[[Notice], None]] = field(default_factory=set)
+    _request_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def has_exited(self) -> bool:
         return self.exited.is_set()
 
     async def started(self) -> int:
-        """Its pid, once it has started (``ForkServerFailed`` if it did not).
+        """Its pid, once it has started (``ForkRefused``,
+        ``ForkServerFailed`` or ``TimeoutError`` if it did not).
 
-        A caller that stops waiting does not cancel the start: the websocket
-        of the same session may still be waiting for it.
+        A caller that stops waiting does not cancel the start: another
+        websocket of the same session may still be waiting for it. When the
+        last one gives up, the kernel is ended.
         """
-        answer = asyncio.shield(asyncio.wrap_future(self.pid_answer))
-        pid = await asyncio.wait_for(answer, START_TIMEOUT)
-        self.pid = pid
-        return pid
+        self._waiters += 1
+        try:
+            answer = asyncio.shield(asyncio.wrap_future(self.forked))
+            forked = await asyncio.wait_for(answer, START_TIMEOUT)
+        except (asyncio.CancelledError, TimeoutError):
+            if self._waiters == 1 and not self.forked.done():
+                self.end(notices.SESSION_LOST, now=True)
+            raise
+        finally:
+            self._waiters -= 1
+        self.pid, self.socket_path = forked.pid, forked.socket_path
+        return forked.pid
 
     async def call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Relay one ASGI call to the process."""
+        """Relay one ASGI call to the process. A websocket's page hears, on
+        it, what the fork server says of the kernel (a cell being stopped).
+
+        Raises :class:`KernelEnded` once it has ended,
+        :class:`KernelNotAnswering` past the call's deadline.
+        """
         try:
             await self.started()
-        except (ForkServerFailed, TimeoutError) as error:
+        except (ForkRefused, ForkServerFailed, TimeoutError) as error:
             logger.error("A notebook's kernel process did not start: %s", error)
-            raise KernelEnded(notices.KERNEL_CRASHED) from error
+            raise KernelEnded(notices.CANNOT_START) from error
+        stop_listening = (
+            self.listen(_notices_to(send)) if scope["type"] == "websocket" else None
+        )
         try:
-            await tunnel.call(self._connect, scope, receive, send)
+            await tunnel.call(
+                self._connect, scope, receive, send, deadline=self.start.deadline
+            )
         except (tunnel.TunnelClosed, ConnectionError, FileNotFoundError) as error:
             raise KernelEnded(await self.why_ended()) from error
+        except tunnel.NotAnswering:
+            if self.has_exited:
+                raise KernelEnded(await self.why_ended()) from None
+            raise KernelNotAnswering from None
+        finally:
+            if stop_listening is not None:
+                stop_listening()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_unix_connection(str(self.socket_path))
+        assert self.socket_path is not None
+        return await asyncio.open_unix_connection(self.socket_path)
 
     async def why_ended(self) -> Notice:
         """What to tell the page about the process's end."""
-        if self.ending is None:
+        if not self.has_exited:
             # The fork server's word comes a moment after the socket closed.
             await asyncio.to_thread(self.exited.wait, EXIT_WAIT)
-        if self.ending is not None:
-            return self.ending
-        return notices.KERNEL_CRASHED
+        return self.ending or notices.KERNEL_CRASHED
 
-    def signal(self, number: int) -> bool:
-        """Send it a signal, unless it has ended (its pid may be another
-        process's by now)."""
-        if self.pid is None or self.has_exited:
-            return False
+    def end(self, notice: Notice, *, now: bool = False) -> None:
+        """Ask its fork server to end it (its whole process group), telling
+        its page ``notice``: ``SIGTERM``, ``SIGKILL`` if it lingers (at once
+        with ``now``). One still starting is ended as soon as it starts."""
+        self.ending = self.ending or notice
+        with self._request_lock:
+            if not self.requested:
+                self.abandoned = True
+                return
+        if self.server is not None and not self.has_exited:
+            self.server.end(self.kernel_id, now=now)
+
+    def requested_from(self, server: ForkServer) -> None:
+        """Its fork request has gone to ``server`` (ended at once if its
+        start was given up meanwhile)."""
+        with self._request_lock:
+            self.server, self.requested = server, True
+            abandoned = self.abandoned
+        if abandoned:
+            server.end(self.kernel_id, now=True)
+
+    def listen(self, listener: Callable[[Notice], None]) -> Callable[[], None]:
+        """Hear what the kernel's page should be told (on the fork server's
+        reader thread); returns the function that stops it."""
+        self._listeners.add(listener)
+        return lambda: self._listeners.discard(listener)
+
+    def tell(self, notice: Notice) -> None:
+        """Tell the kernel's page ``notice`` (any open websocket of it)."""
+        for listener in list(self._listeners):
+            listener(notice)
+
+
+def _notices_to(send: Any) -> Callable[[Notice], None]:
+    """A listener that sends each notice as a frame on the websocket whose
+    ASGI ``send`` this is (called from any thread)."""
+    loop = asyncio.get_running_loop()
+    sending: set[asyncio.Task[None]] = set()
+
+    def send_now(notice: Notice) -> None:
+        task = loop.create_task(
+            send({"type": "websocket.send", "text": notice.frame()})
+        )
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+
+    def listener(notice: Notice) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(send_now, notice)
+
+    return listener
+
+
+def notice_for_end(process: KernelProcess, cause: str) -> Notice:
+    """What a kernel's page is told when it ended for ``cause``."""
+    if process.ending is not None:
+        return process.ending
+    timeout = float(process.start.cell_timeout or 0)
+    return {
+        wire.Cause.TIMEOUT: notices.kernel_stopped(timeout),
+        wire.Cause.UNRESPONSIVE: notices.KERNEL_UNRESPONSIVE,
+        wire.Cause.MEMORY: notices.KERNEL_OUT_OF_MEMORY,
+    }.get(wire.Cause(cause), notices.KERNEL_CRASHED)
+
+
+def notice_for(happening: str, seconds: float) -> Notice:
+    """What a kernel's page is told of something that happened in it."""
+    if happening == wire.Happening.STOPPING:
+        return notices.cell_stopping(seconds)
+    if happening == wire.Happening.STOPPED:
+        return notices.cell_stopped(seconds)
+    return notices.OUT_OF_MEMORY
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words, for the log."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
         try:
-            os.kill(self.pid, number)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def demote(self) -> None:
-        """Run it at the lowest CPU priority from now on: its cell has run
-        for long, and the kernels of people waiting on a quick answer come
-        first. (An unprivileged server cannot raise a priority again.)"""
-        if self.pid is None or self.has_exited:
-            return
-        # On Linux a priority belongs to a thread, and the cell runs on
-        # marimo's kernel thread, not the process's main thread.
-        for thread in _threads_of(self.pid):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, thread, LOWEST_PRIORITY)
-
-    def interrupt(self) -> bool:
-        """Interrupt the cell it runs (SIGINT; the session lives on)."""
-        return self.signal(signal.SIGINT)
-
-    def kill(self, notice: Notice) -> None:
-        """End it at once, telling the page ``notice``."""
-        self.ending = self.ending or notice
-        self.signal(signal.SIGKILL)
-
-    def terminate(self, notice: Notice = notices.ADMIN_ENDED) -> None:
-        """End it (the bridge ended the session); killed if it lingers. One
-        still starting is ended as soon as it has started."""
-        self.ending = self.ending or notice
-        if self.signal(signal.SIGTERM):
-            timer = threading.Timer(TERMINATE_GRACE, self.signal, (signal.SIGKILL,))
-            timer.daemon = True
-            timer.start()
-
-
-def _threads_of(pid: int) -> list[int]:
-    """The thread ids of process ``pid`` (Linux), or just ``pid``."""
-    try:
-        return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return [pid]
+            name = signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        return f"killed by signal {name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 class KernelProcesses:
-    """This web process's kernel processes, by session id."""
+    """This web process's kernel processes, by session id, and the fork
+    server that runs them (a new one once it has stopped)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._server_lock = threading.Lock()
         self._by_session: dict[str, KernelProcess] = {}
-        self._by_pid: dict[int, KernelProcess] = {}
-        self._directory: Path | None = None
+        self._by_id: dict[int, KernelProcess] = {}
+        self._server: ForkServer | None = None
         self._warming = threading.Lock()
-        # Exits reported before the pid's answer reached its start (bounded:
-        # one whose start gave up is never claimed).
-        self._early_exits: dict[int, int] = {}
-        self.fork_server = ForkServer(
-            on_exit=self._exited, on_stopped=self._fork_server_stopped
-        )
+        #: Called with a session id when its kernel process has ended.
+        self.on_ended: list[Callable[[str], None]] = []
+
+    @property
+    def fork_server(self) -> ForkServer | None:
+        """The fork server in use, if one has started."""
+        return self._server
 
     def warm(self) -> None:
         """Start the fork server in the background unless it runs."""
-        if self.fork_server.running or self._warming.locked():
+        server = self._server
+        if (server is not None and server.running) or self._warming.locked():
             return
 
         def start() -> None:
             with self._warming:
                 try:
-                    self.fork_server.ensure_running()
+                    self._running_server()
                 except ForkServerFailed as error:
                     logger.error("%s", error)
 
         threading.Thread(
             target=start, name="django-notebooks-warm", daemon=True
         ).start()
+
+    def mechanisms(self) -> cgroups.Mechanisms:
+        """What keeps kernels in bounds here: the running fork server's
+        word, or what one started now would use."""
+        server = self._server
+        if server is not None and server.ready is not None:
+            return cgroups.Mechanisms(server.ready.containment, server.ready.memory)
+        return _probed_mechanisms()
 
     def get(self, session_id: str | None) -> KernelProcess | None:
         """The kernel process of ``session_id``, started or starting, unless
@@ -215,130 +330,169 @@ class KernelProcesses:
     def all(self) -> list[KernelProcess]:
         return [p for p in list(self._by_session.values()) if not p.has_exited]
 
-    async def start(
-        self,
-        session_id: str,
-        *,
-        notebook_file: Path,
-        options: dict[str, Any],
-        memory_mb: int | None,
-        session_ttl: float,
-    ) -> KernelProcess:
+    async def start(self, session_id: str, start: KernelStart) -> KernelProcess:
         """Fork a kernel process for a new session (or, when the session's
-        websocket came twice at once, wait for the one starting)."""
+        websocket came twice at once, wait for the one starting). A fork
+        server that has stopped is replaced once; :class:`KernelUnavailable`
+        if the kernel still cannot start."""
         starting = self.get(session_id)
         if starting is not None:
             await starting.started()
             return starting
-        listener, path = self._listener()
-        process = KernelProcess(session_id=session_id, socket_path=path)
-        with self._lock:
-            self._by_session[session_id] = process
-        request = {
-            "notebook": str(notebook_file),
-            "options": options,
-            "memory_mb": memory_mb,
-            "session_ttl": session_ttl,
-            "nice": NICE_INCREMENT,
-            "databases": {
-                alias: str(connections.settings[alias]["NAME"])
-                for alias in connections.settings
-            },
-        }
-        try:
+        failure: Exception | None = None
+        for _attempt in range(2):
+            process = KernelProcess(session_id, new_kernel_id(), start)
+            with self._lock:
+                self._by_session[session_id] = process
+                self._by_id[process.kernel_id] = process
             try:
                 # The first call starts the fork server: not on the event loop.
-                await asyncio.to_thread(
-                    self.fork_server.fork, request, listener, process.pid_answer
-                )
-            except BaseException as error:
-                process.pid_answer.set_exception(
-                    error if isinstance(error, Exception) else ForkServerFailed()
-                )
+                await asyncio.to_thread(self._request, process)
+                await process.started()
+                return process
+            except ForkServerFailed as error:
+                # It stopped (or would not start): the next try starts another.
+                self._forget(process)
+                failure = error
+            except ForkRefused as error:
+                self._forget(process)
+                failure = error
+                break
+            except BaseException:
+                self._forget(process)
                 raise
-            finally:
-                listener.close()  # the kernel process holds it now
-            pid = await process.started()
-        except BaseException:
-            self._forget(process)
-            raise
-        with self._lock:
-            self._by_pid[pid] = process
-            early = self._early_exits.pop(pid, None)
-        if early is not None:  # it ended before its pid was known here
-            self._exited(pid, early)
-        elif process.ending is not None:  # ended while it was starting
-            process.terminate(process.ending)
-        return process
+        logger.error(
+            "No kernel process for a session of notebook %s: %s", start.slug, failure
+        )
+        raise KernelUnavailable(str(failure)) from failure
+
+    def _request(self, process: KernelProcess) -> None:
+        """Send the process's fork request to a running fork server (in a
+        thread: it may start one)."""
+        server = self._running_server()
+        start = process.start
+        server.fork(
+            wire.Fork(
+                id=process.kernel_id,
+                notebook=start.notebook_file,
+                slug=start.slug,
+                session_id=process.session_id,
+                user=start.user,
+                options=start.options,
+                memory_mb=start.memory_mb,
+                cell_timeout=start.cell_timeout,
+                unresponsive_after=start.deadline,
+                session_ttl=start.session_ttl,
+                log_output=start.log_output,
+            ),
+            process.forked,
+        )
+        process.requested_from(server)
+
+    def _running_server(self) -> ForkServer:
+        """The fork server, started (or started again) if it does not run."""
+        with self._server_lock:
+            server = self._server
+            if server is None or not server.running:
+                server = ForkServer(
+                    on_exit=self._exited,
+                    on_notice=self._notice,
+                    on_stopped=self._server_stopped,
+                )
+                server.start()
+                self._server = server
+                assert server.ready is not None
+                logger.info(
+                    "Kernel fork server ready (pid %s): each kernel is kept in "
+                    "%s; its memory is limited by %s",
+                    server.pid,
+                    server.ready.containment,
+                    server.ready.memory,
+                )
+            return server
 
     def _forget(self, process: KernelProcess) -> None:
         """A process that did not start (or whose start was given up)."""
         with self._lock:
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
+            self._by_id.pop(process.kernel_id, None)
         process.exited.set()
-        with contextlib.suppress(OSError):
-            process.socket_path.unlink()
 
-    def _listener(self) -> tuple[socket.socket, Path]:
-        if self._directory is None:
-            with self._lock:
-                if self._directory is None:
-                    # Private to the server's user (mkdtemp makes it 0700).
-                    self._directory = Path(tempfile.mkdtemp(prefix="django-notebooks-"))
-                    atexit.register(self._remove_directory)
-        path = self._directory / f"{secrets.token_hex(8)}.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        listener.listen(LISTEN_BACKLOG)
-        return listener, path
-
-    def _exited(self, pid: int, status: int) -> None:
-        """The fork server says ``pid`` has ended (on its reader thread)."""
+    def _exited(self, server: ForkServer, exited: wire.Exited) -> None:
+        """The fork server says a kernel has ended (on its reader thread)."""
         with self._lock:
-            process = self._by_pid.pop(pid, None)
+            process = self._by_id.pop(exited.id, None)
             if process is None:
-                self._early_exits[pid] = status
-                while len(self._early_exits) > MAX_EARLY_EXITS:
-                    del self._early_exits[next(iter(self._early_exits))]
                 return
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
-        process.exit_status = status
+        process.exit_status, process.cause = exited.status, exited.cause
+        process.ending = notice_for_end(process, exited.cause)
         process.exited.set()
-        with contextlib.suppress(OSError):
-            process.socket_path.unlink()
-        if process.ending is None and os.WIFSIGNALED(status):
-            logger.warning(
-                "The kernel process of notebook session %s (pid %s) was ended "
-                "by signal %s",
-                process.session_id,
-                pid,
-                os.WTERMSIG(status),
-            )
+        _log_end(process, exited)
+        for ended in self.on_ended:
+            ended(process.session_id)
 
-    def _fork_server_stopped(self) -> None:
-        """The fork server has gone, and its kernel processes with it."""
+    def _notice(self, server: ForkServer, notice: wire.KernelNotice) -> None:
+        process = self._by_id.get(notice.id)
+        if process is not None:
+            process.tell(notice_for(notice.what, notice.seconds))
+
+    def _server_stopped(self, server: ForkServer) -> None:
+        """A fork server has gone, and its kernel processes with it."""
         with self._lock:
-            ended = list(self._by_session.values())
-            self._by_session.clear()
-            self._by_pid.clear()
+            ended = [p for p in self._by_id.values() if p.server is server]
+            for process in ended:
+                self._by_id.pop(process.kernel_id, None)
+                if self._by_session.get(process.session_id) is process:
+                    del self._by_session[process.session_id]
+        if ended and not server.stopping:
+            logger.error(
+                "The kernel fork server (pid %s) stopped: %d notebook "
+                "session(s) ended with it",
+                server.pid,
+                len(ended),
+            )
         for process in ended:
+            process.ending = process.ending or notices.SESSION_LOST
             process.exited.set()
-            with contextlib.suppress(OSError):
-                process.socket_path.unlink()
+            for callback in self.on_ended:
+                callback(process.session_id)
 
     def end_sessions(self) -> None:
         """End every kernel process (the fork server stays ready)."""
         for process in self.all():
-            process.terminate(notices.SESSION_LOST)
+            process.end(notices.SESSION_LOST)
 
-    def _remove_directory(self) -> None:
-        """Remove the sockets' folder (at exit; the fork server, seeing its
-        web process go, kills the kernel processes that listened there)."""
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
+
+@functools.cache
+def _probed_mechanisms() -> cgroups.Mechanisms:
+    return cgroups.mechanisms()
+
+
+def _log_end(process: KernelProcess, exited: wire.Exited) -> None:
+    """One line per kernel's end: a warning when nobody asked for it."""
+    cause = wire.Cause(exited.cause)
+    level = logging.WARNING if cause in UNASKED else logging.INFO
+    why = {
+        wire.Cause.ASKED: "ended by the bridge",
+        wire.Cause.CLOSED: "its page was gone for session_ttl",
+        wire.Cause.TIMEOUT: "a cell ran past CELL_TIMEOUT and did not stop",
+        wire.Cause.UNRESPONSIVE: "it stopped answering",
+        wire.Cause.MEMORY: "it ran out of memory (MEMORY_MB)",
+        wire.Cause.CRASHED: "it crashed",
+    }[cause]
+    logger.log(
+        level,
+        "The kernel of notebook %s (session %s, user %s, pid %s) ended: %s (%s)",
+        process.start.slug,
+        process.session_id,
+        process.start.user,
+        exited.pid,
+        why,
+        describe_status(exited.status),
+    )
 
 
 kernel_processes = KernelProcesses()

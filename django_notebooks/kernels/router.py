@@ -8,23 +8,27 @@ import logging
 import os
 from typing import Any
 
-from django_notebooks import conf, context, registry
-from django_notebooks.kernels.forking import ForkServerFailed
+from django_notebooks import conf, context, limits, registry
 from django_notebooks.kernels.processes import (
     KernelEnded,
+    KernelNotAnswering,
     KernelProcess,
+    KernelStart,
     kernel_processes,
 )
-from django_notebooks.marimo import internals, routes
+from django_notebooks.marimo import internals
 from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.notices import Notice
-from django_notebooks.sessions import owners, records
+from django_notebooks.sessions import records
 
 logger = logging.getLogger(__name__)
 PROCESS = "process"
 THREAD = "thread"
 ENDED_BODY = json.dumps(
     {"error": "This notebook session has ended. Reload the page to start it again."}
+).encode()
+NOT_ANSWERING_BODY = json.dumps(
+    {"error": "The notebook is not responding right now. Try again in a moment."}
 ).encode()
 
 
@@ -65,50 +69,41 @@ def end_session(notebook: registry.Notebook, session_id: str, notice: Notice) ->
     a page still listening)."""
     process = kernel_processes.get(session_id)
     if process is not None:
-        process.terminate(notice)
+        process.end(notice)
         return
     manager = notebook_apps.session_manager_for(notebook.path)
     if manager is not None:
         internals.close_session(manager, session_id)
 
 
-def session_of(scope: dict[str, Any]) -> str | None:
-    """The marimo session an ASGI call belongs to, if any: a websocket's
-    ``session_id`` query parameter, a kernel call's header, or the session
-    whose kernel made a downloaded file."""
-    named = context.session_id_in(scope)
-    if named is not None or scope["type"] == "websocket":
-        return named
-    root = scope.get("root_path", "")
-    name = routes.virtual_file_name(scope.get("path", "")[len(root) + 1 :])
-    return owners.bindings.session_holding_file(name) if name else None
-
-
 class SessionRouter:
     """Process mode's app for a notebook: a session's calls go to its kernel
-    process (a new session's websocket starts one); the rest to marimo here."""
+    process (a new session's websocket starts one); the rest to marimo here.
+
+    A call reaches a kernel only when the bridge admitted it for that
+    session (``context.admitted_session``: the websocket of its owner, a
+    kernel call or download of its owner). A session id in a header alone
+    reaches nothing: the page, ``health`` and marimo's files are answered
+    here, as for a caller without one.
+    """
 
     def __init__(self, notebook: registry.Notebook) -> None:
         self.notebook = notebook
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        session_id = session_of(scope)
-        process = kernel_processes.get(session_id)
-        if process is None and session_id and scope["type"] == "websocket":
-            try:
-                process = await self._start(session_id)
-            except ForkServerFailed as error:
-                # Notebooks still run, without isolation, rather than not at all.
-                logger.error(
-                    "Running notebook session %s as a thread in the server process: %s",
-                    session_id,
-                    error,
-                )
-        if process is None:
+        session_id = context.admitted_session(scope)
+        if session_id is None:
             await notebook_apps.app_for(self.notebook.path)(scope, receive, send)
             return
+        process = kernel_processes.get(session_id)
         if scope["type"] == "websocket":
+            if process is None:
+                # KernelUnavailable: the consumer refuses the session.
+                process = await self._start(session_id, scope)
             await process.call(scope, receive, send)  # KernelEnded: the consumer's
+            return
+        if process is None:
+            await _answer(send, 410, ENDED_BODY)
             return
         started = False
 
@@ -122,28 +117,47 @@ class SessionRouter:
         except KernelEnded:
             if started:
                 raise
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 410,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": ENDED_BODY})
+            await _answer(send, 410, ENDED_BODY)
+        except KernelNotAnswering:
+            if started:
+                raise
+            from django_notebooks import notices
 
-    async def _start(self, session_id: str) -> KernelProcess:
+            process.tell(notices.NOT_ANSWERING)
+            await _answer(send, 504, NOT_ANSWERING_BODY)
+
+    async def _start(self, session_id: str, scope: dict[str, Any]) -> KernelProcess:
         # This process holds sessions now: their records go when it exits.
         notebook_apps.install_exit_hook()
-        limits = registry.limits_of(self.notebook)
+        session_limits = registry.limits_of(self.notebook)
         options = notebook_apps.options()
+        user = scope.get("user") or {}
         process = await kernel_processes.start(
             session_id,
-            notebook_file=self.notebook.path,
-            options=options,
-            memory_mb=limits.MEMORY_MB,
-            session_ttl=options.get("session_ttl", 120),
+            KernelStart(
+                notebook_file=str(self.notebook.path),
+                slug=self.notebook.slug,
+                user=str(user.get("username") or "anonymous"),
+                options=options,
+                memory_mb=session_limits.MEMORY_MB,
+                cell_timeout=session_limits.CELL_TIMEOUT,
+                deadline=limits.call_deadline(session_limits),
+                session_ttl=options.get("session_ttl", 120),
+                log_output=conf.get_settings().LOG_NOTEBOOK_OUTPUT,
+            ),
         )
         assert process.pid is not None
         # For the admin's live sessions page (its pid, CPU and memory).
         records.write_later(records.kernel_started, session_id, process.pid)
         return process
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

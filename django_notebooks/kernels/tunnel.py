@@ -1,68 +1,50 @@
 """ASGI over a local stream socket: how the web process calls the marimo app
 running in a session's kernel process.
 
-One connection carries one ASGI call. The caller sends the scope, then each
-message its ``receive`` gives; the kernel process sends back each message
-the app sends, then an end mark once the app has returned. A connection
-that ends without the mark means the kernel process went away mid-call.
+One connection carries one ASGI call, in the wire's messages (``wire.py``):
+the caller sends :class:`~wire.Call` with the scope, then an
+:class:`~wire.Asgi` message for each message its ``receive`` gives; the
+kernel process sends back an :class:`~wire.Asgi` message for each message
+the app sends, then :class:`~wire.CallEnded` once the app has returned. A
+connection that ends without it means the kernel process went away
+mid-call.
 
-Messages are plain dicts of ``str``, ``bytes``, numbers, lists and tuples,
-encoded with :mod:`marshal` (fast, and never runs code), each behind its
-length. The scope alone is pickled, because what a project puts in
-``request.meta`` (a model instance, a date) must reach notebook code as it
-is; only the kernel process unpickles, what comes from it is never.
+Every wait for the kernel has a deadline: an HTTP call's next message, a
+websocket's acceptance. A kernel that does not answer within it
+(:class:`NotAnswering`) is not taken for dead: the caller is told it does
+not answer, and the connection is closed, holding nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import marshal
 import pickle
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from django_notebooks.kernels import wire
+
 logger = logging.getLogger(__name__)
 Message = dict[str, Any]
-LENGTH = struct.Struct("!I")
-END = {"type": "django_notebooks.end"}
-# Large enough for any frame the bridge lets through (websocket messages
-# are capped by MAX_WEBSOCKET_MESSAGE_BYTES, bodies by Django's limit).
-MAX_FRAME = 256 * 1024 * 1024
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 class TunnelClosed(Exception):
     """The other end closed the connection before the call ended."""
 
 
-def encode(message: Message) -> bytes:
-    try:
-        data = marshal.dumps(message)
-    except ValueError:
-        data = marshal.dumps(_plain(message))
-    return LENGTH.pack(len(data)) + data
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with enums as their values (marimo closes a websocket with
-    an ``IntEnum`` code and a ``str`` enum reason)."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(item) for item in value)
-    return value
+class NotAnswering(Exception):
+    """The kernel process did not answer within the call's deadline."""
 
 
 def encode_scope(scope: Message) -> bytes:
-    """The scope, pickled; keys whose values cannot be (a server's or a
-    middleware's objects) are left out, and so are such ``meta`` items."""
+    """The scope as :class:`~wire.Call` carries it: pickled, without the
+    keys whose values cannot be (a server's or a middleware's objects), and
+    without such ``meta`` items."""
     try:
-        data = pickle.dumps(scope, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(scope, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         kept = {key: value for key, value in scope.items() if _pickles(value)}
         meta = scope.get("meta")
@@ -75,8 +57,7 @@ def encode_scope(scope: Message) -> bytes:
                     "process (they cannot be pickled)",
                     left_out,
                 )
-        data = pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)
-    return LENGTH.pack(len(data)) + data
+        return pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _pickles(value: Any) -> bool:
@@ -87,47 +68,49 @@ def _pickles(value: Any) -> bool:
     return True
 
 
-async def read_message(
-    reader: asyncio.StreamReader, *, pickled: bool = False
-) -> Message | None:
-    """The next message, or ``None`` once the other end has closed."""
-    try:
-        header = await reader.readexactly(LENGTH.size)
-        (length,) = LENGTH.unpack(header)
-        if length > MAX_FRAME:
-            raise TunnelClosed(f"a frame of {length} bytes")
-        data = await reader.readexactly(length)
-        message = pickle.loads(data) if pickled else marshal.loads(data)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    if not isinstance(message, dict):
-        raise TunnelClosed(f"a frame that is not a message: {type(message)}")
-    return message
-
-
 async def call(
-    connect: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+    connect: Connect,
     scope: Message,
     receive: Callable[[], Awaitable[Message]],
     send: Callable[[Message], Awaitable[None]],
+    *,
+    deadline: float,
 ) -> None:
     """Make one ASGI call through a new connection.
 
-    Raises :class:`TunnelClosed` if the kernel process's end closed before
-    the app returned.
+    ``deadline``: the seconds the kernel process may take to accept a
+    websocket, and to send each message of an HTTP answer. Raises
+    :class:`NotAnswering` past it, :class:`TunnelClosed` if the kernel
+    process's end closed before the app returned.
     """
-    reader, writer = await connect()
+    is_http = scope.get("type") == "http"
     try:
-        writer.write(encode_scope(scope))
+        reader, writer = await asyncio.wait_for(connect(), deadline)
+    except TimeoutError:
+        raise NotAnswering from None
+    try:
+        writer.write(wire.encode(wire.Call(encode_scope(scope))))
         forwarding = asyncio.create_task(_forward_receive(receive, writer))
+        waiting: float | None = deadline
         try:
             while True:
-                message = await read_message(reader)
-                if message is None:
+                try:
+                    answer = await asyncio.wait_for(wire.read(reader), waiting)
+                except TimeoutError:
+                    raise NotAnswering from None
+                except wire.WireError as error:
+                    raise TunnelClosed(str(error)) from error
+                if answer is None:
                     raise TunnelClosed("the kernel process closed the call")
-                if message == END:
+                if isinstance(answer, wire.CallEnded):
                     return
-                await send(message)
+                if not isinstance(answer, wire.Asgi):
+                    raise TunnelClosed(f"an unexpected {type(answer).__name__}")
+                if not is_http:
+                    # An accepted websocket may be quiet for as long as its
+                    # page stays open.
+                    waiting = None
+                await send(answer.message)
         finally:
             forwarding.cancel()
             with contextlib.suppress(BaseException):
@@ -143,7 +126,7 @@ async def _forward_receive(
 ) -> None:
     while True:
         message = await receive()
-        writer.write(encode(message))
+        writer.write(wire.encode(wire.Asgi(message)))
         await writer.drain()
         if message["type"] in ("http.disconnect", "websocket.disconnect"):
             return
@@ -153,38 +136,43 @@ async def serve_call(
     app: Callable[..., Awaitable[None]],
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    watch: Callable[
-        [Message, asyncio.StreamWriter], contextlib.AbstractContextManager[None]
-    ],
+    watch: Callable[[Message], contextlib.AbstractContextManager[None]],
 ) -> None:
     """The kernel process's end of one call: run ``app`` on it, inside
-    ``watch(scope, writer)`` (the kernel process counts its websockets)."""
-    scope = await read_message(reader, pickled=True)
-    if scope is None:
+    ``watch(scope)`` (the kernel process counts its websockets)."""
+    try:
+        opening = await wire.read(reader)
+    except wire.WireError:
+        opening = None
+    if not isinstance(opening, wire.Call):
         writer.close()
         return
-    gone = {"type": "websocket.disconnect", "code": 1006}
+    scope = pickle.loads(opening.scope)
+    gone: Message = {"type": "websocket.disconnect", "code": 1006}
     if scope.get("type") == "http":
         gone = {"type": "http.disconnect"}
 
     async def receive() -> Message:
-        message = await read_message(reader)
-        return gone if message is None else message
+        try:
+            message = await wire.read(reader)
+        except wire.WireError:
+            message = None
+        return message.message if isinstance(message, wire.Asgi) else gone
 
     async def send(message: Message) -> None:
-        writer.write(encode(message))
+        writer.write(wire.encode(wire.Asgi(message)))
         await writer.drain()
 
     try:
-        with watch(scope, writer):
+        with watch(scope):
             try:
                 await app(scope, receive, send)
             except Exception:
                 # As a server would: logged, and the call ends (Starlette
                 # has answered 500 already). The process lives on: only a
-                # call cut off without its end mark means it has gone.
+                # call cut off without its end means it has gone.
                 logger.exception("marimo's app failed in a kernel process")
-        writer.write(encode(END))
+        writer.write(wire.encode(wire.CallEnded()))
         await writer.drain()
     except ConnectionError:
         pass  # the web process went (the call's caller closed)

@@ -3,8 +3,8 @@ seconds and private memory, read from ``/proc`` (Linux).
 
 The admin may run in another server process than the kernel, even on
 another host: figures are given only for a process of this host that is a
-kernel process (its command line is the fork server's, which every kernel
-process inherits), never for whatever process took over a stale pid.
+kernel process (its process title says so: ``titles.py``), never for
+whatever process took over a stale pid.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-FORK_SERVER_MODULE = b"django_notebooks.kernels.forkserver"
+from django_notebooks.kernels import titles
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def usage(pid: int) -> Usage | None:
     """The kernel process ``pid``'s use, or ``None`` if it is not one here."""
     proc = Path("/proc") / str(pid)
     try:
-        if FORK_SERVER_MODULE not in (proc / "cmdline").read_bytes():
+        if not titles.is_kernel((proc / "cmdline").read_bytes()):
             return None
         # utime and stime: fields 14 and 15, after the parenthesised name.
         fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()

@@ -347,6 +347,7 @@ async def _run(message: dict[str, Any]) -> Reply:
         user=user,
         meta=meta,
         notebook_file=str(notebook.path),
+        session_id=message["session_id"],
     )
     return await collect(router.app_for(notebook), scope, message["body"])
 

@@ -56,7 +56,8 @@ def test_a_runaway_cell_is_stopped_and_the_page_says_so(visit):
     choose(visit, "loop")
     expect_notice(
         visit,
-        f"This cell ran longer than {CELL_TIMEOUT} seconds and was stopped.",
+        f"Part of this notebook ran for longer than {CELL_TIMEOUT} seconds, so it "
+        "was stopped.",
         final=False,
     )
     with visit.step("dismiss"):
@@ -69,7 +70,7 @@ def test_a_runaway_cell_is_stopped_and_the_page_says_so(visit):
 def test_a_cell_that_ignores_the_interrupt_ends_its_session(visit):
     open_notebook(visit)
     choose(visit, "sleep")
-    expect_notice(visit, "did not stop when interrupted, so its kernel was ended.")
+    expect_notice(visit, "could not be stopped, so the notebook was closed.")
 
 
 def test_a_cell_out_of_memory(visit):
@@ -77,7 +78,7 @@ def test_a_cell_out_of_memory(visit):
     choose(visit, "allocate")
     expect_notice(
         visit,
-        "needed more memory than it may use, and its allocation failed.",
+        "needed more memory than it may use, so its last step failed.",
         final=False,
     )
     choose(visit, "nothing")
@@ -91,10 +92,10 @@ def test_a_crash_ends_that_session_only(visit, browser, tmp_path):
         open_notebook(other)
         open_notebook(visit)
         choose(visit, "crash")
-        expect_notice(visit, "This notebook's kernel stopped unexpectedly")
+        expect_notice(visit, "This notebook stopped unexpectedly.")
         # The other visitor's session of the same notebook runs on.
         choose(other, "loop")
-        expect_notice(other, "and was stopped.", final=False)
+        expect_notice(other, "so it was stopped.", final=False)
         choose(other, "nothing")
         expect_done(other, "nothing")
 

@@ -1,0 +1,31 @@
+"""Process titles, so that ``ps`` and ``top`` tell the bridge's processes
+apart: the fork server, each kernel (by notebook and session), and what a
+cell started by forking (``multiprocessing``)."""
+
+from __future__ import annotations
+
+import setproctitle
+
+PREFIX = "django-notebooks"
+
+
+def set_title(title: str) -> None:
+    setproctitle.setproctitle(title)
+
+
+def fork_server(web_pid: int) -> str:
+    return f"{PREFIX} fork server (web server {web_pid})"
+
+
+def kernel(slug: str, session_id: str) -> str:
+    return f"{PREFIX} kernel {slug} {session_id}"
+
+
+def started_by_cell(slug: str, session_id: str) -> str:
+    return f"{PREFIX} process started by a cell of {slug} {session_id}"
+
+
+def is_kernel(command_line: bytes) -> bool:
+    """Whether a process's command line (``/proc/<pid>/cmdline``) is a
+    kernel process's title."""
+    return command_line.startswith(f"{PREFIX} kernel ".encode())
