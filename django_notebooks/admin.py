@@ -184,6 +184,11 @@ class NotebookSessionAdmin(SessionAdminBase):
     list_select_related = ("user",)
     actions = ["terminate_sessions"]
 
+    class Media:
+        # Lets the columns wrap, so that the list fits a 1400 px window
+        # with the admin's navigation open.
+        css = {"all": ["django_notebooks/admin.css"]}
+
     @admin.display(description=_("user"), ordering="user__username")
     def who(self, session: NotebookSession) -> Any:
         if session.user_id is None:
