@@ -36,7 +36,7 @@ def test_the_page_shows_the_code_that_runs():
     an editor); each code block marked so is the file verify.py runs."""
     page = (ROOT / "docs" / "tutorial.md").read_text()
     shown = list(SHOWN.finditer(page))
-    assert len(shown) == 5
+    assert len(shown) == 6
     for block in shown:
         lines = (ROOT / "docs" / block["path"]).read_text().split("\n")
         expected = "\n".join(lines[int(block["start"] or 1) - 1 :]).rstrip("\n")

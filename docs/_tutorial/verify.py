@@ -310,12 +310,13 @@ async def groups_step(server: Server, expect_status: int) -> None:
     """Log in and load the page until it answers ``expect_status`` (the
     autoreloader restarts the server after settings.py changes)."""
     deadline = time.monotonic() + 60
-    status, index = None, ""
+    status, page, index = None, "", ""
     while time.monotonic() < deadline:
         try:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 await log_in_without_check(client)
-                status = (await client.get("/notebooks/hello/")).status_code
+                response = await client.get("/notebooks/hello/")
+                status, page = response.status_code, response.text
                 index = (await client.get("/notebooks/")).text
         except httpx.TransportError:
             status = None  # restarting
@@ -326,6 +327,12 @@ async def groups_step(server: Server, expect_status: int) -> None:
         status == expect_status,
         f"with groups=['analysts'] the page answers {expect_status}",
     )
+    if expect_status == 403:
+        check(
+            "<h1>Not allowed</h1>" in page
+            and "You may not open this notebook." in page,
+            "the refusal is the project's templates/403.html, with the reason",
+        )
     listed = 'href="/notebooks/hello/"' in index
     check(
         listed is (expect_status == 200),
@@ -413,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
             "mysite/urls.py",
             "mysite/asgi.py",
             "templates/registration/login.html",
+            # Step 12's, made before the server refuses anyone, as it says.
+            "templates/403.html",
             "notebooks/hello.py",
         ):
             target = project / relative
