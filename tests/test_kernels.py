@@ -509,6 +509,29 @@ def test_a_stopped_fork_server_ends_every_kernel_process(tmp_path):
     assert one.has_exited and two.has_exited and table.all() == []
 
 
+def test_a_kernels_exit_frees_its_sessions_place_under_the_caps(tmp_path, monkeypatch):
+    bindings = owners.SessionBindings()
+    monkeypatch.setattr(owners, "bindings", bindings)
+    for session_id in ("s-1", "s-2", "s-3"):
+        bindings.claim(
+            session_id,
+            owner="user:1:k",
+            notebook="n",
+            user_context={},
+            kernel_end_reported=True,
+        )
+        bindings.release(session_id, "user:1:k")
+    table = KernelProcesses()
+    _process(table, "s-1", 4_194_303, tmp_path)
+    _process(table, "s-2", 4_194_304, tmp_path)
+    _process(table, "s-3", 4_194_305, tmp_path)
+    assert bindings.count() == 3
+    table._exited(4_194_303, 0)
+    assert not bindings.knows("s-1") and bindings.count() == 2
+    table._fork_server_stopped()
+    assert bindings.count() == 0
+
+
 @pytest.mark.asyncio
 async def test_why_a_kernel_ended(tmp_path):
     from django_notebooks import notices

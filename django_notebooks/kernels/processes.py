@@ -38,6 +38,7 @@ from django_notebooks import notices
 from django_notebooks.kernels import tunnel
 from django_notebooks.kernels.forking import ForkServer, ForkServerFailed
 from django_notebooks.notices import Notice
+from django_notebooks.sessions import owners
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,8 @@ class KernelProcesses:
                 return
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
+        # Its place under the caps on sessions is free now.
+        owners.bindings.kernel_ended(process.session_id)
         process.exit_status = status
         process.exited.set()
         with contextlib.suppress(OSError):
@@ -324,6 +327,7 @@ class KernelProcesses:
             self._by_session.clear()
             self._by_pid.clear()
         for process in ended:
+            owners.bindings.kernel_ended(process.session_id)
             process.exited.set()
             with contextlib.suppress(OSError):
                 process.socket_path.unlink()
