@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -361,6 +362,54 @@ async def test_at_the_cap_the_kernel_of_a_closed_tab_is_ended_to_make_room(
     refused = await admission.websocket(SQUARE, websocket_scope(carol))
     assert refused.notice.title == "Too many open notebook sessions"
     assert len(ended_kernels) == 1
+
+
+@pytest.mark.django_db
+@notebooks_with(MAX_SESSIONS_PER_USER=1)
+async def test_a_closed_tab_that_cannot_be_ended_does_not_keep_the_new_session_out(
+    carol, monkeypatch, caplog
+):
+    def fails(notebook, session_id, notice):
+        raise RuntimeError("marimo moved")
+
+    monkeypatch.setattr(router, "end_session", fails)
+    closed_id = new_session_id()
+    first = await admission.websocket(SQUARE, websocket_scope(carol, closed_id))
+    owners.bindings.release(closed_id, first.owner)
+    again = await admission.websocket(SQUARE, websocket_scope(carol, new_session_id()))
+    assert isinstance(again, admission.WebsocketAdmission)
+    assert f"Could not end the kernel of closed notebook session {closed_id}" in (
+        caplog.text
+    )
+
+
+@pytest.mark.django_db
+@notebooks_with(MAX_SESSIONS_PER_USER=1)
+async def test_the_kernel_of_a_notebook_no_longer_served_is_ended_too(
+    carol, monkeypatch, ended_kernels
+):
+    """Its kernel process is ended directly, and the new session waits for
+    it to exit."""
+    closed_id = new_session_id()
+    gone = registry.Notebook("gone", NOTEBOOKS_DIR / "square.py", "Gone")
+    first = await admission.websocket(gone, websocket_scope(carol, closed_id))
+    owners.bindings.release(closed_id, first.owner)
+    process = SimpleNamespace(exited=threading.Event(), ended_with=None)
+
+    def terminate(notice):
+        process.ended_with = notice
+        process.exited.set()
+
+    process.terminate = terminate
+    monkeypatch.setattr(
+        router,
+        "process_of",
+        lambda session_id: process if session_id == closed_id else None,
+    )
+    again = await admission.websocket(SQUARE, websocket_scope(carol, new_session_id()))
+    assert isinstance(again, admission.WebsocketAdmission)
+    assert process.ended_with == notices.MADE_ROOM
+    assert ended_kernels == []
 
 
 def visitor_scope(session_id: str, address: str) -> dict:
