@@ -13,7 +13,8 @@ websocket consumer) and whichever process holds its session:
   object as its body;
 - the kernel websocket (:func:`websocket`): from this site, the access
   decision, the notebook's query parameters, and a session id nobody else
-  owns, within the user's cap of open sessions.
+  owns, within the caps on live kernels (a closed tab of the person's is
+  ended to make room).
 
 What the request says about who sends it is read once, the same way from a
 Django request or an ASGI scope, into a :class:`Caller`. The answers are

@@ -7,6 +7,11 @@ public notebook) and for which notebook. Kernel POSTs and reconnects for that
 id are then accepted only from the same owner, and ids never seen opened are
 refused.
 
+The same record counts each person's sessions against the caps on live
+kernels (:class:`Caps`): a session holds its place while its kernel lives,
+its tab open or closed, and at a cap the person's oldest closed tab makes
+room for a new one (:meth:`SessionBindings.claim`).
+
 The record lives in this process's memory: marimo's sessions do too.
 """
 
@@ -26,8 +31,9 @@ from django_notebooks import conf
 
 VISITOR_COOKIE = "django_notebooks_visitor"
 VISITOR_SALT = "django_notebooks.visitor"
-# Records of sessions whose websocket closed are kept this long beyond
-# marimo's session TTL, so that a reconnect within the TTL is still accepted.
+# With kernels as threads, records of sessions whose websocket closed are
+# kept this long beyond marimo's session TTL, so that a reconnect within the
+# TTL is still accepted. (A kernel process reports its end: kernel_ended().)
 GRACE_SECONDS = 60
 # How often, at most, a session's "last activity" is written to the database.
 ACTIVITY_EVERY = 30.0
