@@ -13,7 +13,8 @@ websocket consumer) and whichever process holds its session:
   object as its body;
 - the kernel websocket (:func:`websocket`): from this site, the access
   decision, the notebook's query parameters, and a session id nobody else
-  owns, within the user's cap of open sessions.
+  owns, within the caps on live kernels (a closed tab of the person's is
+  ended to make room).
 
 What the request says about who sends it is read once, the same way from a
 Django request or an ASGI scope, into a :class:`Caller`. The answers are
@@ -27,7 +28,10 @@ answer it without Django.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +39,22 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, parse_cookie
 
-from django_notebooks import access, conf, context, notices, origins
+from django_notebooks import access, conf, context, notices, origins, registry
 from django_notebooks.access import Access
+from django_notebooks.kernels import router, wire
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.query import InvalidQuery
 from django_notebooks.registry import Location, Notebook
 from django_notebooks.sessions import owners, records
 
+logger = logging.getLogger(__name__)
+
 SESSION_HEADER = routes.SESSION_HEADER
+# Seconds a new session waits for the kernels ended to make room for it to
+# exit: a kernel that ignores SIGTERM is killed wire.END_GRACE seconds
+# later, and its end is reported a moment after.
+ROOM_WAIT = wire.END_GRACE + 2.0
 
 
 @dataclass(frozen=True)
@@ -359,16 +370,58 @@ async def websocket(
         user_context=user_context,
         meta=meta,
         user_id=getattr(user, "pk", None),
-        limit=config.MAX_SESSIONS_PER_USER,
         address=caller.address,
-        max_sessions=config.LIMITS.MAX_SESSIONS,
-        max_per_address=config.LIMITS.MAX_SESSIONS_PER_ADDRESS,
+        caps=caps(config),
+        # A kernel process reports its end; marimo's threads do not.
+        kernel_end_reported=router.isolation() == router.PROCESS,
     )
-    if claim is owners.Claim.NOT_OWNER:
+    if claim.outcome is owners.Claim.NOT_OWNER:
         return REFUSED
-    if claim is not owners.Claim.CLAIMED:
-        return _over_a_cap(claim, config)
+    if claim.outcome is not owners.Claim.CLAIMED:
+        return _over_a_cap(claim.outcome, config)
+    await _make_room(claim.to_end)
     return WebsocketAdmission(notebook, caller.session_id, owner, user_context, meta)
+
+
+def caps(config: conf.NotebookSettings) -> owners.Caps:
+    """The caps on live kernels a new session must fit under."""
+    return owners.Caps(
+        per_person=config.MAX_SESSIONS_PER_USER,
+        per_address=config.LIMITS.MAX_SESSIONS_PER_ADDRESS,
+        anonymous=config.LIMITS.MAX_ANONYMOUS_SESSIONS,
+        server=config.LIMITS.MAX_SESSIONS,
+    )
+
+
+async def _make_room(to_end: tuple[owners.ToEnd, ...]) -> None:
+    """End the kernels of the closed tabs a new session replaces, and wait
+    (at most ROOM_WAIT seconds) until their processes have exited: the new
+    session's kernel starts only then, so that a client opening and closing
+    sessions in a loop never holds more kernels than its cap."""
+    leaving = []
+    for ending in to_end:
+        notebook = registry.get_notebook(ending.notebook)
+        process = router.process_of(ending.session_id)
+        try:
+            if notebook is not None:
+                router.end_session(notebook, ending.session_id, notices.MADE_ROOM)
+            elif process is not None:  # a notebook no longer served
+                process.end(notices.MADE_ROOM)
+        except Exception:
+            # The new session is admitted (its place is counted) whatever
+            # became of the old kernel: it ends at session_ttl in any case.
+            logger.exception(
+                "Could not end the kernel of closed notebook session %s",
+                ending.session_id,
+            )
+            continue
+        if process is not None:
+            leaving.append(process)
+    if leaving:
+        deadline = time.monotonic() + ROOM_WAIT
+        for process in leaving:
+            left = deadline - time.monotonic()
+            await asyncio.to_thread(process.exited.wait, max(left, 0))
 
 
 def _over_a_cap(claim: owners.Claim, config: conf.NotebookSettings) -> WebsocketRefusal:
@@ -377,6 +430,8 @@ def _over_a_cap(claim: owners.Claim, config: conf.NotebookSettings) -> Websocket
         notice = notices.too_many_for_user(config.MAX_SESSIONS_PER_USER)
     elif claim is owners.Claim.ADDRESS_FULL:
         notice = notices.too_many_for_address(config.LIMITS.MAX_SESSIONS_PER_ADDRESS)
+    elif claim is owners.Claim.VISITORS_FULL:
+        notice = notices.VISITORS_BUSY
     else:
         notice = notices.SERVER_BUSY
     return WebsocketRefusal(CLOSE_TOO_MANY, notice)

@@ -363,6 +363,29 @@ def check_isolation(
     ]
 
 
+@_when_settings_load
+def check_anonymous_share(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W009: anonymous visitors may hold every session of a process."""
+    limits = conf.get_settings().LIMITS
+    server, anonymous = limits.MAX_SESSIONS, limits.MAX_ANONYMOUS_SESSIONS
+    if server is None or (anonymous is not None and anonymous < server):
+        return []
+    return [
+        Warning(
+            f"LIMITS['MAX_ANONYMOUS_SESSIONS'] is {anonymous!r} and "
+            f"LIMITS['MAX_SESSIONS'] is {server!r}: anonymous visitors may "
+            "hold every session of a server process, and logged-in users are "
+            "then told that the server is busy.",
+            hint="Set MAX_ANONYMOUS_SESSIONS below MAX_SESSIONS (left out, "
+            "it is half of MAX_SESSIONS). On a site without logins, silence "
+            "this check (docs: topics/limits).",
+            id="django_notebooks.W009",
+        )
+    ]
+
+
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -484,6 +507,7 @@ def register_checks() -> None:
         check_query_options,
         check_channel_layer,
         check_isolation,
+        check_anonymous_share,
         check_settings,
         check_hooks,
     ):

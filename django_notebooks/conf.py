@@ -61,7 +61,8 @@ class NotebookSettings:
     REQUEST_META: Hook
     #: Cookie names notebook code may read; every other cookie is removed.
     ALLOWED_COOKIES: tuple[str, ...]
-    #: Open kernel websockets one user (or anonymous visitor) may have.
+    #: Sessions with a live kernel one user (or anonymous visitor) may have:
+    #: open pages, and closed tabs whose kernel waits out ``session_ttl``.
     MAX_SESSIONS_PER_USER: int | None
     #: Largest websocket message a browser may send (marimo's frontend
     #: sends none: everything goes through HTTP POSTs).

@@ -317,10 +317,13 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
+        if self.session_id and self.owner:
+            # A closed tab from now on, before marimo's handler has wound
+            # down: a reload that comes meanwhile may replace it at a cap.
+            owners.bindings.release(self.session_id, self.owner)
         # marimo keeps the session for its TTL, so the browser can reconnect.
         await self._stop_marimo(code=message.get("code", 1000), close_session=False)
         if self.session_id and self.owner:
-            owners.bindings.release(self.session_id, self.owner)
             await self._record_closed()
         await self._leave_groups()
         raise StopConsumer()

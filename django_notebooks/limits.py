@@ -16,7 +16,9 @@ from typing import Any
 # A notebook's ``limits`` may set these (they apply to each of its sessions).
 SESSION_LIMITS = frozenset({"CELL_TIMEOUT", "MEMORY_MB", "IDLE_TIMEOUT"})
 # Only ``LIMITS`` may set these (they count the sessions of a server process).
-SERVER_LIMITS = frozenset({"MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS"})
+SERVER_LIMITS = frozenset(
+    {"MAX_SESSIONS", "MAX_SESSIONS_PER_ADDRESS", "MAX_ANONYMOUS_SESSIONS"}
+)
 
 EXPECTED = "a positive whole number, or None for no limit"
 
@@ -43,11 +45,17 @@ class Limits:
     #: Seconds an open session may go without a widget change before it is
     #: closed (marimo's own ``session_ttl`` only starts once the tab closes).
     IDLE_TIMEOUT: int | None = 3600
-    #: Sessions one server process holds at once: open ones, and closed ones
-    #: whose kernel marimo keeps for ``session_ttl``.
+    #: Sessions whose kernel lives in one server process: open pages, and
+    #: closed tabs whose kernel waits out marimo's ``session_ttl``.
     MAX_SESSIONS: int | None = 100
-    #: Open anonymous sessions per client address (``scope["client"]``).
+    #: Anonymous sessions with a live kernel per client address
+    #: (``scope["client"]``).
     MAX_SESSIONS_PER_ADDRESS: int | None = 20
+    #: Anonymous sessions with a live kernel in one server process, all
+    #: visitors together: the rest of MAX_SESSIONS is kept for logged-in
+    #: users. Left out of ``LIMITS``, half of MAX_SESSIONS
+    #: (:func:`anonymous_share`).
+    MAX_ANONYMOUS_SESSIONS: int | None = 50
 
 
 NAMES = tuple(field.name for field in fields(Limits))
@@ -89,8 +97,20 @@ def is_valid_setting(value: Any) -> bool:
 
 
 def from_setting(value: Mapping[str, Any]) -> Limits:
-    """The ``LIMITS`` value as :class:`Limits` (unset keys: the defaults)."""
-    return Limits(**value)
+    """The ``LIMITS`` value as :class:`Limits` (unset keys: the defaults;
+    ``MAX_ANONYMOUS_SESSIONS`` follows the project's ``MAX_SESSIONS``)."""
+    limits = Limits(**value)
+    if "MAX_ANONYMOUS_SESSIONS" in value:
+        return limits
+    return replace(limits, MAX_ANONYMOUS_SESSIONS=anonymous_share(limits.MAX_SESSIONS))
+
+
+def anonymous_share(max_sessions: int | None) -> int | None:
+    """``MAX_ANONYMOUS_SESSIONS`` where the project leaves it out: half of
+    ``MAX_SESSIONS`` (at least one), so that a project that lowers
+    ``MAX_SESSIONS`` still keeps half of it for logged-in users; no cap
+    when ``MAX_SESSIONS`` is none either."""
+    return None if max_sessions is None else max(1, max_sessions // 2)
 
 
 def with_option(limits: Limits, option: Mapping[str, Any] | None) -> Limits:

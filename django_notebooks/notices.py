@@ -82,6 +82,21 @@ SERVER_BUSY = Notice(
     "The notebook server is busy",
     "It is running as many notebooks as it can. Try again in a few minutes.",
 )
+# Anonymous visitors together hold LIMITS["MAX_ANONYMOUS_SESSIONS"]. True
+# on a site without accounts too: it promises no login.
+VISITORS_BUSY = Notice(
+    "The notebook is busy",
+    "It is running as many notebooks for visitors as it can. Try again in a "
+    "few minutes. If you have an account on this site, logging in may let "
+    "you in now.",
+)
+# A closed tab's kernel, ended when its person opened one too many (nobody
+# sees it unless that tab's page reconnects).
+MADE_ROOM = Notice(
+    "Notebook closed",
+    "This notebook was closed to make room for another one you opened. "
+    "Reload the page to start it again.",
+)
 
 
 def admin_ended(message: str | None) -> Notice:

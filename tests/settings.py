@@ -192,6 +192,7 @@ for _limit in (
     "IDLE_TIMEOUT",
     "MAX_SESSIONS",
     "MAX_SESSIONS_PER_ADDRESS",
+    "MAX_ANONYMOUS_SESSIONS",
 ):
     if os.environ.get(f"DJANGO_NOTEBOOKS_TEST_LIMIT_{_limit}"):
         DJANGO_NOTEBOOKS.setdefault("LIMITS", {})[_limit] = int(

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import RequestFactory, override_settings
 
-from django_notebooks import admission, registry
+from django_notebooks import admission, notices, registry
 from django_notebooks.admission import Caller
+from django_notebooks.kernels import router
 from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import owners
-from tests.helpers import new_session_id
+from tests.helpers import new_session_id, notebooks_with
 from tests.notebooks.query_forms import SalesQuery
 from tests.settings import NOTEBOOKS_DIR
 
@@ -329,6 +331,113 @@ async def test_over_the_cap_the_page_is_told_why(carol):
     second = await admission.websocket(SQUARE, websocket_scope(user, new_session_id()))
     assert second.code == admission.CLOSE_TOO_MANY
     assert second.notice.title == "Too many open notebook sessions"
+
+
+@pytest.fixture
+def ended_kernels(monkeypatch):
+    """The sessions whose kernel admission ends: (notebook, session, notice)."""
+    ended = []
+    monkeypatch.setattr(
+        router,
+        "end_session",
+        lambda notebook, session_id, notice: ended.append(
+            (notebook.slug, session_id, notice)
+        ),
+    )
+    return ended
+
+
+@pytest.mark.django_db
+@notebooks_with(MAX_SESSIONS_PER_USER=1)
+async def test_at_the_cap_the_kernel_of_a_closed_tab_is_ended_to_make_room(
+    carol, ended_kernels
+):
+    closed_id = new_session_id()
+    first = await admission.websocket(SQUARE, websocket_scope(carol, closed_id))
+    owners.bindings.release(closed_id, first.owner)
+    again = await admission.websocket(SQUARE, websocket_scope(carol, new_session_id()))
+    assert isinstance(again, admission.WebsocketAdmission)
+    assert ended_kernels == [("square", closed_id, notices.MADE_ROOM)]
+    assert not owners.bindings.knows(closed_id)
+    # An open page is not ended: the next one is refused.
+    refused = await admission.websocket(SQUARE, websocket_scope(carol))
+    assert refused.notice.title == "Too many open notebook sessions"
+    assert len(ended_kernels) == 1
+
+
+@pytest.mark.django_db
+@notebooks_with(MAX_SESSIONS_PER_USER=1)
+async def test_a_closed_tab_that_cannot_be_ended_does_not_keep_the_new_session_out(
+    carol, monkeypatch, caplog
+):
+    def fails(notebook, session_id, notice):
+        raise RuntimeError("marimo moved")
+
+    monkeypatch.setattr(router, "end_session", fails)
+    closed_id = new_session_id()
+    first = await admission.websocket(SQUARE, websocket_scope(carol, closed_id))
+    owners.bindings.release(closed_id, first.owner)
+    again = await admission.websocket(SQUARE, websocket_scope(carol, new_session_id()))
+    assert isinstance(again, admission.WebsocketAdmission)
+    assert f"Could not end the kernel of closed notebook session {closed_id}" in (
+        caplog.text
+    )
+
+
+@pytest.mark.django_db
+@notebooks_with(MAX_SESSIONS_PER_USER=1)
+async def test_the_kernel_of_a_notebook_no_longer_served_is_ended_too(
+    carol, monkeypatch, ended_kernels
+):
+    """Its kernel process is ended directly, and the new session waits for
+    it to exit."""
+    closed_id = new_session_id()
+    gone = registry.Notebook("gone", NOTEBOOKS_DIR / "square.py", "Gone")
+    first = await admission.websocket(gone, websocket_scope(carol, closed_id))
+    owners.bindings.release(closed_id, first.owner)
+    process = SimpleNamespace(exited=threading.Event(), ended_with=None)
+
+    def terminate(notice):
+        process.ended_with = notice
+        process.exited.set()
+
+    process.terminate = terminate
+    monkeypatch.setattr(
+        router,
+        "process_of",
+        lambda session_id: process if session_id == closed_id else None,
+    )
+    again = await admission.websocket(SQUARE, websocket_scope(carol, new_session_id()))
+    assert isinstance(again, admission.WebsocketAdmission)
+    assert process.ended_with == notices.MADE_ROOM
+    assert ended_kernels == []
+
+
+def visitor_scope(session_id: str, address: str) -> dict:
+    """A new anonymous visitor's websocket (with its visitor cookie)."""
+    scope = websocket_scope(AnonymousUser(), session_id)
+    cookie = f"{owners.VISITOR_COOKIE}={owners.new_visitor_cookie()}"
+    scope["headers"].append((b"cookie", cookie.encode()))
+    scope["client"] = (address, 40000)
+    return scope
+
+
+@pytest.mark.django_db
+@notebooks_with(LIMITS={"MAX_SESSIONS": 3, "MAX_ANONYMOUS_SESSIONS": 1})
+async def test_past_the_visitors_share_a_visitor_is_told_the_notebook_is_busy(
+    carol, ended_kernels
+):
+    first = await admission.websocket(PUBLIC, visitor_scope("s_v00001", "10.0.0.1"))
+    assert isinstance(first, admission.WebsocketAdmission)
+    refused = await admission.websocket(PUBLIC, visitor_scope("s_v00002", "10.0.0.2"))
+    assert refused.code == admission.CLOSE_TOO_MANY
+    assert refused.notice == notices.VISITORS_BUSY
+    # A site without logins must not promise one.
+    assert "If you have an account on this site" in refused.notice.text
+    # A logged-in user still gets in.
+    admitted = await admission.websocket(PUBLIC, websocket_scope(carol, "s_u00001"))
+    assert isinstance(admitted, admission.WebsocketAdmission)
+    assert ended_kernels == []
 
 
 @pytest.mark.django_db

@@ -579,15 +579,14 @@ async def test_a_kernels_end_is_logged_once_and_its_page_told_why(
 ):
     caplog.set_level(logging.INFO, "django_notebooks")
     table = KernelProcesses()
-    ended = []
-    table.on_ended.append(ended.append)
     process = await table.start("s-1", START)
     server = fork_servers.made[0]
-    server.on_exit(server, wire.Exited(process.kernel_id, process.pid, status, cause))
-    server.on_exit(server, wire.Exited(process.kernel_id, process.pid, status, cause))
+    exited = wire.Exited(process.kernel_id, "s-1", process.pid, status, cause)
+    server.on_exit(server, exited)
+    server.on_exit(server, exited)
     assert process.has_exited and process.cause == cause
     assert await process.why_ended() == notice
-    assert table.get("s-1") is None and ended == ["s-1"]
+    assert table.get("s-1") is None
     (record,) = [r for r in caplog.records if "ended:" in r.getMessage()]
     assert record.levelno == level
     said = record.getMessage()
@@ -1031,3 +1030,73 @@ def test_the_sessions_list_says_what_keeps_kernels_in_bounds(admin_client):
     said = page.content.decode()
     assert f"Each kernel process runs in {found.containment}" in said
     assert f"limited by {found.memory}" in said
+
+
+@pytest.fixture
+def bindings(monkeypatch):
+    from django_notebooks.sessions import owners
+
+    found = owners.SessionBindings()
+    monkeypatch.setattr(owners, "bindings", found)
+    return found
+
+
+def _closed_tab(bindings, session_id):
+    bindings.claim(
+        session_id,
+        owner="user:1:k",
+        notebook="n",
+        user_context={},
+        kernel_end_reported=True,
+    )
+    bindings.release(session_id, "user:1:k")
+
+
+@pytest.mark.asyncio
+async def test_a_kernels_end_frees_its_sessions_place_under_the_caps(
+    fork_servers, bindings
+):
+    table = KernelProcesses()
+    started = {}
+    for session_id in ("s-1", "s-2", "s-3"):
+        _closed_tab(bindings, session_id)
+        started[session_id] = await table.start(session_id, START)
+    assert bindings.count() == 3
+    server = fork_servers.made[0]
+    one = started["s-1"]
+    server.on_exit(server, wire.Exited(one.kernel_id, "s-1", one.pid, 0, "closed"))
+    assert not bindings.knows("s-1") and bindings.count() == 2
+    server.stop_now()
+    assert bindings.count() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_given_up_start_frees_its_place_once_its_kernel_has_ended(
+    fork_servers, bindings
+):
+    table = KernelProcesses()
+    await table.start("s-0", START)
+    server = fork_servers.made[0]
+    server.answer_with = None
+    _closed_tab(bindings, "s-1")
+    starting = asyncio.create_task(table.start("s-1", START))
+    await asyncio.sleep(0.1)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    (kernel_id,) = [i for i, _now in server.ends]
+    assert bindings.knows("s-1")  # its kernel may still run
+    server.on_exit(server, wire.Exited(kernel_id, "s-1", 5_000_001, 9, "asked"))
+    assert not bindings.knows("s-1")
+
+
+@pytest.mark.asyncio
+async def test_an_old_kernels_end_does_not_free_a_newer_kernels_place(
+    fork_servers, bindings
+):
+    table = KernelProcesses()
+    _closed_tab(bindings, "s-1")
+    newer = await table.start("s-1", START)
+    server = fork_servers.made[0]
+    server.on_exit(server, wire.Exited(newer.kernel_id - 1, "s-1", 1, 9, "asked"))
+    assert bindings.knows("s-1") and not newer.has_exited

@@ -51,7 +51,7 @@ async def bound_session(client: AsyncClient, notebook: str = "square") -> str:
         user_context={},
         user_id=client.user.pk,
     )
-    assert claim is owners.Claim.CLAIMED
+    assert claim.outcome is owners.Claim.CLAIMED
     return session_id
 
 

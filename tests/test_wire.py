@@ -37,7 +37,7 @@ EXAMPLES = [
     wire.Forked(3, 1234, "/tmp/x/3.sock"),
     wire.ForkRefused(3, "OSError(11)"),
     wire.End(3, now=True),
-    wire.Exited(3, 1234, 9, "crashed"),
+    wire.Exited(3, "s_1", 1234, 9, "crashed"),
     wire.KernelNotice(3, "stopping", 2.0),
     wire.CellStarted(),
     wire.CellEnded(interrupted=True, out_of_memory=False),

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 # Seconds past marimo's session_ttl before an abandoned kernel process ends
 # (marimo closes the session itself at the TTL).
-END_GRACE = 1.0
+PAST_TTL = 1.0
 WARM_NOTEBOOK = Path(__file__).with_name("warm_notebook.py")
 WARM_UP_TIMEOUT = 30.0
 # How often the process looks whether it is still wanted.
@@ -346,7 +346,7 @@ async def _serve(
         lambda reader, writer: tunnel.serve_call(app, reader, writer, watch),
         sock=listener,
     )
-    keep = fork.session_ttl + END_GRACE
+    keep = fork.session_ttl + PAST_TTL
     async with server:
         while not parent_gone.is_set() and (
             websockets or loop.time() - last_seen < keep

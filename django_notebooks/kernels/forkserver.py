@@ -50,8 +50,6 @@ COLD = "--cold"  # start without the warm-up session
 # that process's socket stays open (a child it forked without exec holds a
 # copy), and the resolution of its timers.
 TICK = 0.5
-# Seconds a kernel gets to end on SIGTERM before its group is killed.
-TERMINATE_GRACE = 2.0
 # Seconds a cell runs before its kernel process goes to the lowest priority.
 DEMOTE_AFTER = 1.0
 LOWEST_PRIORITY = 19
@@ -374,7 +372,7 @@ class ForkServer:
 
     def _stop(self, kernel: Kernel, cause: wire.Cause, *, now: bool) -> None:
         """End a kernel and its process group: SIGTERM, then SIGKILL after
-        TERMINATE_GRACE (at once with ``now``). Its pid still names it: it
+        wire.END_GRACE (at once with ``now``). Its pid still names it: it
         is reaped only by this process, after its end."""
         if kernel.ending is None:
             kernel.ending = cause
@@ -382,7 +380,7 @@ class ForkServer:
             self._kill(kernel)
             return
         _signal_group(kernel, signal.SIGTERM)
-        deadline = time.monotonic() + TERMINATE_GRACE
+        deadline = time.monotonic() + wire.END_GRACE
         if kernel.kill_at is None or deadline < kernel.kill_at:
             kernel.kill_at, kernel.kill_cause = deadline, cause
 
@@ -429,7 +427,11 @@ class ForkServer:
             cause = wire.Cause.CLOSED if clean else wire.Cause.CRASHED
         with contextlib.suppress(OSError):
             kernel.socket_path.unlink()
-        self._tell_web(wire.Exited(kernel.id, kernel.pid, status, str(cause)))
+        self._tell_web(
+            wire.Exited(
+                kernel.id, kernel.fork.session_id, kernel.pid, status, str(cause)
+            )
+        )
 
     def _close_status(self, kernel: Kernel) -> None:
         if kernel.status_open:

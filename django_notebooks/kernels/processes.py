@@ -41,6 +41,7 @@ from django_notebooks.kernels.forking import (
     new_kernel_id,
 )
 from django_notebooks.notices import Notice
+from django_notebooks.sessions import owners
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,6 @@ class KernelProcesses:
         self._by_id: dict[int, KernelProcess] = {}
         self._server: ForkServer | None = None
         self._warming = threading.Lock()
-        #: Called with a session id when its kernel process has ended.
-        self.on_ended: list[Callable[[str], None]] = []
 
     @property
     def fork_server(self) -> ForkServer | None:
@@ -412,7 +411,8 @@ class KernelProcesses:
             return server
 
     def _forget(self, process: KernelProcess) -> None:
-        """A process that did not start (or whose start was given up)."""
+        """A process that did not start (or whose start was given up: if it
+        was forked, its end is reported and frees its session's place)."""
         with self._lock:
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
@@ -423,16 +423,23 @@ class KernelProcesses:
         """The fork server says a kernel has ended (on its reader thread)."""
         with self._lock:
             process = self._by_id.pop(exited.id, None)
-            if process is None:
-                return
-            if self._by_session.get(process.session_id) is process:
+            if (
+                process is not None
+                and self._by_session.get(process.session_id) is process
+            ):
                 del self._by_session[process.session_id]
+            # A kernel whose start was given up is no longer known here; its
+            # session may have another kernel by now (a retried start).
+            replaced = self.get(exited.session_id) is not None
+        if not replaced:
+            # Its place under the caps on sessions is free now.
+            owners.bindings.kernel_ended(exited.session_id)
+        if process is None:
+            return
         process.exit_status, process.cause = exited.status, exited.cause
         process.ending = notice_for_end(process, exited.cause)
         process.exited.set()
         _log_end(process, exited)
-        for ended in self.on_ended:
-            ended(process.session_id)
 
     def _notice(self, server: ForkServer, notice: wire.KernelNotice) -> None:
         process = self._by_id.get(notice.id)
@@ -455,10 +462,9 @@ class KernelProcesses:
                 len(ended),
             )
         for process in ended:
+            owners.bindings.kernel_ended(process.session_id)
             process.ending = process.ending or notices.SESSION_LOST
             process.exited.set()
-            for callback in self.on_ended:
-                callback(process.session_id)
 
     def end_sessions(self) -> None:
         """End every kernel process (the fork server stays ready)."""

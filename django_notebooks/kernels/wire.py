@@ -218,11 +218,14 @@ class ForkRefused:
     error: str
 
 
+# Seconds a kernel gets to end on SIGTERM before its group is killed.
+END_GRACE = 2.0
+
+
 @message
 class End:
     """End kernel ``id`` (its whole process group): ``SIGTERM``, then
-    ``SIGKILL`` if it lingers; at once with ``now``. One still to be forked
-    is ended as soon as it is."""
+    ``SIGKILL`` after :data:`END_GRACE` seconds; at once with ``now``."""
 
     id: int
     now: bool = False
@@ -248,9 +251,11 @@ class Cause(enum.StrEnum):
 
 @message
 class Exited:
-    """Kernel ``id`` (process ``pid``) has ended, with wait ``status``."""
+    """Kernel ``id`` (process ``pid``, of session ``session_id``) has ended,
+    with wait ``status``."""
 
     id: int
+    session_id: str
     pid: int
     status: int
     cause: str

@@ -7,6 +7,11 @@ public notebook) and for which notebook. Kernel POSTs and reconnects for that
 id are then accepted only from the same owner, and ids never seen opened are
 refused.
 
+The same record counts each person's sessions against the caps on live
+kernels (:class:`Caps`): a session holds its place while its kernel lives,
+its tab open or closed, and at a cap the person's oldest closed tab makes
+room for a new one (:meth:`SessionBindings.claim`).
+
 The record lives in this process's memory: marimo's sessions do too.
 """
 
@@ -16,6 +21,7 @@ import enum
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +31,9 @@ from django_notebooks import conf
 
 VISITOR_COOKIE = "django_notebooks_visitor"
 VISITOR_SALT = "django_notebooks.visitor"
-# Records of sessions whose websocket closed are kept this long beyond
-# marimo's session TTL, so that a reconnect within the TTL is still accepted.
+# With kernels as threads, records of sessions whose websocket closed are
+# kept this long beyond marimo's session TTL, so that a reconnect within the
+# TTL is still accepted. (A kernel process reports its end: kernel_ended().)
 GRACE_SECONDS = 60
 # How often, at most, a session's "last activity" is written to the database.
 ACTIVITY_EVERY = 30.0
@@ -66,13 +73,35 @@ def visitor_from_cookie(value: str | None) -> str | None:
 class Claim(enum.Enum):
     CLAIMED = "claimed"
     NOT_OWNER = "not_owner"
-    # The person already has their MAX_SESSIONS_PER_USER open.
+    # The person already has MAX_SESSIONS_PER_USER kernels, all open pages.
     OVER_LIMIT = "over_limit"
-    # The process holds LIMITS["MAX_SESSIONS"] sessions.
+    # The process holds LIMITS["MAX_SESSIONS"] kernels, none of them a closed
+    # tab of the person's.
     SERVER_FULL = "server_full"
     # The client address has LIMITS["MAX_SESSIONS_PER_ADDRESS"] anonymous
-    # sessions open.
+    # kernels, all open pages.
     ADDRESS_FULL = "address_full"
+    # Anonymous visitors hold LIMITS["MAX_ANONYMOUS_SESSIONS"] kernels, none
+    # of them a closed tab of this visitor's (or address's).
+    VISITORS_FULL = "visitors_full"
+
+
+@dataclass(frozen=True)
+class ToEnd:
+    """A closed tab's session whose kernel must end to make room."""
+
+    session_id: str
+    notebook: str
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What :meth:`SessionBindings.claim` decided. A new session admitted
+    at a cap comes with the closed tabs whose kernels the caller must end
+    to make room for it (already forgotten here, so counted no more)."""
+
+    outcome: Claim
+    to_end: tuple[ToEnd, ...] = ()
 
 
 def _is_visitor(owner: str) -> bool:
@@ -84,6 +113,31 @@ def _person(owner: str) -> str:
     """The user or visitor behind an owner key, whatever their login."""
     kind, _, rest = owner.partition(":")
     return f"{kind}:{rest.split(':', 1)[0]}"
+
+
+def _kept_since() -> float:
+    """Tabs closed since then may still have their kernel: marimo keeps it
+    ``session_ttl`` seconds for a reload."""
+    ttl: float = conf.marimo_options().get("session_ttl", 120)
+    return time.time() - ttl
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The caps on live kernels a new session must fit under (``None``: no
+    cap). Each counts the sessions whose kernel lives, the page open or its
+    tab closed (docs: topics/limits)."""
+
+    #: Of one person: a user, whatever their login, or an anonymous visitor
+    #: (MAX_SESSIONS_PER_USER).
+    per_person: int | None = None
+    #: Of the anonymous visitors of one client address
+    #: (LIMITS["MAX_SESSIONS_PER_ADDRESS"]).
+    per_address: int | None = None
+    #: Of every anonymous visitor together (LIMITS["MAX_ANONYMOUS_SESSIONS"]).
+    anonymous: int | None = None
+    #: Of the whole process (LIMITS["MAX_SESSIONS"]).
+    server: int | None = None
 
 
 @dataclass
@@ -107,6 +161,11 @@ class Binding:
     disconnected_at: float | None = None
     # When the session's last activity was written to its database record.
     activity_recorded_at: float = field(default_factory=time.time)
+    # Its kernel's end is reported (kernel_ended(): kernels in processes):
+    # until then it holds a kernel, however long ago its tab closed. If not
+    # (kernels as threads), marimo drops the kernel session_ttl after the tab
+    # closed, and that is when it stops counting.
+    kernel_end_reported: bool = False
     # The virtual files (downloads) this session's kernel has sent the page:
     # only they are served, and only to this owner (marimo keeps one store
     # for every session of the process).
@@ -115,6 +174,16 @@ class Binding:
     @property
     def is_anonymous(self) -> bool:
         return _is_visitor(self.owner)
+
+    def holds_kernel(self, kept_since: float) -> bool:
+        """Whether its kernel lives: its page is open, or its tab closed and
+        the kernel waits out marimo's ``session_ttl`` for a reload (counted
+        from ``kept_since`` where no report of the kernel's end comes)."""
+        return bool(
+            self.connections
+            or self.kernel_end_reported
+            or (self.disconnected_at or 0) >= kept_since
+        )
 
     def used(self) -> None:
         """The page changed a widget (any kernel call): not idle."""
@@ -156,20 +225,23 @@ class SessionBindings:
         user_context: dict[str, Any],
         meta: dict[str, Any] | None = None,
         user_id: Any = None,
-        limit: int | None = None,
         address: str | None = None,
-        max_sessions: int | None = None,
-        max_per_address: int | None = None,
-    ) -> Claim:
+        caps: Caps = Caps(),
+        kernel_end_reported: bool = False,
+    ) -> ClaimResult:
         """Record that ``owner`` opens ``session_id``.
 
-        Refused when someone else (or another notebook) owns the id; and a
-        new session when the person behind ``owner`` already has ``limit``
-        open sessions, when this process holds ``max_sessions`` (open ones
-        and those marimo keeps after their tab closed: each holds a kernel),
-        or when an anonymous visitor's ``address`` has ``max_per_address``
-        anonymous sessions open. A reconnect of a session it holds is never
+        Refused when someone else (or another notebook) owns the id. A new
+        session is also refused past one of the ``caps`` on live kernels (an
+        open page's, or a closed tab's that waits out ``session_ttl``) of
+        the person, of an anonymous visitor's ``address``, of anonymous
+        visitors together and of the process. At a cap, the person's own
+        oldest closed tabs make room first (:meth:`_room_for`): only open
+        pages refuse a new one. A reconnect of a session it holds is never
         refused for a cap.
+
+        ``kernel_end_reported``: the new session's kernel will report its end
+        (:meth:`kernel_ended`); until then it counts, its tab open or not.
         """
         with self._lock:
             self._purge_expired()
@@ -177,15 +249,21 @@ class SessionBindings:
             if binding is not None and (
                 binding.owner != owner or binding.notebook != notebook
             ):
-                return Claim.NOT_OWNER
+                return ClaimResult(Claim.NOT_OWNER)
+            to_end: tuple[ToEnd, ...] = ()
             if binding is None:
-                refused = self._over_a_cap(
-                    owner, limit, address, max_sessions, max_per_address
-                )
+                refused, to_end = self._room_for(owner, address, caps)
                 if refused is not None:
-                    return refused
+                    return ClaimResult(refused)
+                for ending in to_end:
+                    del self._bindings[ending.session_id]
                 binding = Binding(
-                    owner, notebook, user_context, user_id=user_id, address=address
+                    owner,
+                    notebook,
+                    user_context,
+                    user_id=user_id,
+                    address=address,
+                    kernel_end_reported=kernel_end_reported,
                 )
                 self._bindings[session_id] = binding
             binding.user_context = user_context
@@ -193,50 +271,100 @@ class SessionBindings:
             binding.used()
             binding.connections += 1
             binding.disconnected_at = None
-            return Claim.CLAIMED
+            return ClaimResult(Claim.CLAIMED, to_end)
 
-    def _over_a_cap(
-        self,
-        owner: str,
-        limit: int | None,
-        address: str | None,
-        max_sessions: int | None,
-        max_per_address: int | None,
-    ) -> Claim | None:
-        if max_sessions is not None and self.count() >= max_sessions:
-            return Claim.SERVER_FULL
-        open_sessions = [
-            other for other in self._bindings.values() if other.connections
-        ]
+    def _room_for(
+        self, owner: str, address: str | None, caps: Caps
+    ) -> tuple[Claim | None, tuple[ToEnd, ...]]:
+        """Whether a new session of ``owner`` fits under every cap, and the
+        closed tabs whose kernels must end for it to fit; or the cap that
+        refuses it (then nothing ends).
+
+        The tabs ended are the claimant's own, oldest closed first: a reload
+        must never be refused for the page it replaces. An anonymous visitor
+        is known only by a cookie a client can drop, so the closed tabs of
+        its address's anonymous visitors count as its own too (the address
+        cap would end them anyway).
+        """
         person = _person(owner)
-        if limit is not None and limit <= sum(
-            1 for other in open_sessions if _person(other.owner) == person
-        ):
-            return Claim.OVER_LIMIT
-        if (
-            max_per_address is not None
-            and address is not None
-            and _is_visitor(owner)
-            and max_per_address
-            <= sum(
-                1
-                for other in open_sessions
-                if other.is_anonymous and other.address == address
+        anonymous = _is_visitor(owner)
+
+        def of_the_person(binding: Binding) -> bool:
+            return _person(binding.owner) == person
+
+        def of_the_address(binding: Binding) -> bool:
+            return binding.is_anonymous and binding.address == address
+
+        def own(binding: Binding) -> bool:
+            return of_the_person(binding) or (
+                anonymous and address is not None and of_the_address(binding)
             )
-        ):
-            return Claim.ADDRESS_FULL
-        return None
+
+        # Most particular first: the page says the cap the person can act on.
+        checks: list[tuple[Claim, int | None, Callable[[Binding], bool]]] = [
+            (Claim.OVER_LIMIT, caps.per_person, of_the_person)
+        ]
+        if anonymous:
+            if address is not None:
+                checks.append((Claim.ADDRESS_FULL, caps.per_address, of_the_address))
+            checks.append(
+                (
+                    Claim.VISITORS_FULL,
+                    caps.anonymous,
+                    lambda binding: binding.is_anonymous,
+                )
+            )
+        checks.append((Claim.SERVER_FULL, caps.server, lambda binding: True))
+
+        live = self._live()
+        ending: dict[str, Binding] = {}
+        for refusal, cap, counts in checks:
+            if cap is None:
+                continue
+            counted = [
+                (session_id, binding)
+                for session_id, binding in live
+                if session_id not in ending and counts(binding)
+            ]
+            excess = len(counted) + 1 - cap
+            if excess <= 0:
+                continue
+            closed_tabs = sorted(
+                (
+                    (session_id, binding)
+                    for session_id, binding in counted
+                    if not binding.connections and own(binding)
+                ),
+                key=lambda item: item[1].disconnected_at or 0,
+            )
+            if len(closed_tabs) < excess:
+                return refusal, ()
+            ending.update(closed_tabs[:excess])
+        return None, tuple(
+            ToEnd(session_id, binding.notebook)
+            for session_id, binding in ending.items()
+        )
+
+    def _live(self) -> list[tuple[str, Binding]]:
+        """The sessions whose kernel lives, by session id."""
+        kept_since = _kept_since()
+        return [
+            (session_id, binding)
+            for session_id, binding in list(self._bindings.items())
+            if binding.holds_kernel(kept_since)
+        ]
 
     def count(self) -> int:
         """Sessions whose kernel this process holds: open ones, and closed
-        ones marimo keeps for ``session_ttl`` (the records outlive them by
-        GRACE_SECONDS: those are not counted)."""
-        kept_since = time.time() - conf.marimo_options().get("session_ttl", 120)
-        return sum(
-            1
-            for binding in list(self._bindings.values())
-            if binding.connections or (binding.disconnected_at or 0) >= kept_since
-        )
+        ones whose kernel waits out ``session_ttl`` (the records of those
+        marimo dropped may outlive them by GRACE_SECONDS: not counted)."""
+        return len(self._live())
+
+    def kernel_ended(self, session_id: str) -> None:
+        """The kernel of ``session_id`` has ended (its process exited): it
+        holds no place under the caps any more, and calls naming the session
+        are told it has ended."""
+        self.forget(session_id)
 
     def release(self, session_id: str, owner: str) -> None:
         """The websocket of ``session_id`` closed; marimo keeps the kernel a while."""
@@ -325,12 +453,15 @@ class SessionBindings:
             self._bindings.pop(session_id, None)
 
     def _purge_expired(self) -> None:
-        ttl = conf.marimo_options().get("session_ttl", 120) + GRACE_SECONDS
-        horizon = time.time() - ttl
+        """Forget closed sessions marimo dropped a while ago (GRACE_SECONDS);
+        one whose kernel reports its end goes when it does (kernel_ended)."""
+        horizon = _kept_since() - GRACE_SECONDS
         expired = [
             session_id
             for session_id, binding in self._bindings.items()
-            if binding.disconnected_at is not None and binding.disconnected_at < horizon
+            if binding.disconnected_at is not None
+            and binding.disconnected_at < horizon
+            and not binding.kernel_end_reported
         ]
         for session_id in expired:
             del self._bindings[session_id]

@@ -147,14 +147,16 @@ DJANGO_NOTEBOOKS = {
     # Limits on sessions (the defaults, written out): a cell may run two
     # minutes and a session's code allocate 1 GB; an open session is closed
     # after an hour without a widget change; this server process holds at
-    # most 100 sessions, and anonymous visitors of "savings" at most 20 from
-    # one address.
+    # most 100 kernels (open pages, and closed tabs whose kernel waits out
+    # marimo's session_ttl), anonymous visitors of "savings" at most 20 from
+    # one address and 50 in all, so that half is kept for logged-in users.
     "LIMITS": {
         "CELL_TIMEOUT": 120,
         "MEMORY_MB": 1024,
         "IDLE_TIMEOUT": 3600,
         "MAX_SESSIONS": 100,
         "MAX_SESSIONS_PER_ADDRESS": 20,
+        "MAX_ANONYMOUS_SESSIONS": 50,
     },
 }
 
