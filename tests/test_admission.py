@@ -397,11 +397,11 @@ async def test_the_kernel_of_a_notebook_no_longer_served_is_ended_too(
     owners.bindings.release(closed_id, first.owner)
     process = SimpleNamespace(exited=threading.Event(), ended_with=None)
 
-    def terminate(notice):
+    def end(notice):
         process.ended_with = notice
         process.exited.set()
 
-    process.terminate = terminate
+    process.end = end
     monkeypatch.setattr(
         router,
         "process_of",
