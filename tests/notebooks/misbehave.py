@@ -10,6 +10,8 @@ with app.setup:
 
     import marimo as mo
 
+    HOLD_SECONDS = 20
+
 
 @app.cell
 def _():
@@ -20,7 +22,7 @@ def _():
 @app.cell
 def _():
     action = mo.ui.dropdown(
-        ["nothing", "loop", "sleep", "allocate", "crash"], value="nothing"
+        ["nothing", "loop", "sleep", "allocate", "crash", "hold"], value="nothing"
     )
     action
     return (action,)
@@ -28,7 +30,8 @@ def _():
 
 @app.cell
 def _(action):
-    # What a notebook may do wrong: loop, block in C, allocate, crash.
+    # What a notebook may do wrong: loop, block in C, allocate, crash, or
+    # hold the GIL for about HOLD_SECONDS.
     if action.value == "loop":
         while True:
             pass
@@ -39,6 +42,15 @@ def _(action):
         del held
     elif action.value == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.value == "hold":
+        # One builtin sum() over a range never lets go of the GIL, and
+        # allocates nothing: nothing else in this process runs until it ends.
+        # Its length is measured here, so that it lasts about as long on
+        # any machine.
+        measured = time.perf_counter()
+        sum(range(10**7))
+        per_item = (time.perf_counter() - measured) / 10**7
+        sum(range(int(HOLD_SECONDS / per_item)))
     mo.md(f"done {action.value}")
     return
 
