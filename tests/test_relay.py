@@ -33,7 +33,7 @@ from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import channel_messages, owners, records, relay
 from tests.asgi import django_asgi_app
 from tests.compat import create_user, force_login
-from tests.helpers import notebooks_with
+from tests.helpers import notebooks_with, wait_until
 from tests.live import UI_ELEMENT, new_session_id
 from tests.live import communicator_outputs as read_until_completed
 from tests.settings import DJANGO_NOTEBOOKS
@@ -946,3 +946,55 @@ async def test_a_download_waits_as_long_as_a_call_into_its_kernel_may(
     assert response.json() == {"error": relay.NOT_ANSWERING.message}
     assert 1 <= time.monotonic() - started < 1 + relay.REPLY_TIMEOUT
     assert await NotebookSession.objects.filter(session_id=session_id).aexists()
+
+
+# Whether a row's process still runs on this host (records.runs_on_this_host).
+
+
+def test_a_process_of_this_host_running_since_its_row_was_written_runs():
+    assert records.runs_on_this_host(
+        this_hosts_process(os.getpid()), since=timezone.now()
+    )
+
+
+@pytest.mark.parametrize(
+    "process",
+    ["other-host:1:abc", f"{socket.gethostname()}:notapid:abc", "nonsense"],
+)
+def test_a_process_of_another_host_or_unnamed_is_not_known_to_run(process):
+    assert not records.runs_on_this_host(process, since=timezone.now())
+
+
+def test_a_process_that_ended_does_not_run_even_before_it_is_reaped():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Ended, not yet reaped: a zombie still has its pid.
+        wait_until(
+            lambda: (
+                (records.PROC / str(child.pid) / "stat")
+                .read_text()
+                .rsplit(")", 1)[1]
+                .split()[0]
+                == "Z"
+            ),
+            30,
+            "the child did not end",
+        )
+        assert not records.runs_on_this_host(
+            this_hosts_process(child.pid), since=timezone.now()
+        )
+    finally:
+        child.wait()
+    assert not records.runs_on_this_host(
+        this_hosts_process(child.pid), since=timezone.now()
+    )
+
+
+def test_without_proc_a_running_pid_is_taken_for_the_process(monkeypatch, tmp_path):
+    """(Where /proc is missing, pid reuse cannot be told apart.)"""
+    monkeypatch.setattr(records, "PROC", tmp_path / "no-proc")
+    long_ago = timezone.now() - timedelta(days=365)
+    assert records.runs_on_this_host(this_hosts_process(os.getpid()), since=long_ago)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not records.runs_on_this_host(this_hosts_process(child.pid), since=long_ago)

@@ -26,6 +26,9 @@ from django.utils.crypto import salted_hmac
 
 from django_notebooks.models import NotebookSession
 
+# Where Linux shows its processes (elsewhere, whether a pid runs is all that
+# is known of it).
+PROC = Path("/proc")
 # This server process, as rows name it: host and pid, plus a random part so
 # that a restarted process that gets the same pid is not taken for the old one.
 PROCESS = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -159,10 +162,9 @@ def runs_on_this_host(process: str, *, since: datetime) -> bool:
 
 def _start_time(pid: int) -> float | None:
     """When process ``pid`` of this host started (seconds since the epoch);
-    ``None`` if it is not running. Without ``/proc``, whether it runs at all
-    (the epoch, then)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
+    ``None`` if it is not running. Without ``/proc`` only whether it runs is
+    known: then ``0.0``, as if it had always run."""
+    if not PROC.is_dir():
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -173,11 +175,11 @@ def _start_time(pid: int) -> float | None:
     try:
         # Fields after the parenthesised name: state is the 3rd field of
         # stat, the start time (ticks after boot) the 22nd.
-        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         state, ticks = fields[0], int(fields[19])
         booted = next(
             int(line.split()[1])
-            for line in (proc / "stat").read_text().splitlines()
+            for line in (PROC / "stat").read_text().splitlines()
             if line.startswith("btime ")
         )
     except (OSError, ValueError, IndexError, StopIteration):
