@@ -21,6 +21,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
@@ -998,3 +999,41 @@ def test_without_proc_a_running_pid_is_taken_for_the_process(monkeypatch, tmp_pa
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert not records.runs_on_this_host(this_hosts_process(child.pid), since=long_ago)
+
+
+async def test_a_session_closed_while_its_call_waited_has_ended(quick_timeouts):
+    """No holder said anything, and no row names one any more."""
+    reply = await relay.forward(new_session_id(), CALL_MESSAGE, deadline=DEADLINE)
+    assert reply.status == 410
+    assert json.loads(reply.body) == {"error": admission.SESSION_ENDED.message}
+
+
+async def test_the_holder_answers_a_call_that_failed_with_a_500(monkeypatch, caplog):
+    async def failing_run(message):
+        raise RuntimeError("the kernel's app broke")
+
+    monkeypatch.setattr(relay, "_run", failing_run)
+    layer = get_channel_layer()
+    asking = await layer.new_channel()
+    await relay.answer(forwarded("c1", asking), relay.RecentCalls())
+    answer = await answer_on(layer, asking)
+    assert answer["status"] == 500
+    assert json.loads(answer["body"]) == {"error": "The notebook failed to answer."}
+    assert "the kernel's app broke" in caplog.text
+
+
+async def test_a_word_the_layer_cannot_take_is_dropped_not_raised(
+    slow_kernel, monkeypatch, caplog
+):
+    """(The asking process asks again, or has gone.)"""
+    caplog.set_level("INFO", logger=relay.__name__)
+    layer = get_channel_layer()
+
+    async def full(channel, message):
+        raise ChannelFull()
+
+    monkeypatch.setattr(layer, "send", full)
+    slow_kernel.answer_now.set()
+    await relay.answer(forwarded("c1", "specific.gone!1"), relay.RecentCalls())
+    assert "Could not send notebooks.kernel_running" in caplog.text
+    assert "Could not send notebooks.kernel_reply" in caplog.text

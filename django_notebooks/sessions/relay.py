@@ -311,24 +311,15 @@ async def forward(
     try:
         awaited = await replies.expect(call_id)
         message = {**message, "reply_to": replies.name, "call_id": call_id}
-        heard = await _hear_from_holder(
+        silence = await _hear_from_holder(
             layer,
             channel_messages.session_group(session_id),
             message,
             awaited,
             deadline=deadline,
         )
-        if heard is _Silence.PAST_DEADLINE:
-            logger.warning(
-                "The kernel of notebook session %s did not answer a forwarded "
-                "call within %.0f s (its process is alive and acknowledged it).",
-                session_id,
-                deadline,
-            )
-            return refused(NOT_ANSWERING)
-        if heard is _Silence.HOLDER_SILENT:
-            return await _holder_silent(session_id)
-        answer = awaited.answer.result()
+        # (The answer is the layer's error if its channel failed.)
+        answer = awaited.answer.result() if silence is None else None
     except Exception:
         logger.exception(
             "The channel layer failed while forwarding a call for notebook session %s",
@@ -337,6 +328,16 @@ async def forward(
         return refused(admission.UNREACHABLE)
     finally:
         replies.forget(call_id)
+    if silence is _Silence.HOLDER_SILENT:
+        return await _holder_silent(session_id)
+    if answer is None:
+        logger.warning(
+            "The kernel of notebook session %s did not answer a forwarded call "
+            "within %.0f s (the process holding it acknowledged the call).",
+            session_id,
+            deadline,
+        )
+        return refused(NOT_ANSWERING)
     return Reply(
         answer["status"],
         [tuple(header) for header in answer["headers"]],
