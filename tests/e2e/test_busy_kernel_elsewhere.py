@@ -98,7 +98,9 @@ async def timed(call) -> tuple[float, object]:
     return time.monotonic() - started, answer
 
 
-async def test_a_kernel_held_up_by_a_long_cell_is_waited_for_by_another_worker(two_workers):
+async def test_a_kernel_held_up_by_a_long_cell_is_waited_for_by_another_worker(
+    two_workers,
+):
     worker_a, worker_b, db_path = two_workers
     async with (
         NotebookClient(worker_a.url) as at_a,
