@@ -26,3 +26,15 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# DJANGO_NOTEBOOKS_TEST_SIGNAL_LOG=1 prints each session signal to the
+# server's log, for the end-to-end tests to see that it was sent.
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_SIGNAL_LOG"):
+    from django_notebooks import signals  # noqa: E402
+
+    def _print_signal(sender, signal, session_id, **kwargs):
+        name = "started" if signal is signals.notebook_session_started else "ended"
+        print(f"SIGNAL notebook_session_{name} {session_id}", flush=True)
+
+    signals.notebook_session_started.connect(_print_signal, weak=False)
+    signals.notebook_session_ended.connect(_print_signal, weak=False)

@@ -16,6 +16,10 @@ from typing import Any
 KERNEL_CALL = "notebooks.kernel_call"
 # To the asking process's reply channel: the answer to a forwarded request.
 KERNEL_REPLY = "notebooks.kernel_reply"
+# To the asking process's reply channel: these forwarded requests (their
+# ``call_ids``) are running in the holding process, which is alive. Sent as
+# each request arrives, then every second while it runs (relay.py).
+KERNEL_RUNNING = "notebooks.kernel_running"
 # To the consumer holding a session: an administrator ended it (admin.py).
 TERMINATE = "notebooks.terminate"
 # To a login's sessions: the login logged out (revocation.py).

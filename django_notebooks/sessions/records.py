@@ -15,7 +15,8 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -25,6 +26,9 @@ from django.utils.crypto import salted_hmac
 
 from django_notebooks.models import NotebookSession
 
+# Where Linux shows its processes (elsewhere, whether a pid runs is all that
+# is known of it).
+PROC = Path("/proc")
 # This server process, as rows name it: host and pid, plus a random part so
 # that a restarted process that gets the same pid is not taken for the old one.
 PROCESS = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -126,9 +130,69 @@ def other_process_holds(session_id: str) -> bool:
     )
 
 
-def forget_elsewhere(session_id: str) -> None:
-    """Delete the row of a session whose process no longer answers."""
-    NotebookSession.objects.filter(session_id=session_id).exclude(
+def holder_elsewhere(session_id: str) -> tuple[str, datetime] | None:
+    """The process (``host:pid:random``) of another server process that
+    holds this session, and when it opened it; ``None`` if none does."""
+    row = (
+        NotebookSession.objects.filter(session_id=session_id)
+        .exclude(process=PROCESS)
+        .values_list("process", "opened_at")
+        .first()
+    )
+    return None if row is None else (row[0], row[1])
+
+
+def runs_on_this_host(process: str, *, since: datetime) -> bool:
+    """Whether ``process`` (as rows name one) is a process of this host that
+    is still running, and has been since ``since`` (when it opened a row).
+
+    A pid that a process started later took over (pids are reused) is not
+    that process; neither is a zombie, which has ended.
+    """
+    host, _, rest = process.partition(":")
+    pid, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    started = _start_time(int(pid))
+    if started is None:
+        return False
+    # (Start times count in clock ticks: a little slack.)
+    return started <= since.timestamp() + 1.0
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` of this host started (seconds since the epoch);
+    ``None`` if it is not running. Without ``/proc`` only whether it runs is
+    known: then ``0.0``, as if it had always run."""
+    if not PROC.is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # another user's process: running
+        return 0.0
+    try:
+        # Fields after the parenthesised name: state is the 3rd field of
+        # stat, the start time (ticks after boot) the 22nd.
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        state, ticks = fields[0], int(fields[19])
+        booted = next(
+            int(line.split()[1])
+            for line in (PROC / "stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    if state == "Z":
+        return None
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def forget_elsewhere(session_id: str, process: str) -> None:
+    """Delete the row of a session whose process, ``process``, no longer
+    answers (not a row another process may have written since)."""
+    NotebookSession.objects.filter(session_id=session_id, process=process).exclude(
         process=PROCESS
     ).delete()
 

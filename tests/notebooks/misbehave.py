@@ -16,6 +16,8 @@ with app.setup:
 
     import marimo as mo
 
+    HOLD_SECONDS = 20
+
 
 @app.cell
 def _():
@@ -37,6 +39,7 @@ def _():
             "thread",
             "print",
             "crash",
+            "hold",
         ],
         value="nothing",
     )
@@ -48,7 +51,7 @@ def _():
 def _(action):
     # What a notebook may do wrong: loop, block in C, allocate (privately or
     # in shared mappings), start processes or a thread that outlive the
-    # cell, print a lot, crash.
+    # cell, print a lot, crash, or hold the GIL for about HOLD_SECONDS.
     started = []
     said = ""
     if action.value == "loop":
@@ -98,6 +101,16 @@ def _(action):
             print(f"notebook output line {line}")
     elif action.value == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.value == "hold":
+        # One builtin sum() over a range never lets go of the GIL, and
+        # allocates nothing: nothing else in this process runs until it ends.
+        # Its length is measured here, in CPU time (which a busy machine
+        # does not stretch), so that it takes about HOLD_SECONDS of CPU on
+        # any machine: as long or longer, never shorter.
+        measured = time.thread_time()
+        sum(range(10**7))
+        per_item = (time.thread_time() - measured) / 10**7
+        sum(range(int(HOLD_SECONDS / per_item)))
     mo.md(f"done {action.value} {said}")
     return (started,)
 
