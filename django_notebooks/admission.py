@@ -39,7 +39,15 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, parse_cookie
 
-from django_notebooks import access, conf, context, notices, origins, registry
+from django_notebooks import (
+    access,
+    conf,
+    context,
+    notices,
+    origins,
+    refusals,
+    registry,
+)
 from django_notebooks.access import Access
 from django_notebooks.kernels import router, wire
 from django_notebooks.marimo import routes
@@ -57,36 +65,18 @@ SESSION_HEADER = routes.SESSION_HEADER
 ROOM_WAIT = wire.END_GRACE + 2.0
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A request refused with this HTTP status and message."""
-
-    status: int
-    message: str
-
-    def body(self) -> bytes:
-        """The JSON answer marimo's frontend (or any API client) gets."""
-        return error_body(self.message)
-
-
-def error_body(message: str) -> bytes:
-    """``{"error": message}``: the shape of every error the bridge answers
-    below a notebook's URL."""
-    return json.dumps({"error": message}).encode()
-
-
-CROSS_SITE = Refusal(403, "Cross-site request refused.")
-NO_SESSION_HEADER = Refusal(400, f"The {SESSION_HEADER} header is missing.")
-NOT_YOURS = Refusal(403, "This notebook session is not yours.")
-SESSION_ENDED = Refusal(410, "This notebook session has ended: reload the page.")
-# A forwarded call whose channel layer failed (the session may be alive).
-UNREACHABLE = Refusal(
-    503, "The notebook session cannot be reached right now: try again."
-)
-TOO_LARGE = Refusal(413, "Request body too large.")
-NOT_JSON = Refusal(400, "The request body is not valid JSON.")
-NOT_AN_OBJECT = Refusal(400, "The request body must be a JSON object.")
-NO_SUCH_FILE = Refusal(404, "No such file.")
+# The refusals a decision here may give (refusals.py), by their names.
+CROSS_SITE = refusals.CROSS_SITE
+NO_SESSION_HEADER = refusals.NO_SESSION_HEADER
+NOT_YOURS = refusals.NOT_YOURS
+SESSION_ENDED = refusals.SESSION_ENDED
+UNREACHABLE = refusals.UNREACHABLE
+TOO_LARGE = refusals.TOO_LARGE
+NOT_JSON = refusals.NOT_JSON
+NOT_AN_OBJECT = refusals.NOT_AN_OBJECT
+NO_SUCH_FILE = refusals.NO_SUCH_FILE
+Refusal = refusals.Refusal
+error_body = refusals.error_body
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,11 @@ ending a session's kernel whichever the mode."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
-from django_notebooks import conf, context, limits, registry
+from django_notebooks import conf, context, limits, notices, refusals, registry
 from django_notebooks.kernels.processes import (
     KernelEnded,
     KernelNotAnswering,
@@ -24,12 +23,6 @@ from django_notebooks.sessions import records
 logger = logging.getLogger(__name__)
 PROCESS = "process"
 THREAD = "thread"
-ENDED_BODY = json.dumps(
-    {"error": "This notebook session has ended. Reload the page to start it again."}
-).encode()
-NOT_ANSWERING_BODY = json.dumps(
-    {"error": "The notebook is not responding right now. Try again in a moment."}
-).encode()
 
 
 def can_fork() -> bool:
@@ -103,7 +96,7 @@ class SessionRouter:
             await process.call(scope, receive, send)  # KernelEnded: the consumer's
             return
         if process is None:
-            await _answer(send, 410, ENDED_BODY)
+            await _refuse(send, refusals.SESSION_ENDED)
             return
         started = False
 
@@ -117,14 +110,12 @@ class SessionRouter:
         except KernelEnded:
             if started:
                 raise
-            await _answer(send, 410, ENDED_BODY)
+            await _refuse(send, refusals.SESSION_ENDED)
         except KernelNotAnswering:
             if started:
                 raise
-            from django_notebooks import notices
-
             process.tell(notices.NOT_ANSWERING)
-            await _answer(send, 504, NOT_ANSWERING_BODY)
+            await _refuse(send, refusals.NOT_ANSWERING)
 
     async def _start(self, session_id: str, scope: dict[str, Any]) -> KernelProcess:
         # This process holds sessions now: their records go when it exits.
@@ -152,12 +143,12 @@ class SessionRouter:
         return process
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
+async def _refuse(send: Any, refusal: refusals.Refusal) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": refusal.status,
             "headers": [(b"content-type", b"application/json")],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": refusal.body()})

@@ -38,7 +38,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from django_notebooks import admission, context, limits, registry
+from django_notebooks import admission, context, limits, refusals, registry
 from django_notebooks.kernels import router
 from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
 from django_notebooks.sessions import channel_messages, records
@@ -75,9 +75,7 @@ TOO_MANY_CALLS = admission.Refusal(
 )
 # A call the holder took, whose answer did not come within the deadline of
 # a local call: the kernel is busy (a long cell) or stuck.
-NOT_ANSWERING = admission.Refusal(
-    504, "The notebook is not answering right now: try again in a moment."
-)
+NOT_ANSWERING = refusals.NOT_ANSWERING
 
 
 @dataclass(frozen=True)
