@@ -22,9 +22,10 @@ def _(mo, os):
     mo.md(f"""
     # Misbehaving cells
 
-    This notebook's kernel runs in a process of its own (pid {os.getpid()},
-    `ps` calls it `django-notebooks kernel runaway ...`), not in the web
-    server (pid {os.getppid()} is the fork server it came from). Its limits
+    This notebook's kernel runs in a process of its own (pid {os.getpid()}),
+    not in the web server (pid {os.getppid()} is the fork server it came
+    from; `ps` calls them `django-notebooks kernel runaway ...` and
+    `django-notebooks fork server ...`). Its limits
     in the settings: a cell may run 10 seconds and allocate 256 MB. Pick
     what the next cell should do, and watch the page, and the rest of the
     site, while it does.

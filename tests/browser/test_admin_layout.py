@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 import django.contrib.admin
 import pytest
 
+from django_notebooks.kernels import titles
+from tests.helpers import wait_until
 from tests.live import LiveServer, database_of_its_own, run_in_other_process
 
 pytestmark = pytest.mark.browser
@@ -54,15 +56,21 @@ for number, (user, notebook, process, pid) in enumerate(rows):
 @pytest.fixture(scope="module")
 def admin_server(live_db, tmp_path_factory):
     """A server whose admin lists five sessions, three of them with a
-    kernel process of this host (a process with a kernel's command line)."""
+    kernel process of this host (a process with a kernel's title)."""
     folder = tmp_path_factory.mktemp("admin-layout")
     kernel = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import time; time.sleep(600)",
-            "django_notebooks.kernels.forkserver",
+            "import setproctitle, time; "
+            f"setproctitle.setproctitle({titles.kernel('sales', 's_layout0')!r}); "
+            "time.sleep(600)",
         ]
+    )
+    wait_until(
+        lambda: titles.is_kernel(Path(f"/proc/{kernel.pid}/cmdline").read_bytes()),
+        10,
+        "the lookalike kernel has no kernel's title",
     )
     try:
         db_path = database_of_its_own(live_db, folder, superuser=True)
