@@ -9,9 +9,15 @@ with app.setup:
 
 @app.cell
 def _():
-    # How many outputs to send, and how large each is (kilobytes).
-    count = mo.ui.number(0, 100_000, value=0, label="outputs")
-    size_kb = mo.ui.number(1, 64 * 1024, value=1024, label="KB each")
+    # How many outputs to send, and how large each is (kilobytes): at first
+    # as the page's query says (?count=30&size_kb=64), then as changed.
+    query = mo.query_params()
+    count = mo.ui.number(
+        0, 100_000, value=int(query.get("count") or 0), label="outputs"
+    )
+    size_kb = mo.ui.number(
+        1, 64 * 1024, value=int(query.get("size_kb") or 1024), label="KB each"
+    )
     mo.hstack([count, size_kb])
     return count, size_kb
 
