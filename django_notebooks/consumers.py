@@ -564,6 +564,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             try:
                 await self.outbox.send(message)
             except flow.Stalled:
+                if self.closed:
+                    return  # closed meanwhile, for another reason
                 logger.warning(
                     "Closed the websocket of notebook session %s (%s): the page "
                     "read nothing for %s seconds",
