@@ -67,6 +67,12 @@ class NotebookSettings:
     #: Largest websocket message a browser may send (marimo's frontend
     #: sends none: everything goes through HTTP POSTs).
     MAX_WEBSOCKET_MESSAGE_BYTES: int
+    #: Bytes the server sends a page ahead of what the page has read; then
+    #: it takes no more output from the notebook until the page catches up.
+    MAX_UNREAD_WEBSOCKET_BYTES: int
+    #: Seconds a page may read nothing while output waits for it, before
+    #: its websocket is closed.
+    WEBSOCKET_READ_TIMEOUT: float
     #: 404 (not 403) for notebooks the user may not open, and a login for
     #: unknown ones, so that no answer tells whether a notebook exists.
     CONCEAL_FORBIDDEN: bool
@@ -127,6 +133,10 @@ def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
 def _is_frontend(value: Any) -> bool:
     return isinstance(value, str) and (
         value in FRONTEND_MODES or "://" in value or value.startswith("/")
@@ -159,6 +169,12 @@ KEYS: dict[str, Key] = {
     ),
     "MAX_WEBSOCKET_MESSAGE_BYTES": Key(
         64 * 1024, "a positive integer (bytes)", _is_positive_int
+    ),
+    "MAX_UNREAD_WEBSOCKET_BYTES": Key(
+        4 * 1024 * 1024, "a positive integer (bytes)", _is_positive_int
+    ),
+    "WEBSOCKET_READ_TIMEOUT": Key(
+        60, "a positive number (seconds)", _is_positive_number
     ),
     "CONCEAL_FORBIDDEN": Key(False, "True or False", is_bool),
     "EXPOSE_FILE_PATHS": Key(False, "True or False", is_bool),

@@ -32,7 +32,14 @@ from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable
 from django_notebooks.limits import Limits
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
-from django_notebooks.sessions import channel_messages, layers, owners, records, relay
+from django_notebooks.sessions import (
+    channel_messages,
+    flow,
+    layers,
+    owners,
+    records,
+    relay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,11 @@ CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
 CLOSE_GONE = 4410
 CLOSE_UNAVAILABLE = 4503
+# The client sent more than a page ever does (flow.Inbox).
+CLOSE_FLOODED = 4420
+# The page read nothing for WEBSOCKET_READ_TIMEOUT while output waited for
+# it (flow.Outbox).
+CLOSE_NOT_READING = 4408
 
 LOST = WebsocketRefusal(CLOSE_GONE, notices.SESSION_LOST)
 UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
@@ -190,6 +202,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.forwarded_calls: set[asyncio.Task[None]] = set()
         self.recent_calls = relay.RecentCalls()
+        settings = conf.get_settings()
+        # What marimo's handler receives: never a frame of the browser's.
+        self.inbox = flow.Inbox()
+        self.outbox = flow.Outbox(
+            self.send,
+            window=settings.MAX_UNREAD_WEBSOCKET_BYTES,
+            timeout=settings.WEBSOCKET_READ_TIMEOUT,
+        )
 
     @property
     def channel_layer(self) -> layers.GuardedLayer | None:
@@ -215,8 +235,18 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._stop_marimo(close_session=True)
             raise
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every message,
+        # in a thread: a hop per frame. Under a flood of small frames Daphne
+        # reads thousands of frames while one hop completes (20 frames took
+        # 4 to 5 s), queueing them all in memory before the flood rule can
+        # close the socket. A browser's frame touches no database: no hop.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         path = self.scope["path"]
         root_path = self.scope.get("root_path", "")
         if root_path and path.startswith(root_path):
@@ -249,7 +279,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if refusal is not None:
             self.session_id = None
             return await self._refuse(refusal)
-        await self.inbox.put({"type": "websocket.connect"})
 
     def _start_marimo(
         self,
@@ -302,18 +331,24 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         return None
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
-        if self.marimo_task is None or self.closed:
+        """A frame from the browser: the page's acknowledgement of what it
+        has read, or nothing marimo would read (it is dropped)."""
+        if self.closed:
             return
-        size = len(message.get("bytes") or b"") + len(
-            (message.get("text") or "").encode()
-        )
+        mark = flow.acknowledged_mark(message)
+        if mark is not None and self.outbox.acknowledge(mark):
+            return
+        size = flow.frame_size(message)
         if size > conf.get_settings().MAX_WEBSOCKET_MESSAGE_BYTES:
-            await self._close(CLOSE_TOO_BIG)
-            await self.inbox.put(
-                {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
+            await self._hang_up(CLOSE_TOO_BIG)
+        elif not self.inbox.admits_stray_frame():
+            logger.warning(
+                "Closed the websocket of notebook session %s (%s): the client "
+                "sent more frames than a notebook's page does",
+                self.session_id,
+                self.notebook.slug if self.notebook else "-",
             )
-            return
-        await self.inbox.put(message)
+            await self._hang_up(CLOSE_FLOODED)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
@@ -449,7 +484,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         self.marimo_task = None
         self.closed = True
-        await self.inbox.put({"type": "websocket.disconnect", "code": code})
+        self.outbox.close()
+        self.inbox.hang_up(code)
         try:
             await asyncio.wait_for(asyncio.shield(task), DISCONNECT_TIMEOUT)
         except (TimeoutError, Exception):
@@ -461,7 +497,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _run_marimo(self, app: Any, scope: dict[str, Any]) -> None:
         try:
-            await app(scope, self.inbox.get, self._send_from_marimo)
+            await app(scope, self.inbox.receive, self._send_from_marimo)
         except KernelEnded as ended:
             # The session's kernel process crashed, or was ended for a limit.
             await self._end_session(ended.notice, CLOSE_GONE)
@@ -489,12 +525,34 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
                 binding = owners.bindings.get(self.session_id)
                 if binding is not None:
                     binding.run_changed(running)
-        elif message["type"] == "websocket.accept":
+            try:
+                await self.outbox.send(message)
+            except flow.Stalled:
+                if self.closed:
+                    return  # closed meanwhile, for another reason
+                logger.warning(
+                    "Closed the websocket of notebook session %s (%s): the page "
+                    "read nothing for %s seconds",
+                    self.session_id,
+                    self.notebook.slug if self.notebook else "-",
+                    self.outbox.timeout,
+                )
+                await self._hang_up(CLOSE_NOT_READING)
+            return
+        if message["type"] == "websocket.accept":
             self.accepted = True
         elif message["type"] == "websocket.close":
             self.closed = True
+            self.outbox.close()
             message = _sendable_close(message)
         await self.send(message)
+
+    async def _hang_up(self, code: int) -> None:
+        """Close the websocket with ``code`` and tell marimo's handler it
+        has gone (marimo keeps the session for its TTL, as after any
+        disconnect)."""
+        await self._close(code)
+        self.inbox.hang_up(code)
 
     async def _refuse(self, refusal: WebsocketRefusal) -> None:
         """Refuse the websocket (see :meth:`_close`)."""
@@ -508,11 +566,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if self.closed:
             return
         self.closed = True
+        self.outbox.close()
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
         if notice is not None:
             if not self.accepted:
                 await self.send({"type": "websocket.accept"})
                 self.accepted = True
-            await self.send({"type": "websocket.send", "text": notice.frame()})
+            await self.outbox.send_now(
+                {"type": "websocket.send", "text": notice.frame()}
+            )
             message["reason"] = notice.reason
         await self.send(_sendable_close(message))

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import websockets
 
+from django_notebooks.sessions import flow
 from tests.helpers import new_session_id, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,11 +292,22 @@ class KernelSession:
     websocket: Any
     outputs: list[str] = field(default_factory=list)
 
+    async def recv(self, timeout: float = 60) -> dict[str, Any]:
+        """The next frame, as marimo's frontend gets it on the page: the
+        bridge's marks are acknowledged, as the page's script does, and not
+        returned (the server sends only so much ahead of the acknowledged)."""
+        while True:
+            text = await asyncio.wait_for(self.websocket.recv(), timeout)
+            mark = flow.mark_in(text)
+            if mark is None:
+                return json.loads(text)
+            await self.websocket.send(flow.acknowledgement(mark))
+
     async def read_until_completed(self, timeout: float = 60) -> list[dict[str, Any]]:
         """Frames up to and including the next ``completed-run``."""
         frames = []
         while True:
-            frame = json.loads(await asyncio.wait_for(self.websocket.recv(), timeout))
+            frame = await self.recv(timeout)
             frames.append(frame)
             if frame.get("op") == "cell-op":
                 output = (frame.get("data") or {}).get("output") or {}

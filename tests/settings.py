@@ -185,6 +185,19 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_MISBEHAVE"):
         "public": True,
     }
 
+# A notebook that sends many large outputs on request, and the websocket's
+# flow control set low (tests/e2e/test_flow.py, tests/browser/test_flow.py).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_OUTPUTS"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["outputs"] = {
+        "path": NOTEBOOKS_DIR / "outputs.py",
+        "public": True,
+    }
+for _flow_key in ("MAX_UNREAD_WEBSOCKET_BYTES", "WEBSOCKET_READ_TIMEOUT"):
+    if os.environ.get(f"DJANGO_NOTEBOOKS_TEST_{_flow_key}"):
+        DJANGO_NOTEBOOKS[_flow_key] = int(
+            os.environ[f"DJANGO_NOTEBOOKS_TEST_{_flow_key}"]
+        )
+
 # Limits the end-to-end and browser tests of limits set low.
 for _limit in (
     "CELL_TIMEOUT",

@@ -43,3 +43,17 @@ def test_quick_isolation_benchmark_compares_both_modes():
     assert "| bridge, thread | 10 | 0 |" in stdout
     assert "| bridge, process | " in stdout.split("busy loop", 1)[1]
     assert "| bridge, thread | " in stdout.split("busy loop", 1)[1]
+
+
+def test_quick_flood_benchmark_shows_every_server_under_both_clients():
+    """``python bench/flood.py --quick``: the flood and the non-reader on
+    bare marimo and both bridge servers, the bridge closing both."""
+    stdout = run_script(["bench/flood.py", "--quick"], TIMEOUT)
+    flood, not_reading = stdout.split("reads nothing", 1)
+    for kind in ("uvicorn", "daphne"):
+        assert f"| bridge {kind} | " in flood
+        assert ", 4420 |" in flood.split(f"| bridge {kind} | ", 1)[1].split("\n")[0]
+        row = not_reading.split(f"| bridge {kind} | ", 1)[1].split("\n")[0]
+        assert "| no |" not in row, row
+    assert "| bare marimo (uvicorn) | " in flood
+    assert "| bare marimo (uvicorn) | " in not_reading

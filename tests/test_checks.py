@@ -405,6 +405,8 @@ def test_the_minimum_marimo_version_is_the_one_pyproject_requires():
         ("ALLOWED_COOKIES", "csrftoken", "a list of cookie names"),
         ("MAX_SESSIONS_PER_USER", "20", "a positive integer"),
         ("MAX_WEBSOCKET_MESSAGE_BYTES", 0, "a positive integer"),
+        ("MAX_UNREAD_WEBSOCKET_BYTES", -1, "a positive integer"),
+        ("WEBSOCKET_READ_TIMEOUT", None, "a positive number"),
         ("CONCEAL_FORBIDDEN", "no", "True or False"),
         ("REQUEST_META", 3, "a function"),
         ("MARIMO", "quiet", "a dict"),

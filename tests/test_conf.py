@@ -31,7 +31,14 @@ def test_defaults_when_the_setting_is_empty():
     assert conf.get_settings().USER_CONTEXT is None
     assert conf.get_settings().REQUEST_META is None
     assert conf.get_settings().ALLOWED_COOKIES == ()
+    assert conf.get_settings().MAX_UNREAD_WEBSOCKET_BYTES == 4 * 1024 * 1024
+    assert conf.get_settings().WEBSOCKET_READ_TIMEOUT == 60
     assert conf.marimo_options() == {"quiet": True}
+
+
+@override_settings(DJANGO_NOTEBOOKS={"WEBSOCKET_READ_TIMEOUT": 2.5})
+def test_the_read_timeout_may_be_a_fraction_of_a_second():
+    assert conf.get_settings().WEBSOCKET_READ_TIMEOUT == 2.5
 
 
 def test_every_key_has_a_rule_and_an_attribute():
@@ -133,6 +140,10 @@ def test_a_wrong_dotted_path_fails_with_the_path_in_the_error():
         ("MAX_SESSIONS_PER_USER", 0, "a positive integer"),
         ("MAX_WEBSOCKET_MESSAGE_BYTES", None, "a positive integer"),
         ("MAX_WEBSOCKET_MESSAGE_BYTES", True, "a positive integer"),
+        ("MAX_UNREAD_WEBSOCKET_BYTES", 4.5, "a positive integer"),
+        ("WEBSOCKET_READ_TIMEOUT", 0, "a positive number"),
+        ("WEBSOCKET_READ_TIMEOUT", True, "a positive number"),
+        ("WEBSOCKET_READ_TIMEOUT", "60", "a positive number"),
         ("CONCEAL_FORBIDDEN", "yes", "True or False"),
         ("EXPOSE_FILE_PATHS", 1, "True or False"),
         ("USER_CONTEXT", 3, "a function"),

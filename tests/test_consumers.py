@@ -392,3 +392,148 @@ async def test_a_session_whose_kernel_cannot_start_is_refused_with_a_reason(
     assert session_id not in owners.bindings._bindings
     manager = notebook_apps.session_manager_for(NOTEBOOKS_DIR / "square.py")
     assert manager is None or manager.get_session(session_id) is None
+
+
+# Flow control (sessions/flow.py): what the browser sends never reaches
+# marimo, and the server sends only so far ahead of what the page has read.
+
+OUTPUTS_PAGE = "/notebooks/outputs/"
+with_outputs_notebook = override_settings(
+    DJANGO_NOTEBOOKS={
+        **settings.DJANGO_NOTEBOOKS,
+        "NOTEBOOKS": {
+            **settings.DJANGO_NOTEBOOKS["NOTEBOOKS"],
+            "outputs": settings.NOTEBOOKS_DIR / "outputs.py",
+        },
+        "MAX_UNREAD_WEBSOCKET_BYTES": 64 * 1024,
+        "WEBSOCKET_READ_TIMEOUT": 1,
+    }
+)
+
+
+async def ask_for_outputs(
+    sessionid: str, session_id: str, frames: list[dict], count: int, size_kb: int
+) -> None:
+    """Have the outputs notebook send ``count`` outputs of ``size_kb`` KB."""
+    from django.test import AsyncClient
+
+    from tests.helpers import ORIGIN
+    from tests.live import UI_ELEMENT
+
+    count_id, size_id = UI_ELEMENT.findall(outputs(frames))[:2]
+    client = AsyncClient()
+    client.cookies["sessionid"] = sessionid
+    for widget, value in ((size_id, size_kb), (count_id, count)):
+        response = await client.post(
+            f"{OUTPUTS_PAGE}api/kernel/set_ui_element_value",
+            {"objectIds": [widget], "values": [value]},
+            content_type="application/json",
+            headers={"Origin": ORIGIN, "Marimo-Session-Id": session_id},
+        )
+        assert response.status_code == 200, response.content
+
+
+async def test_a_binary_frame_from_the_browser_does_not_reach_marimo(
+    close_marimo_sessions,
+):
+    # marimo's handler reads a client frame as text: a binary one would
+    # end it (and the socket, with 4011).
+    sessionid = await login("alice")
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        await connected_and_run(ws)
+        await ws.send_to(bytes_data=b"\x00\x01")
+        assert await ws.receive_nothing(timeout=0.5)
+    finally:
+        await ws.disconnect()
+
+
+async def test_a_client_that_sends_more_than_a_page_does_is_closed(
+    close_marimo_sessions, caplog
+):
+    from django_notebooks.sessions import flow
+
+    sessionid = await login("alice")
+    ws = communicator(
+        f"/notebooks/square/ws?session_id={new_session_id()}", sessionid=sessionid
+    )
+    try:
+        await connected_and_run(ws)
+        for _ in range(flow.STRAY_FRAMES_AT_ONCE):
+            await ws.send_to(text_data="{}")
+        assert await ws.receive_nothing(timeout=0.2)
+        await ws.send_to(text_data="{}")
+        _frames, close = await messages_until_close(ws)
+    finally:
+        await ws.disconnect()
+    assert close["code"] == consumers.CLOSE_FLOODED
+    assert "sent more frames than a notebook's page does" in caplog.text
+
+
+async def frames_until_close(
+    ws: WebsocketCommunicator, count: int, *, acknowledge: bool
+):
+    """Text frames up to the close (or, if it does not come, up to the
+    notebook's "sent ``count`` outputs"), acknowledging each mark if
+    ``acknowledge``; ``(frames, marks, close)``."""
+    from django_notebooks.sessions import flow
+
+    frames, marks = [], []
+    while True:
+        message = await ws.receive_output(timeout=FIRST_RUN_TIMEOUT)
+        if message["type"] == "websocket.close":
+            return frames, marks, message
+        mark = flow.mark_in(message["text"])
+        if mark is not None:
+            marks.append(mark)
+            if acknowledge:
+                await ws.send_to(text_data=flow.acknowledgement(mark))
+            continue
+        frames.append(json.loads(message["text"]))
+        if f"sent {count} outputs" in outputs(frames[-1:]):
+            return frames, marks, None
+
+
+@with_outputs_notebook
+async def test_a_page_that_acknowledges_gets_every_output(close_marimo_sessions):
+    from django_notebooks.sessions import flow
+
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    ws = communicator(f"{OUTPUTS_PAGE}ws?session_id={session_id}", sessionid=sessionid)
+    try:
+        first = await connected_and_run(ws)
+        await ask_for_outputs(sessionid, session_id, first, count=20, size_kb=16)
+        frames, marks, close = await frames_until_close(ws, 20, acknowledge=True)
+    finally:
+        await ws.disconnect()
+    assert close is None
+    text = outputs(frames)
+    assert all(f"output {n} of 20\n" in text for n in range(1, 21))
+    assert "sent 20 outputs" in text
+    # 320 KB through a 64 KiB window: the page acknowledged many marks,
+    # and none of them counted as a frame a page should not send.
+    assert len(marks) > flow.STRAY_FRAMES_AT_ONCE
+
+
+@with_outputs_notebook
+async def test_a_page_that_does_not_acknowledge_is_closed_after_the_read_timeout(
+    close_marimo_sessions, caplog
+):
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    ws = communicator(f"{OUTPUTS_PAGE}ws?session_id={session_id}", sessionid=sessionid)
+    try:
+        first = await connected_and_run(ws)
+        await ask_for_outputs(sessionid, session_id, first, count=20, size_kb=16)
+        frames, marks, close = await frames_until_close(ws, 20, acknowledge=False)
+    finally:
+        await ws.disconnect()
+    assert close is not None and close["code"] == consumers.CLOSE_NOT_READING
+    # At most the 64 KiB window, plus the frame that found it full.
+    outputs_sent = outputs(frames).count(" of 20\n")
+    assert 1 <= outputs_sent <= 5
+    assert marks, "no mark the page could have acknowledged"
+    assert "the page read nothing for 1 seconds" in caplog.text

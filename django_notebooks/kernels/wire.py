@@ -37,9 +37,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, dataclass_transform
 
 LENGTH = struct.Struct("!I")
-# Larger than any message the bridge lets through: websocket frames from a
-# page are capped by MAX_WEBSOCKET_MESSAGE_BYTES, request bodies by Django's
-# DATA_UPLOAD_MAX_MEMORY_SIZE, and marimo caps a cell's output at a few MB.
+# Larger than any message the bridge lets through: request bodies are capped
+# by Django's DATA_UPLOAD_MAX_MEMORY_SIZE, a page's websocket frames never
+# reach a kernel, and a response body comes in chunks.
 MAX_FRAME = 64 * 1024 * 1024
 # Bytes read from a socket at a time.
 READ_SIZE = 256 * 1024

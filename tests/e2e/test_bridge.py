@@ -150,9 +150,8 @@ async def test_notebook_sees_django_user_and_meta_but_no_secrets(notebook_server
         await client.login("alice")
         client.http.cookies.set("analytics", "x")
         async with client.kernel("/notebooks/whoami/") as kernel:
-            await kernel.websocket.send(
-                "{}"
-            )  # client frames are relayed (and ignored by marimo)
+            # A client frame is read and dropped: marimo is never handed one.
+            await kernel.websocket.send("{}")
             await kernel.read_until_completed()
             seen = whoami(kernel.outputs)
     user = seen["user"]

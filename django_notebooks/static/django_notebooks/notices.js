@@ -13,7 +13,13 @@
      notice carries when the server could not send it (daphne drops close
      reasons): that is what stops marimo's frontend from reconnecting.
 
-   Text is set as text, never as HTML. */
+   Text is set as text, never as HTML.
+
+   It also tells the server what the page has read (sessions/flow.py): the
+   server sends a mark ({"op": "django-notebooks-mark", "mark": token})
+   every few hundred kilobytes, and stops sending while too much is unread;
+   the page answers {"op": "django-notebooks-ack", "mark": token} with the
+   latest mark it has, once per burst of frames. */
 (function () {
   "use strict";
   var OP = "django-notebooks-notice";
@@ -22,6 +28,47 @@
     return;
   }
   window.djangoNotebooksNotices = true;
+
+  var MARK_OP = "django-notebooks-mark";
+  var ACK_OP = "django-notebooks-ack";
+
+  function readMark(data) {
+    if (typeof data !== "string" || data.length > 256 || data.indexOf(MARK_OP) === -1) {
+      return null;
+    }
+    try {
+      var message = JSON.parse(data);
+      return message && message.op === MARK_OP && typeof message.mark === "string"
+        ? message.mark
+        : null;
+    } catch (error) {
+      return null;
+    }
+  }
+
+  // Acknowledge the marks the server sends on `socket` (never shown to
+  // marimo): the latest one, once the frames that arrived together are read.
+  // A timer of 0 ms, which a hidden tab may delay to a second: well within
+  // the server's read timeout.
+  function acknowledgeMarks(socket) {
+    var latest = null;
+    socket.addEventListener("message", function (event) {
+      var mark = readMark(event.data);
+      if (mark === null) {
+        return;
+      }
+      event.stopImmediatePropagation();
+      if (latest === null) {
+        setTimeout(function () {
+          if (socket.readyState === NativeWebSocket.OPEN) {
+            socket.send(JSON.stringify({ op: ACK_OP, mark: latest }));
+          }
+          latest = null;
+        }, 0);
+      }
+      latest = mark;
+    });
+  }
 
   function element(tag, text, style) {
     var made = document.createElement(tag);
@@ -91,6 +138,7 @@
         ? new NativeWebSocket(url)
         : new NativeWebSocket(url, protocols);
     var endedWith = null; // the close reason a final notice carried
+    acknowledgeMarks(socket);
     // Listeners added here run before any the page adds later, so these
     // can keep a frame or a close event from marimo's frontend.
     socket.addEventListener("message", function (event) {
