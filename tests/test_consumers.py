@@ -23,6 +23,7 @@ from tests.helpers import (
     first_run,
     login,
     new_session_id,
+    notebooks_with,
     outputs,
     printed,
     running,
@@ -362,6 +363,7 @@ async def test_a_new_session_is_refused_with_a_reason_while_the_layer_is_down(
     assert "The channel layer failed" in caplog.text
 
 
+@notebooks_with(ISOLATION="process")
 async def test_a_session_whose_kernel_cannot_start_is_refused_with_a_reason(
     close_marimo_sessions, monkeypatch, caplog
 ):

@@ -1022,9 +1022,10 @@ def test_titles_tell_the_fork_server_a_kernel_and_what_a_cell_started_apart():
 
 
 @pytest.mark.django_db
-def test_the_sessions_list_says_what_keeps_kernels_in_bounds(admin_client):
+def test_the_sessions_list_says_what_keeps_kernels_in_bounds(admin_client, settings):
     from django_notebooks.kernels.processes import kernel_processes
 
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "process"}
     found = kernel_processes.mechanisms()
     page = admin_client.get("/admin/django_notebooks/notebooksession/")
     said = page.content.decode()
