@@ -50,6 +50,7 @@ from django_notebooks import (
 )
 from django_notebooks.access import Access
 from django_notebooks.kernels import router, wire
+from django_notebooks.limits import Limits
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.query import InvalidQuery
@@ -178,40 +179,37 @@ class Caller:
 
 
 @dataclass(frozen=True)
-class Elsewhere:
-    """The session is held by another server process: send the call there
-    (sessions/relay.py); that process decides on the owner, with :func:`owned_call`."""
+class NotHere:
+    """The caller opened no such session in this process. Another process
+    may hold it (calls.py asks the session records); if none does, the
+    caller is a :class:`Stranger` to it."""
 
     session_id: str
 
 
 @dataclass(frozen=True)
 class Stranger:
-    """The caller opened no such session here. Whether the answer is 401,
-    403 or 404 takes the access decision, which needs the user (Django):
-    then :func:`stranger_refusal`."""
+    """The caller opened no such session in any process. Whether the answer
+    is 401, 403 or 410 takes the access decision, which needs the user
+    (Django): then :func:`stranger_refusal`."""
 
     session_id: str
 
 
-KernelCallAdmission = owners.Binding | Elsewhere | Stranger | Refusal
-
-
-async def kernel_call(notebook: Notebook, caller: Caller) -> KernelCallAdmission:
-    """Whether a kernel call runs here (its session's binding), goes to the
-    process holding its session, or is refused."""
+def kernel_call(
+    notebook: Notebook, caller: Caller
+) -> owners.Binding | NotHere | Refusal:
+    """Whether a kernel call runs here (its session's binding), may be held
+    by another process, or is refused. Reads only the request's headers and
+    this process's bindings: no database, no I/O."""
     if not caller.is_from_this_site():
         return CROSS_SITE
     if not caller.session_id:
         return NO_SESSION_HEADER
     admitted = owned_call(notebook, caller)
-    if admitted is not NOT_YOURS:
-        return admitted
-    from django_notebooks.sessions import relay
-
-    if await relay.held_elsewhere(caller.session_id):
-        return Elsewhere(caller.session_id)
-    return Stranger(caller.session_id)
+    if admitted is NOT_YOURS:
+        return NotHere(caller.session_id)
+    return admitted
 
 
 def owned_call(notebook: Notebook, caller: Caller) -> owners.Binding | Refusal:
@@ -321,6 +319,8 @@ class WebsocketAdmission:
     owner: str
     user_context: dict[str, Any]
     meta: dict[str, Any]
+    #: The notebook's limits (registry.limits_of), for the session's watches.
+    limits: Limits
 
 
 async def websocket(
@@ -370,7 +370,14 @@ async def websocket(
     if claim.outcome is not owners.Claim.CLAIMED:
         return _over_a_cap(claim.outcome, config)
     await _make_room(claim.to_end)
-    return WebsocketAdmission(notebook, caller.session_id, owner, user_context, meta)
+    return WebsocketAdmission(
+        notebook,
+        caller.session_id,
+        owner,
+        user_context,
+        meta,
+        registry.limits_of(notebook),
+    )
 
 
 def caps(config: conf.NotebookSettings) -> owners.Caps:

@@ -24,7 +24,6 @@ websockets.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -32,12 +31,10 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
-from django_notebooks import admission, context, registry
-from django_notebooks.kernels import router
+from django_notebooks import admission, calls, context, registry
 from django_notebooks.marimo import frontend, routes
-from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
+from django_notebooks.marimo.forwarding import Reply, send_reply
 from django_notebooks.marimo.routes import Route
-from django_notebooks.sessions import owners, relay
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +48,6 @@ def _allowed_host(host: str) -> bool:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
     domain, _port = split_domain_port(host)
     return bool(domain) and validate_host(domain, allowed)
-
-
-async def _send_reply(
-    send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *headers,
-                *(
-                    []
-                    if any(name.lower() == b"content-length" for name, _ in headers)
-                    else [(b"content-length", str(len(body)).encode())]
-                ),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class FastPathMiddleware:
@@ -145,78 +122,40 @@ class FastPathMiddleware:
         caller = admission.Caller.from_scope(scope)
         if not _allowed_host(caller.host):
             return False  # Django answers 400 for a disallowed host
-        admitted = await admission.kernel_call(found.notebook, caller)
-        if not isinstance(admitted, owners.Binding | admission.Elsewhere):
+
+        async def read_body() -> bytes | None:
+            return await _read_body(receive, send)
+
+        answer = await calls.kernel_call(found, caller, scope, read_body)
+        if answer is None:
+            return True  # answered already (or the client went)
+        if not isinstance(answer, Reply):
             # Refusals, and callers that are not the owner (whether that is a
             # 401, 403 or 410 takes the access decision), are answered by the
-            # view, with the project's middleware.
+            # view, with the project's middleware: nothing was read yet.
             return False
-        body = await self._read_body(receive, send)
-        if body is None:
-            return True
-        if isinstance(admitted, admission.Elsewhere):
-            # Another server process holds this session: it checks the owner.
-            reply = await relay.ask_holder(
-                scope, found, caller, kind="kernel", body=body
-            )
-            await _send_reply(send, reply.status, reply.headers, reply.body)
-            return True
-        marimo_scope = context.marimo_scope(
-            scope,
-            path=scope["path"],
-            root_path=found.mount(scope["path"]).rstrip("/"),
-            user=admitted.user_context,
-            meta=admitted.meta,
-            notebook_file=str(found.notebook.path),
-            session_id=caller.session_id,
-        )
-        await self._to_marimo(router.app_for(found.notebook), marimo_scope, body, send)
+        await send_reply(send, answer)
         return True
 
-    @staticmethod
-    async def _read_body(receive: Any, send: Any) -> bytes | None:
-        """The request's body; ``None`` if the client left or it was refused
-        (the refusal is sent)."""
-        body = b""
-        more_body = True
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        while more_body:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more_body = message.get("more_body", False)
-            if limit is not None and len(body) > limit:
-                refusal: admission.Refusal | None = admission.TOO_LARGE
-                break
-        else:
-            refusal = admission.body_refusal(body)
-        if refusal is not None:
-            await _send_reply(
-                send,
-                refusal.status,
-                [(b"content-type", b"application/json")],
-                refusal.body(),
-            )
+
+async def _read_body(receive: Any, send: Any) -> bytes | None:
+    """A kernel call's body; ``None`` if the client left or it was refused
+    (the refusal is sent)."""
+    body = b""
+    more_body = True
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    while more_body:
+        message = await receive()
+        if message["type"] == "http.disconnect":
             return None
-        return body
-
-    @staticmethod
-    async def _to_marimo(
-        app: Any, scope: dict[str, Any], body: bytes, send: Any
-    ) -> None:
-        # Nothing sets this event: Starlette cancels its disconnect listener
-        # once it has answered.
-        receive = single_body_receive(body, until=asyncio.Event())
-
-        async def filtered_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = passed_headers(message.get("headers", []))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await app(scope, receive, filtered_send)
-        except Exception:
-            # marimo has already answered 500 for its own error.
-            logger.exception("marimo's app failed on a kernel call")
+        body += message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if limit is not None and len(body) > limit:
+            refusal: admission.Refusal | None = admission.TOO_LARGE
+            break
+    else:
+        refusal = admission.body_refusal(body)
+    if refusal is not None:
+        await send_reply(send, refusal.reply())
+        return None
+    return body

@@ -19,6 +19,7 @@ from django.urls import Resolver404, resolve
 from django_notebooks import (
     access,
     admission,
+    calls,
     conf,
     context,
     notices,
@@ -406,7 +407,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         """A kernel call for this session that reached another process."""
         # Run it beside the consumer: one slow call must not hold up the
         # websocket's frames or the next call.
-        task = asyncio.create_task(relay.answer(message, self.recent_calls))
+        task = asyncio.create_task(
+            relay.answer(message, calls.forwarded, self.recent_calls)
+        )
         self.forwarded_calls.add(task)
         task.add_done_callback(self.forwarded_calls.discard)
 

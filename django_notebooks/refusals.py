@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from django_notebooks.marimo import routes
+from django_notebooks.marimo.forwarding import Reply
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Refusal:
     def body(self) -> bytes:
         """The JSON answer marimo's frontend (or any API client) gets."""
         return error_body(self.message)
+
+    def reply(self) -> Reply:
+        """This refusal as a whole answer."""
+        return Reply(self.status, [(b"content-type", b"application/json")], self.body())
 
 
 def error_body(message: str) -> bytes:
@@ -45,6 +50,8 @@ UNREACHABLE = Refusal(
 NOT_ANSWERING = Refusal(
     504, "The notebook is not responding right now: try again in a moment."
 )
+# A call marimo's app failed on before it began its answer (logged).
+FAILED = Refusal(500, "The notebook failed to answer.")
 TOO_LARGE = Refusal(413, "Request body too large.")
 NOT_JSON = Refusal(400, "The request body is not valid JSON.")
 NOT_AN_OBJECT = Refusal(400, "The request body must be a JSON object.")

@@ -23,11 +23,11 @@ from django.http import (
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 
-from django_notebooks import access, admission, conf, context, registry
+from django_notebooks import access, admission, calls, conf, context, registry
 from django_notebooks.access import Access
 from django_notebooks.kernels import router
 from django_notebooks.marimo import pages, routes
-from django_notebooks.marimo.forwarding import forward_http
+from django_notebooks.marimo.forwarding import django_response, forward_http
 from django_notebooks.marimo.routes import Route
 from django_notebooks.query import page_refusal
 from django_notebooks.sessions import owners, records, relay
@@ -192,32 +192,24 @@ async def _serve_read(
 async def _serve_kernel_call(
     request: HttpRequest, found: registry.Location
 ) -> HttpResponse | StreamingHttpResponse:
-    """A kernel call (a POST), as admission.kernel_call() decides."""
+    """A kernel call (a POST), through the one pipeline (calls.py)."""
     caller = admission.Caller.from_request(request)
-    admitted = await admission.kernel_call(found.notebook, caller)
-    if isinstance(admitted, admission.Elsewhere):
-        # Another server process holds this session: it checks the owner.
-        return await _to_holder(request, found, caller, kind="kernel")
-    if isinstance(admitted, admission.Stranger):
+
+    async def read_body() -> bytes | admission.Refusal:
+        return _body(request)
+
+    answer = await calls.kernel_call(found, caller, _asgi_scope(request), read_body)
+    if isinstance(answer, admission.Stranger):
         # Not the owner: say whether logging in would help, as pages do.
         user = await get_user(request)
         decision = await access.adecide(user, found.notebook)
         if decision is not Access.ALLOWED:
             return _refuse(request, decision, is_page=False)
-        admitted = admission.stranger_refusal(admitted)
-    if isinstance(admitted, admission.Refusal):
-        return refusal_response(admitted)
-    body = _body(request)
-    if isinstance(body, admission.Refusal):
-        return refusal_response(body)
-    return await _to_marimo(
-        request,
-        found,
-        admitted.user_context,
-        admitted.meta,
-        body,
-        session_id=caller.session_id,
-    )
+        answer = admission.stranger_refusal(answer)
+    if isinstance(answer, admission.Refusal):
+        return refusal_response(answer)
+    assert answer is not None  # (read_body never answers itself)
+    return django_response(answer)
 
 
 def _body(request: HttpRequest) -> bytes | admission.Refusal:
@@ -281,11 +273,7 @@ async def _serve_virtual_file(
         )
         for session_id in elsewhere:
             response = await _to_holder(
-                request,
-                found,
-                replace(caller, session_id=session_id),
-                kind="file",
-                user=_identity(user),
+                request, found, replace(caller, session_id=session_id), _identity(user)
             )
             if response.status_code != 404:
                 return response
@@ -296,21 +284,13 @@ async def _to_holder(
     request: HttpRequest,
     found: registry.Location,
     caller: admission.Caller,
-    *,
-    kind: str,
-    user: dict[str, Any] | None = None,
+    user: dict[str, Any],
 ) -> HttpResponse:
-    """Send the request to the server process holding ``caller.session_id``."""
-    body = _body(request) if kind == "kernel" else b""
-    if isinstance(body, admission.Refusal):
-        return refusal_response(body)
+    """Fetch a download from the server process holding ``caller.session_id``."""
     reply = await relay.ask_holder(
-        _asgi_scope(request), found, caller, kind=kind, body=body, user=user
+        _asgi_scope(request), found, caller, kind="file", body=b"", user=user
     )
-    response = HttpResponse(reply.body, status=reply.status)
-    for name, value in reply.headers:
-        response.headers[name.decode("latin-1")] = value.decode("latin-1")
-    return response
+    return django_response(reply)
 
 
 def _websocket_misrouted(request: HttpRequest, location: str) -> HttpResponse:

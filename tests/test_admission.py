@@ -13,7 +13,6 @@ from django.test import RequestFactory, override_settings
 from django_notebooks import admission, notices, registry
 from django_notebooks.admission import Caller
 from django_notebooks.kernels import router
-from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import owners
 from tests.helpers import new_session_id, notebooks_with
 from tests.notebooks.query_forms import SalesQuery
@@ -134,7 +133,7 @@ def test_a_forged_visitor_cookie_is_no_visitor():
 async def test_the_owner_of_an_open_session_is_admitted(alice):
     call = caller()
     bind(call, alice)
-    admitted = await admission.kernel_call(SQUARE, call)
+    admitted = admission.kernel_call(SQUARE, call)
     assert isinstance(admitted, owners.Binding)
 
 
@@ -148,14 +147,14 @@ async def test_the_owner_of_an_open_session_is_admitted(alice):
     ],
 )
 async def test_calls_refused_before_any_session_is_looked_up(fields, refusal):
-    assert await admission.kernel_call(SQUARE, caller(**fields)) == refusal
+    assert admission.kernel_call(SQUARE, caller(**fields)) == refusal
 
 
 @pytest.mark.django_db
 async def test_a_session_whose_websocket_closed_has_ended(alice):
     call = caller()
     bind(call, alice, open_websocket=False)
-    assert await admission.kernel_call(SQUARE, call) == admission.SESSION_ENDED
+    assert admission.kernel_call(SQUARE, call) == admission.SESSION_ENDED
 
 
 @pytest.mark.django_db
@@ -166,40 +165,21 @@ async def test_another_login_or_notebook_is_a_stranger(alice):
         caller(session_id=call.session_id, session_key="bobs-login"),
         caller(session_id=call.session_id, session_key=None, visitor="v1"),
     ):
-        answer = await admission.kernel_call(SQUARE, stranger)
-        assert answer == admission.Stranger(call.session_id)
+        answer = admission.kernel_call(SQUARE, stranger)
+        assert answer == admission.NotHere(call.session_id)
         # Allowed to use the notebook, the stranger learns it is not theirs.
-        assert admission.stranger_refusal(answer) == admission.NOT_YOURS
-    other_notebook = await admission.kernel_call(PUBLIC, call)
-    assert other_notebook == admission.Stranger(call.session_id)
+        stranger_answer = admission.Stranger(call.session_id)
+        assert admission.stranger_refusal(stranger_answer) == admission.NOT_YOURS
+    other_notebook = admission.kernel_call(PUBLIC, call)
+    assert other_notebook == admission.NotHere(call.session_id)
 
 
 @pytest.mark.django_db
 async def test_a_session_no_process_knows_has_ended():
-    answer = await admission.kernel_call(SQUARE, caller())
-    assert isinstance(answer, admission.Stranger)
-    assert admission.stranger_refusal(answer) == admission.SESSION_ENDED
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_a_session_another_process_holds_goes_there():
     call = caller()
-    await NotebookSession.objects.acreate(
-        session_id=call.session_id, notebook="square", process="other-host:1:abc"
-    )
-    assert await admission.kernel_call(SQUARE, call) == admission.Elsewhere(
-        call.session_id
-    )
-
-
-@pytest.mark.django_db(transaction=True)
-@override_settings(CHANNEL_LAYERS={})
-async def test_without_a_channel_layer_nothing_is_elsewhere():
-    call = caller()
-    await NotebookSession.objects.acreate(
-        session_id=call.session_id, notebook="square", process="other-host:1:abc"
-    )
-    assert isinstance(await admission.kernel_call(SQUARE, call), admission.Stranger)
+    assert admission.kernel_call(SQUARE, call) == admission.NotHere(call.session_id)
+    stranger = admission.Stranger(call.session_id)
+    assert admission.stranger_refusal(stranger) == admission.SESSION_ENDED
 
 
 @pytest.mark.parametrize(

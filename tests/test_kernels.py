@@ -124,9 +124,35 @@ def test_what_cannot_be_pickled_stays_behind():
 
 @pytest.mark.asyncio
 async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
+    accepted = asyncio.Event()
+
     async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
-        # The process goes: its end closes without the call's end.
+        accepted.set()
+        await _never()
+
+    connect, server = await _paired(app)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+        # The process goes (its event loop cancels what runs): its end
+        # closes without the call's end.
+        server.cancel()
+
+    with pytest.raises(tunnel.TunnelClosed):
+        await tunnel.call(connect, {"type": "websocket"}, _never, send, deadline=5)
+    with contextlib.suppress(asyncio.CancelledError):
+        await server
+    assert sent == [{"type": "websocket.accept"}]
+
+
+@pytest.mark.asyncio
+async def test_an_app_cancelled_by_itself_ends_its_call_not_its_kernel():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # As Starlette's middleware may let its own cancellation escape
+        # once the client has gone.
         raise asyncio.CancelledError
 
     connect, server = await _paired(app)
@@ -135,11 +161,38 @@ async def test_a_kernel_process_that_goes_mid_call_raises_tunnel_closed():
     async def send(message):
         sent.append(message)
 
-    with pytest.raises(tunnel.TunnelClosed):
-        await tunnel.call(connect, {"type": "websocket"}, _never, send, deadline=5)
-    with contextlib.suppress(asyncio.CancelledError):
-        await server
-    assert sent == [{"type": "websocket.accept"}]
+    await tunnel.call(connect, {"type": "http"}, _never, send, deadline=5)
+    await server  # ended, not cancelled
+    assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+@pytest.mark.asyncio
+async def test_a_whole_answer_is_kept_when_the_kernel_closes_without_the_calls_end():
+    ours, theirs = socket.socketpair()
+
+    async def kernel_end():
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        await wire.read(reader)  # the call
+        for message in (
+            {"type": "http.response.start", "status": 200, "headers": []},
+            {"type": "http.response.body", "body": b"{}", "more_body": False},
+        ):
+            writer.write(wire.encode(wire.Asgi(message)))
+        await writer.drain()
+        writer.close()  # without CallEnded
+
+    async def connect():
+        return await asyncio.open_connection(sock=ours)
+
+    kernel = asyncio.create_task(kernel_end())
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await tunnel.call(connect, {"type": "http"}, _never, send, deadline=5)
+    await kernel
+    assert sent[-1] == {"type": "http.response.body", "body": b"{}", "more_body": False}
 
 
 @pytest.mark.asyncio

@@ -10,11 +10,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from django_notebooks import consumers
+from django_notebooks import calls, consumers
 from django_notebooks.marimo import routes
 from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.marimo.routes import Route
-from django_notebooks.sessions import owners, relay
+from django_notebooks.sessions import owners
 from tests.asgi import application
 from tests.compat import force_login, session_key
 from tests.test_views import bound_session, kernel_headers, logged_in
@@ -251,7 +251,7 @@ async def test_a_download_is_served_to_its_sessions_login_only():
             "path": f"/notebooks/files/@file/{name}",
             "mount": "/notebooks/files/",
         }
-        assert (await relay._run(message)).status == 404
+        assert (await calls.forwarded(message)).status == 404
     finally:
         await ws.disconnect()
         notebook_apps.close_all_sessions()

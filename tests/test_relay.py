@@ -4,7 +4,8 @@ process holding a session: in one process, over the in-memory channel layer.
 "Another process" is simulated by giving this process a new name
 (``records.PROCESS``) after the session opened, so that its row looks like
 another process's, and by hiding the session from the asking side's local
-check; the holding side (the consumer and ``relay.answer``) is untouched.
+check; the holding side (the consumer, ``relay.answer`` and
+``calls.forwarded``) is untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from django.utils import timezone
 from django_notebooks import admission, consumers, limits, notices, signals
 from django_notebooks.asgi import FastPathMiddleware
 from django_notebooks.marimo.apps import notebook_apps
+from django_notebooks.marimo.forwarding import Reply
 from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import channel_messages, owners, records, relay
 from tests.asgi import django_asgi_app
@@ -45,8 +47,12 @@ ORIGIN = "http://testserver"
 CALL = "/notebooks/square/api/kernel/set_ui_element_value"
 # A forwarded request as relay.forward() sends it (what it asks matters not
 # to the fake holders below), and the deadline of a local call.
-CALL_MESSAGE = {"type": channel_messages.KERNEL_CALL, "notebook": "square"}
 DEADLINE = 30.0
+CALL_MESSAGE = {
+    "type": channel_messages.KERNEL_CALL,
+    "notebook": "square",
+    "deadline": DEADLINE,
+}
 
 
 def websocket(path: str, cookie: str) -> WebsocketCommunicator:
@@ -104,15 +110,13 @@ def elsewhere(monkeypatch):
 
 def _not_here(kernel_call):
     """admission.kernel_call() as a process without the session's binding
-    decides (the holder's own decision, in relay.py, is left as it is)."""
+    decides (the holder's own decision, calls.forwarded(), is left as it is)."""
 
-    async def kernel_call_elsewhere(notebook, caller):
-        answer = await kernel_call(notebook, caller)
-        if not isinstance(answer, owners.Binding):
-            return answer
-        if await relay.held_elsewhere(caller.session_id):
-            return admission.Elsewhere(caller.session_id)
-        return admission.Stranger(caller.session_id)
+    def kernel_call_elsewhere(notebook, caller):
+        answer = kernel_call(notebook, caller)
+        if isinstance(answer, owners.Binding):
+            return admission.NotHere(caller.session_id)
+        return answer
 
     return kernel_call_elsewhere
 
@@ -749,23 +753,22 @@ async def test_a_pid_taken_over_since_the_row_was_written_is_not_its_holder(
 
 
 class SlowKernel:
-    """Stands for relay._run(): a kernel that answers a forwarded call only
+    """Stands for calls.forwarded(): a kernel that answers a forwarded call only
     once ``answer_now`` is set, and counts the calls it runs."""
 
     def __init__(self) -> None:
         self.runs: list[str] = []
         self.answer_now = asyncio.Event()
 
-    async def run(self, message: dict) -> relay.Reply:
+    async def run(self, message: dict) -> Reply:
         self.runs.append(message["call_id"])
         await self.answer_now.wait()
-        return relay.Reply(200, [], message["call_id"].encode())
+        return Reply(200, [], message["call_id"].encode())
 
 
 @pytest.fixture
 def slow_kernel(monkeypatch):
     kernel = SlowKernel()
-    monkeypatch.setattr(relay, "_run", kernel.run)
     monkeypatch.setattr(relay, "HEARTBEAT_EVERY", 0.05)
     return kernel
 
@@ -792,7 +795,9 @@ async def test_the_holder_acknowledges_at_once_and_beats_until_it_answers(
     layer = get_channel_layer()
     asking = await layer.new_channel()
     recent = relay.RecentCalls()
-    call = asyncio.create_task(relay.answer(forwarded("c1", asking), recent))
+    call = asyncio.create_task(
+        relay.answer(forwarded("c1", asking), slow_kernel.run, recent)
+    )
     acknowledgement = await asyncio.wait_for(layer.receive(asking), 1)
     assert acknowledgement == {
         "type": channel_messages.KERNEL_RUNNING,
@@ -802,7 +807,7 @@ async def test_the_holder_acknowledges_at_once_and_beats_until_it_answers(
     assert len(beats) >= 3
     assert all(beat == acknowledgement for beat in beats)
     # A resend while it runs is acknowledged again, not run again.
-    await relay.answer(forwarded("c1", asking), recent)
+    await relay.answer(forwarded("c1", asking), slow_kernel.run, recent)
     assert running({"call_id": "c1"}) in await words_on(layer, asking, 0.2)
     assert slow_kernel.runs == ["c1"]
 
@@ -816,7 +821,7 @@ async def test_the_holder_acknowledges_at_once_and_beats_until_it_answers(
     # No beat after the answer.
     assert words[-1]["type"] == channel_messages.KERNEL_REPLY
     # A resend after it gets the same answer.
-    await relay.answer(forwarded("c1", asking), recent)
+    await relay.answer(forwarded("c1", asking), slow_kernel.run, recent)
     assert await answer_on(layer, asking) == answers[0]
     assert slow_kernel.runs == ["c1"]
 
@@ -825,9 +830,15 @@ async def test_one_beat_names_every_call_of_one_asking_process(slow_kernel):
     layer = get_channel_layer()
     asking, other = await layer.new_channel(), await layer.new_channel()
     calls = [
-        asyncio.create_task(relay.answer(forwarded("a1", asking), relay.RecentCalls())),
-        asyncio.create_task(relay.answer(forwarded("a2", asking), relay.RecentCalls())),
-        asyncio.create_task(relay.answer(forwarded("b1", other), relay.RecentCalls())),
+        asyncio.create_task(
+            relay.answer(forwarded("a1", asking), slow_kernel.run, relay.RecentCalls())
+        ),
+        asyncio.create_task(
+            relay.answer(forwarded("a2", asking), slow_kernel.run, relay.RecentCalls())
+        ),
+        asyncio.create_task(
+            relay.answer(forwarded("b1", other), slow_kernel.run, relay.RecentCalls())
+        ),
     ]
     await asyncio.sleep(0.2)
     beats = [w["call_ids"] for w in await words_on(layer, asking, 0.3)]
@@ -845,7 +856,9 @@ async def test_the_holder_stops_beating_at_the_call_deadline(slow_kernel, monkey
     monkeypatch.setattr(relay, "_deadline_of", lambda message: 0.2)
     layer = get_channel_layer()
     asking = await layer.new_channel()
-    call = asyncio.create_task(relay.answer(forwarded("c1", asking), None))
+    call = asyncio.create_task(
+        relay.answer(forwarded("c1", asking), slow_kernel.run, None)
+    )
     await asyncio.sleep(0.4)
     await words_on(layer, asking, 0.1)  # (what was said meanwhile)
     assert await words_on(layer, asking, 0.3) == []
@@ -860,11 +873,13 @@ async def test_a_session_takes_only_so_many_running_calls(slow_kernel, monkeypat
     asking = await layer.new_channel()
     recent = relay.RecentCalls()
     calls = [
-        asyncio.create_task(relay.answer(forwarded(call_id, asking), recent))
+        asyncio.create_task(
+            relay.answer(forwarded(call_id, asking), slow_kernel.run, recent)
+        )
         for call_id in ("c1", "c2")
     ]
     await asyncio.sleep(0.1)
-    await relay.answer(forwarded("c3", asking), recent)
+    await relay.answer(forwarded("c3", asking), slow_kernel.run, recent)
     refused = await answer_on(layer, asking)
     assert (refused["call_id"], refused["status"]) == ("c3", 503)
     assert json.loads(refused["body"]) == {"error": relay.TOO_MANY_CALLS.message}
@@ -873,7 +888,7 @@ async def test_a_session_takes_only_so_many_running_calls(slow_kernel, monkeypat
     # answer (never a call still running).
     slow_kernel.answer_now.set()
     await asyncio.gather(*calls)
-    await relay.answer(forwarded("c3", asking), recent)
+    await relay.answer(forwarded("c3", asking), slow_kernel.run, recent)
     assert "c1" not in recent and "c2" in recent and "c3" in recent
 
 
@@ -1008,14 +1023,13 @@ async def test_a_session_closed_while_its_call_waited_has_ended(quick_timeouts):
     assert json.loads(reply.body) == {"error": admission.SESSION_ENDED.message}
 
 
-async def test_the_holder_answers_a_call_that_failed_with_a_500(monkeypatch, caplog):
+async def test_the_holder_answers_a_call_that_failed_with_a_500(caplog):
     async def failing_run(message):
         raise RuntimeError("the kernel's app broke")
 
-    monkeypatch.setattr(relay, "_run", failing_run)
     layer = get_channel_layer()
     asking = await layer.new_channel()
-    await relay.answer(forwarded("c1", asking), relay.RecentCalls())
+    await relay.answer(forwarded("c1", asking), failing_run, relay.RecentCalls())
     answer = await answer_on(layer, asking)
     assert answer["status"] == 500
     assert json.loads(answer["body"]) == {"error": "The notebook failed to answer."}
@@ -1034,6 +1048,8 @@ async def test_a_word_the_layer_cannot_take_is_dropped_not_raised(
 
     monkeypatch.setattr(layer, "send", full)
     slow_kernel.answer_now.set()
-    await relay.answer(forwarded("c1", "specific.gone!1"), relay.RecentCalls())
+    await relay.answer(
+        forwarded("c1", "specific.gone!1"), slow_kernel.run, relay.RecentCalls()
+    )
     assert "Could not send notebooks.kernel_running" in caplog.text
     assert "Could not send notebooks.kernel_reply" in caplog.text

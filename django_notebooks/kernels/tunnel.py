@@ -84,6 +84,7 @@ async def call(
     process's end closed before the app returned.
     """
     is_http = scope.get("type") == "http"
+    answered = False  # the last part of an HTTP answer has been passed on
     try:
         reader, writer = await asyncio.wait_for(connect(), deadline)
     except TimeoutError:
@@ -101,6 +102,10 @@ async def call(
                 except wire.WireError as error:
                     raise TunnelClosed(str(error)) from error
                 if answer is None:
+                    if answered:
+                        # The whole answer came: how the call ended in the
+                        # kernel process changes nothing for its caller.
+                        return
                     raise TunnelClosed("the kernel process closed the call")
                 if isinstance(answer, wire.CallEnded):
                     return
@@ -111,6 +116,7 @@ async def call(
                     # page stays open.
                     waiting = None
                 await send(answer.message)
+                answered = is_http and _ends_an_answer(answer.message)
         finally:
             forwarding.cancel()
             with contextlib.suppress(BaseException):
@@ -119,6 +125,12 @@ async def call(
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+def _ends_an_answer(message: Message) -> bool:
+    return message.get("type") == "http.response.body" and not message.get(
+        "more_body", False
+    )
 
 
 async def _forward_receive(
@@ -167,6 +179,13 @@ async def serve_call(
         with watch(scope):
             try:
                 await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if _cancelled(asyncio.current_task()):
+                    raise  # the kernel process is stopping
+                # The app's own cancellation, escaped from it (Starlette's
+                # middleware cancels its work when the client has gone):
+                # the call has ended, the process lives on.
+                logger.debug("marimo's app was cancelled by itself in a call")
             except Exception:
                 # As a server would: logged, and the call ends (Starlette
                 # has answered 500 already). The process lives on: only a
@@ -178,3 +197,8 @@ async def serve_call(
         pass  # the web process went (the call's caller closed)
     finally:
         writer.close()
+
+
+def _cancelled(task: asyncio.Task[Any] | None) -> bool:
+    """Whether ``task`` itself has been asked to stop."""
+    return task is not None and task.cancelling() > 0

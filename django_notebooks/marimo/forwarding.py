@@ -1,10 +1,19 @@
-"""Calling marimo's ASGI app from a Django view, and streaming its answer back.
+"""Running one HTTP request through a marimo ASGI app: one driver for every
+caller.
 
-Small answers (JSON, the page) come back as an ordinary ``HttpResponse``;
-anything marimo sends in several parts (static files, ``@file`` downloads,
-server-sent events) is relayed as it arrives through a
-``StreamingHttpResponse``, with a bounded queue so a slow client slows marimo
-down instead of filling memory.
+:func:`answer_of` starts the app (marimo's app in this process, or the
+tunnel into a kernel process) and hands back its :class:`Answer` once it
+has begun: the status, the headers the bridge passes on, and the body as it
+comes. Each caller takes it the way it needs it:
+
+- :func:`forward_http`, a Django view: small answers (JSON, the page) as an
+  ordinary ``HttpResponse``; anything marimo sends in several parts (static
+  files, ``@file`` downloads) streamed through a ``StreamingHttpResponse``,
+  with a bounded queue so a slow client slows marimo down instead of filling
+  memory;
+- :func:`collect`, the kernel calls (calls.py): the whole answer as a
+  :class:`Reply`, which the fast path sends (:func:`send_reply`), the view
+  returns (:func:`django_response`) and the relay carries between processes.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -96,65 +106,37 @@ def _apply_headers(
         response.headers[name] = seen[key]
 
 
-async def forward_http(
-    app: Callable[..., Any], scope: dict[str, Any], body: bytes
-) -> HttpResponse | StreamingHttpResponse:
-    """Run ``app`` on one HTTP request and return Django's response for it."""
-    start: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
-    finished = asyncio.Event()
-    receive = single_body_receive(body, until=finished)
+@dataclass(frozen=True)
+class Reply:
+    """A whole answer: a kernel call's, a refusal's, or one carried between
+    server processes (sessions/relay.py)."""
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            start.set_result(message)
-        elif message["type"] == "http.response.body":
-            await chunks.put(message)
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
-    task = asyncio.create_task(app(scope, receive, send))
 
-    async def next_chunk() -> Any:
-        """The next body message, or ``_END`` once the app has stopped."""
-        if chunks.empty() and not task.done():
-            getter = asyncio.ensure_future(chunks.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                return getter.result()
-            getter.cancel()
-        return chunks.get_nowait() if not chunks.empty() else _END
+class Answer:
+    """marimo's answer to one request, once it has begun (see answer_of())."""
 
-    try:
-        await asyncio.wait({start, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not start.done():
-            # The app ended without answering: report why it failed.
-            task.result()
-            raise UpstreamError("marimo's app ended without a response")
-        first = await next_chunk()
-    except BaseException:
-        finished.set()
-        task.cancel()
-        raise
+    def __init__(self, start: dict[str, Any], first: Any, run: _AppRun) -> None:
+        self.status: int = start["status"]
+        #: The headers the bridge passes on (DROPPED_RESPONSE_HEADERS are not).
+        self.headers = passed_headers(start.get("headers", []))
+        self._first = first
+        self._run = run
 
-    message = start.result()
-    status = message["status"]
-    headers = _response_headers(message.get("headers", []))
+    @property
+    def whole(self) -> bool:
+        """Whether the body came in one part (the app has then ended)."""
+        return self._first is _END or not self._first.get("more_body", False)
 
-    if first is _END or not first.get("more_body", False):
-        finished.set()
-        await _quietly(task)
-        content = b"" if first is _END else first.get("body", b"")
-        response: HttpResponse | StreamingHttpResponse = HttpResponse(
-            content, status=status
-        )
-        # Django adds its own; marimo's must not override a rewritten body.
-        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
-        _apply_headers(response, headers)
-        return response
-
-    async def stream() -> AsyncIterator[bytes]:
+    async def parts(self) -> AsyncIterator[bytes]:
+        """The body's parts as the app sends them; the app is ended when
+        they stop, whether they were all read or not."""
         complete = False
         try:
-            item = first
+            item = self._first
             while item is not _END:
                 data = item.get("body", b"")
                 if data:
@@ -162,21 +144,130 @@ async def forward_http(
                 if not item.get("more_body", False):
                     complete = True
                     break
-                item = await next_chunk()
+                item = await self._run.next_chunk()
         finally:
-            finished.set()
-            if complete and not task.done():
-                # An app waiting in receive() has just been woken with the
-                # disconnect; cancelling it now would lose that (on Python
-                # 3.12+, whose wait_for no longer absorbs the cancellation).
-                await asyncio.wait({task}, timeout=END_GRACE)
-            if not task.done():
-                task.cancel()
-            await _quietly(task)
+            await self._run.finish(complete=complete)
 
-    response = StreamingHttpResponse(stream(), status=status)
+    async def body(self) -> bytes:
+        """The whole body."""
+        return b"".join([part async for part in self.parts()])
+
+
+class _AppRun:
+    """One run of an ASGI app on one request: what it sends, queued."""
+
+    def __init__(self, app: Callable[..., Any], scope: dict[str, Any], body: bytes):
+        self.start: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self.finished = asyncio.Event()
+        self._ended = False
+        receive = single_body_receive(body, until=self.finished)
+        self.task = asyncio.create_task(app(scope, receive, self._send))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.start.set_result(message)
+        elif message["type"] == "http.response.body":
+            await self.chunks.put(message)
+
+    async def next_chunk(self) -> Any:
+        """The next body message, or ``_END`` once the app has stopped."""
+        if self.chunks.empty() and not self.task.done():
+            getter = asyncio.ensure_future(self.chunks.get())
+            await asyncio.wait({getter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+        return self.chunks.get_nowait() if not self.chunks.empty() else _END
+
+    async def finish(self, *, complete: bool) -> None:
+        """Tell the app the client has gone, and let it end (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.finished.set()
+        if complete and not self.task.done():
+            # An app waiting in receive() has just been woken with the
+            # disconnect; cancelling it now would lose that (on Python
+            # 3.12+, whose wait_for no longer absorbs the cancellation).
+            await asyncio.wait({self.task}, timeout=END_GRACE)
+        if not self.task.done():
+            self.task.cancel()
+        await _quietly(self.task)
+
+
+async def answer_of(
+    app: Callable[..., Any], scope: dict[str, Any], body: bytes
+) -> Answer:
+    """Run ``app`` on one HTTP request whose whole body is ``body``; its
+    answer once it has begun. Raises :class:`UpstreamError` (or the app's
+    own error) if the app ends without beginning one."""
+    run = _AppRun(app, scope, body)
+    try:
+        await asyncio.wait({run.start, run.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.start.done():
+            # The app ended without answering: report why it failed.
+            run.task.result()
+            raise UpstreamError("marimo's app ended without a response")
+        first = await run.next_chunk()
+    except BaseException:
+        run.finished.set()
+        run.task.cancel()
+        raise
+    answer = Answer(run.start.result(), first, run)
+    if answer.whole:
+        await run.finish(complete=True)
+    return answer
+
+
+async def collect(app: Callable[..., Any], scope: dict[str, Any], body: bytes) -> Reply:
+    """Run ``app`` on one request; its whole answer."""
+    answer = await answer_of(app, scope, body)
+    return Reply(answer.status, answer.headers, await answer.body())
+
+
+async def forward_http(
+    app: Callable[..., Any], scope: dict[str, Any], body: bytes
+) -> HttpResponse | StreamingHttpResponse:
+    """Run ``app`` on one HTTP request and return Django's response for it."""
+    answer = await answer_of(app, scope, body)
+    headers = _response_headers(answer.headers)
+    if answer.whole:
+        response: HttpResponse | StreamingHttpResponse = HttpResponse(
+            await answer.body(), status=answer.status
+        )
+        # Django adds its own; marimo's must not override a rewritten body.
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    else:
+        response = StreamingHttpResponse(answer.parts(), status=answer.status)
     _apply_headers(response, headers)
     return response
+
+
+def django_response(reply: Reply) -> HttpResponse:
+    """A whole answer as Django's response."""
+    response = HttpResponse(reply.body, status=reply.status)
+    headers = _response_headers(reply.headers)
+    _apply_headers(
+        response, [(n, v) for n, v in headers if n.lower() != "content-length"]
+    )
+    return response
+
+
+async def send_reply(send: Callable[..., Any], reply: Reply) -> None:
+    """Send a whole answer on an ASGI connection."""
+    headers = [
+        (name, value)
+        for name, value in reply.headers
+        if name.lower() != b"content-length"
+    ]
+    headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send(
+        {"type": "http.response.start", "status": reply.status, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 async def _quietly(task: asyncio.Task[Any]) -> None:

@@ -32,16 +32,18 @@ import logging
 import uuid
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from django_notebooks import admission, context, limits, refusals, registry
-from django_notebooks.kernels import router
-from django_notebooks.marimo.forwarding import passed_headers, single_body_receive
+from django_notebooks import limits, refusals, registry
+from django_notebooks.marimo.forwarding import Reply
 from django_notebooks.sessions import channel_messages, records
+
+if TYPE_CHECKING:
+    from django_notebooks.admission import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +72,12 @@ _known_elsewhere: OrderedDict[str, None] = OrderedDict()
 UNFORWARDED_HEADERS = frozenset({b"cookie", b"authorization", b"connection"})
 
 # A forwarded call beyond the CALLS_REMEMBERED a session may have running.
-TOO_MANY_CALLS = admission.Refusal(
+TOO_MANY_CALLS = refusals.Refusal(
     503, "The notebook is busy with earlier requests: try again in a moment."
 )
 # A call the holder took, whose answer did not come within the deadline of
 # a local call: the kernel is busy (a long cell) or stuck.
 NOT_ANSWERING = refusals.NOT_ANSWERING
-
-
-@dataclass(frozen=True)
-class Reply:
-    """The answer to a forwarded request."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
 
 
 class RecentCalls:
@@ -238,7 +231,7 @@ async def held_elsewhere(session_id: str) -> bool:
 async def ask_holder(
     scope: dict[str, Any],
     location: registry.Location,
-    caller: admission.Caller,
+    caller: Caller,
     *,
     kind: str,
     body: bytes,
@@ -271,9 +264,11 @@ async def ask_holder(
         ],
         "server": list(scope["server"]) if scope.get("server") else None,
         "body": body,
+        # How long the asking process waits: the holder's heartbeat names
+        # the call for as long.
+        "deadline": limits.call_deadline(registry.limits_of(location.notebook)),
     }
-    deadline = limits.call_deadline(registry.limits_of(location.notebook))
-    return await forward(caller.session_id, message, deadline=deadline)
+    return await forward(caller.session_id, message, deadline=message["deadline"])
 
 
 async def forward(
@@ -323,7 +318,7 @@ async def forward(
             "The channel layer failed while forwarding a call for notebook session %s",
             session_id,
         )
-        return refused(admission.UNREACHABLE)
+        return refusals.UNREACHABLE.reply()
     finally:
         replies.forget(call_id)
     if silence is _Silence.HOLDER_SILENT:
@@ -335,7 +330,7 @@ async def forward(
             session_id,
             deadline,
         )
-        return refused(NOT_ANSWERING)
+        return NOT_ANSWERING.reply()
     return Reply(
         answer["status"],
         [tuple(header) for header in answer["headers"]],
@@ -396,7 +391,7 @@ async def _holder_silent(session_id: str) -> Reply:
     holder = await database_sync_to_async(records.holder_elsewhere)(session_id)
     if holder is None:
         # Closed meanwhile, its record deleted: ended.
-        return refused(admission.SESSION_ENDED)
+        return refusals.SESSION_ENDED.reply()
     process, opened_at = holder
     if records.runs_on_this_host(process, since=opened_at):
         logger.warning(
@@ -407,7 +402,7 @@ async def _holder_silent(session_id: str) -> Reply:
             session_id,
             REPLY_TIMEOUT,
         )
-        return refused(admission.UNREACHABLE)
+        return refusals.UNREACHABLE.reply()
     logger.warning(
         "No word in %.0f s from the server process %s holding notebook session "
         "%s: it has stopped, so the session has ended.",
@@ -416,23 +411,18 @@ async def _holder_silent(session_id: str) -> Reply:
         session_id,
     )
     await database_sync_to_async(records.forget_elsewhere)(session_id, process)
-    return refused(admission.SESSION_ENDED)
+    return refusals.SESSION_ENDED.reply()
 
 
-def refused(refusal: admission.Refusal) -> Reply:
-    """A refusal as an answer."""
-    return Reply(
-        refusal.status, [(b"content-type", b"application/json")], refusal.body()
-    )
+# Runs a forwarded call in the holding process (calls.forwarded).
+Run = Callable[[dict[str, Any]], Awaitable[Reply]]
 
 
-def json_reply(status: int, message: str) -> Reply:
-    """An error answer, shaped as the bridge's other refusals."""
-    return refused(admission.Refusal(status, message))
-
-
-async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> None:
-    """Run a request forwarded by another process and send back the answer.
+async def answer(
+    message: dict[str, Any], run: Run, recent: RecentCalls | None = None
+) -> None:
+    """Run a request forwarded by another process (with ``run``) and send
+    back the answer.
 
     Runs in the process holding the session (called by its consumer). The
     call is acknowledged at once, from this event loop, and named in a
@@ -453,31 +443,23 @@ async def answer(message: dict[str, Any], recent: RecentCalls | None = None) -> 
                 await _send_reply(reply_to, call_id, earlier)
             return
         if not recent.started(call_id):
-            await _send_reply(reply_to, call_id, refused(TOO_MANY_CALLS))
+            await _send_reply(reply_to, call_id, TOO_MANY_CALLS.reply())
             return
     heartbeats = _heartbeats()
     if call_id:
         await _say_running(reply_to, [call_id])
         heartbeats.add(reply_to, call_id, beat_for=_deadline_of(message))
     try:
-        reply = await _run(message)
+        reply = await run(message)
     except Exception:
         logger.exception("A forwarded notebook request failed")
-        reply = json_reply(500, "The notebook failed to answer.")
+        reply = refusals.FAILED.reply()
     finally:
         if call_id:
             heartbeats.discard(reply_to, call_id)
     if recent is not None and call_id:
         recent.answered(call_id, reply)
     await _send_reply(reply_to, call_id, reply)
-
-
-def _deadline_of(message: dict[str, Any]) -> float:
-    """The deadline of a call into the kernel of the notebook ``message``
-    names (past it, the asking process has given up)."""
-    notebook = registry.get_notebook(message.get("notebook") or "")
-    in_force = limits.Limits() if notebook is None else registry.limits_of(notebook)
-    return limits.call_deadline(in_force)
 
 
 class Heartbeats:
@@ -576,63 +558,26 @@ async def _send(reply_to: str, message: dict[str, Any]) -> None:
         )
 
 
-async def _run(message: dict[str, Any]) -> Reply:
-    notebook = registry.get_notebook(message["notebook"])
-    if notebook is None:
-        return json_reply(404, "No such notebook.")
-    meta: dict[str, Any] = {}
-    caller = admission.Caller.of_login(
-        message["session_id"], message["session_key"], message["visitor"]
-    )
-    if message["kind"] == "kernel":
-        admitted = admission.owned_call(notebook, caller)
-        if isinstance(admitted, admission.Refusal):
-            return refused(admitted)
-        user, meta = admitted.user_context, admitted.meta
-    else:
-        # A download: only of a file this session's kernel made.
-        subpath = message["path"][len(message["mount"]) :]
-        if not admission.owned_download(notebook, caller, subpath):
-            return refused(admission.NO_SUCH_FILE)
-        user = message["user"] or {}
-    scope = context.marimo_scope(
-        {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": message["method"],
-            "scheme": message["scheme"],
-            "path": message["path"],
-            "query_string": message["query_string"],
-            "headers": [tuple(header) for header in message["headers"]],
-            "server": tuple(message["server"]) if message["server"] else None,
-        },
-        path=message["path"],
-        root_path=message["mount"].rstrip("/"),
-        user=user,
-        meta=meta,
-        notebook_file=str(notebook.path),
-        session_id=message["session_id"],
-    )
-    return await collect(router.app_for(notebook), scope, message["body"])
+def _deadline_of(message: dict[str, Any]) -> float:
+    """How long the asking process waits for a call's answer (a process of
+    an earlier release, during a deploy, does not say: the default's)."""
+    deadline = message.get("deadline")
+    if isinstance(deadline, int | float):
+        return float(deadline)
+    return limits.call_deadline(limits.Limits())
 
 
-async def collect(app: Any, scope: dict[str, Any], body: bytes) -> Reply:
-    """Run an ASGI app on one request and gather its whole answer."""
-    status = 500
-    headers: list[tuple[bytes, bytes]] = []
-    chunks: list[bytes] = []
-    done = asyncio.Event()
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers = passed_headers(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                done.set()
-
-    await app(scope, single_body_receive(body, until=done), send)
-    return Reply(status, headers, b"".join(chunks))
+def scope_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI scope of the request a forwarded call carries (without the
+    headers it does not carry: UNFORWARDED_HEADERS)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": message["method"],
+        "scheme": message["scheme"],
+        "path": message["path"],
+        "query_string": message["query_string"],
+        "headers": [tuple(header) for header in message["headers"]],
+        "server": tuple(message["server"]) if message["server"] else None,
+    }
