@@ -4,16 +4,20 @@ test_relay.py and the end-to-end tests)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from django.test import override_settings
 
 from django_notebooks import admission, calls, refusals, registry
 from django_notebooks.marimo.forwarding import Reply
 from django_notebooks.models import NotebookSession
-from django_notebooks.sessions import owners, relay
+from django_notebooks.sessions import relay
+from tests import test_admission
 from tests.test_admission import SQUARE, bind, caller
+
+# test_admission's fixtures: each test starts with no session bound (autouse
+# there), and alice.
+fresh_bindings = test_admission.fresh_bindings
+alice = test_admission.alice
 
 LOCATION = registry.Location(SQUARE, "api/kernel/set_ui_element_value")
 PATH = "/notebooks/square/api/kernel/set_ui_element_value"
@@ -25,16 +29,6 @@ SCOPE = {
     "query_string": b"",
 }
 BODY = b'{"objectIds": ["a"], "values": [1]}'
-
-
-@pytest.fixture(autouse=True)
-def fresh_bindings(monkeypatch):
-    monkeypatch.setattr(owners, "bindings", owners.SessionBindings())
-
-
-@pytest.fixture
-def alice():
-    return SimpleNamespace(pk=1, is_authenticated=True, is_active=True)
 
 
 class Body:
