@@ -19,7 +19,7 @@ from django_notebooks.kernels import router
 from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
-from django_notebooks.sessions import flow, layers, lifecycle
+from django_notebooks.sessions import flow, layers, lifecycle, stopping
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         # channel layer, or the bridge's in-process one without it.
         self.channel_layer_alias = layers.alias()
         try:
-            await super().__call__(scope, receive, send)
+            with stopping.watch(self._say_restarting):
+                await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
             # The server is stopping (daphne cancels every application). End
             # the marimo session now, while the event loop still runs:
@@ -134,6 +135,13 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             # down half-way at interpreter exit.
             await self._stop_marimo(close_session=True)
             raise
+
+    async def _say_restarting(self) -> None:
+        """The server is stopping (sessions/stopping.py): the page says so
+        before the server closes its socket."""
+        if self.accepted and not self.closed:
+            frame = notices.SITE_RESTARTING.frame()
+            await self.outbox.send_now({"type": "websocket.send", "text": frame})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every message,

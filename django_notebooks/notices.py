@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
+from django.utils.html import escape
+
 from django_notebooks.marimo import routes
 
 # The frame's "op": not one of marimo's, and the script swallows it anyway.
@@ -43,6 +45,9 @@ class Notice:
     #: The close reason marimo's frontend is given when ``final``: it
     #: decides the status marimo shows under the notice.
     reason: str = routes.REASON_SHUTDOWN
+    #: What the page says once its notebook has started again on a new
+    #: kernel (marimo's frontend reconnected after the server restarted).
+    then: Notice | None = None
 
     def frame(self) -> str:
         """The kernel-websocket text frame that carries the notice."""
@@ -53,8 +58,14 @@ class Notice:
 
 @cache
 def page_script() -> str:
-    """The script that shows notices, as an inline ``<script>`` element."""
-    return f"<script>{SCRIPT_FILE.read_text()}</script>"
+    """The script that shows notices, as an inline ``<script>`` element.
+
+    It carries :data:`SITE_RESTARTING` too, for a server that closes the
+    page's websocket with 1012 ("service restart") without the bridge's
+    notice first (see sessions/stopping.py).
+    """
+    restarting = escape(json.dumps(asdict(SITE_RESTARTING)))
+    return f'<script data-restarting="{restarting}">{SCRIPT_FILE.read_text()}</script>'
 
 
 # The words, in one place.
@@ -212,3 +223,21 @@ def kernel_stopped(timeout: float) -> Notice:
         "could not be stopped, so the notebook was closed. Reload the page to "
         "start it again.",
     )
+
+
+# A restart of the server (sessions/stopping.py): the open page's websocket
+# closes, and marimo's frontend reconnects once the server is back, to a
+# new kernel (what the person chose or entered is gone).
+
+SITE_RESTARTING = Notice(
+    "The site is restarting",
+    "This notebook will start again by itself when the site is back. "
+    "Anything you chose or entered in it will be reset.",
+    final=False,
+    then=Notice(
+        "The notebook started again",
+        "The site restarted, so this notebook started afresh: anything you "
+        "had chosen or entered in it was reset.",
+        final=False,
+    ),
+)

@@ -201,11 +201,19 @@ def server_command(kind: str, port: int) -> list[str]:
 
 
 class LiveServer:
-    """One server process; stopped by whoever started it."""
+    """One server process; stopped by whoever started it. It listens on a
+    free port, or on ``port`` (the port of a server stopped before, say)."""
 
-    def __init__(self, kind: str, db_path: Path, log_path: Path, **env: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        db_path: Path,
+        log_path: Path,
+        port: int | None = None,
+        **env: str,
+    ) -> None:
         self.kind = kind
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")

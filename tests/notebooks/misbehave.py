@@ -21,6 +21,13 @@ with app.setup:
 
 @app.cell
 def _():
+    # A heading, for the browser tests of the notice bar's place.
+    mo.md("# A notebook that misbehaves on request")
+    return
+
+
+@app.cell
+def _():
     mo.md(f"kernel pid={os.getpid()}")
     return
 
