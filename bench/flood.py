@@ -41,7 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from bench.servers import (  # noqa: E402
     BareServer,
+    command,
+    command_parser,
     prepare_users,
+    publish,
     stop_on_sigterm,
     stopping,
     work_directory,
@@ -64,8 +67,7 @@ class Server:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser = command_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=0, help="flood length (12)")
     parser.add_argument(
         "--outputs", type=int, default=0, help="outputs the non-reader is sent (300)"
@@ -73,7 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--read-timeout", type=int, default=5, help="the bridge's read timeout (5 s)"
     )
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (2 if args.quick else 12)
     args.outputs = args.outputs or (40 if args.quick else 300)
@@ -238,12 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             floods, readers = asyncio.run(run(servers, args))
     text = render(floods, readers, args)
     text += f"\nRun took {time.monotonic() - clock:.0f} s.\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return publish(text, args.out)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+    command(main)
