@@ -15,8 +15,9 @@ Two clients, each on a session of tests/notebooks/outputs.py:
   outputs of 900 KB (Daphne sends no frame over 1 MiB) and reads nothing.
 
 For each server: the web process's resident memory (RSS) before, at its
-peak (sampled every 0.1 s) and after, and whether and when the server
-closed the socket (and with which code, for the flood). The bridge runs
+peak (sampled every 0.1 s) and after (a second later; half a second in
+``--quick``), and whether and when the server closed the socket (and with
+which code, for the flood). The bridge runs
 with ``WEBSOCKET_READ_TIMEOUT`` = ``--read-timeout`` and the default
 ``MAX_UNREAD_WEBSOCKET_BYTES`` (4 MiB). Bare marimo runs its kernels as
 threads of the web process, so what its kernel holds is in its figures.
@@ -30,6 +31,7 @@ import contextlib
 import datetime
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from bench.servers import (  # noqa: E402
     BareServer,
-    prepare_users,
+    command,
+    command_parser,
+    in_parallel,
+    publish,
     stop_on_sigterm,
     stopping,
     work_directory,
@@ -53,10 +58,12 @@ NOTEBOOK = live.ROOT / "tests" / "notebooks" / "outputs.py"
 FLOOD_FRAME = "x" * (60 * 1024)
 OUTPUT_KB = 900
 NOT_READING_LOG = "the page read nothing for"
+KINDS = ("bare", "uvicorn", "daphne")
 
 
 @dataclass
 class Server:
+    kind: str  # one of KINDS
     name: str
     server: Any
     page: str
@@ -64,18 +71,17 @@ class Server:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser = command_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=0, help="flood length (12)")
     parser.add_argument(
         "--outputs", type=int, default=0, help="outputs the non-reader is sent (300)"
     )
     parser.add_argument(
-        "--read-timeout", type=int, default=5, help="the bridge's read timeout (5 s)"
+        "--read-timeout", type=int, default=0, help="the bridge's read timeout (5 s)"
     )
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
-    args.seconds = args.seconds or (2 if args.quick else 12)
+    args.seconds = args.seconds or (1 if args.quick else 12)
+    args.read_timeout = args.read_timeout or (2 if args.quick else 5)
     args.outputs = args.outputs or (40 if args.quick else 300)
     return args
 
@@ -83,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def start(kind: str, workdir: Path, db: Path, read_timeout: int) -> Server:
     if kind == "bare":
         bare = BareServer(workdir / "bare.log", NOTEBOOK, session_ttl=5)
-        return Server("bare marimo (uvicorn)", bare, "/square/", login=False)
+        return Server(kind, "bare marimo (uvicorn)", bare, "/square/", login=False)
     server = live.LiveServer(
         kind,
         db,
@@ -93,7 +99,23 @@ def start(kind: str, workdir: Path, db: Path, read_timeout: int) -> Server:
         DJANGO_NOTEBOOKS_TEST_SESSION_TTL="5",
         DJANGO_NOTEBOOKS_TEST_WEBSOCKET_READ_TIMEOUT=str(read_timeout),
     )
-    return Server(f"bridge {kind}", server, "/notebooks/outputs/", login=True)
+    return Server(kind, f"bridge {kind}", server, "/notebooks/outputs/", login=True)
+
+
+def start_all(
+    workdir: Path, db: Path, read_timeout: int, servers: list[Server]
+) -> None:
+    """Every server, started in parallel; each lands in ``servers`` as soon
+    as it listens (whoever stops them finds it there), in KINDS order at the
+    end."""
+
+    def starter(kind: str) -> Callable[[], None]:
+        return lambda: servers.append(start(kind, workdir, db, read_timeout))
+
+    errors = in_parallel([starter(kind) for kind in KINDS])
+    if errors:
+        raise errors[0]
+    servers.sort(key=lambda server: KINDS.index(server.kind))
 
 
 def rss_mb(server: Server) -> float:
@@ -103,8 +125,9 @@ def rss_mb(server: Server) -> float:
 class Peak:
     """The web process's RSS, sampled in the background."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, settle: float) -> None:
         self.server = server
+        self.settle = settle
         self.before = self.peak = rss_mb(server)
         self._task = asyncio.create_task(self._sample())
 
@@ -114,8 +137,8 @@ class Peak:
             await asyncio.sleep(0.1)
 
     async def stop(self) -> tuple[float, float, float]:
-        """Before, peak and (a second later) after, in MB."""
-        await asyncio.sleep(1)
+        """Before, peak and (``settle`` seconds later) after, in MB."""
+        await asyncio.sleep(self.settle)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -135,9 +158,9 @@ async def session(server: Server):
             yield kernel
 
 
-async def flood(server: Server, seconds: float) -> dict[str, Any]:
+async def flood(server: Server, seconds: float, settle: float) -> dict[str, Any]:
     async with session(server) as kernel:
-        memory = Peak(server)
+        memory = Peak(server, settle)
         sent, code, closed_after = 0, None, None
         started = time.monotonic()
         try:
@@ -156,10 +179,12 @@ async def flood(server: Server, seconds: float) -> dict[str, Any]:
     }
 
 
-async def not_reading(server: Server, outputs: int, wait: float) -> dict[str, Any]:
+async def not_reading(
+    server: Server, outputs: int, wait: float, settle: float
+) -> dict[str, Any]:
     async with session(server) as kernel:
         log_start = len(server.server.log())
-        memory = Peak(server)
+        memory = Peak(server, settle)
         count_id, size_id = kernel.ui_element_ids()[:2]
         for widget, value in ((size_id, OUTPUT_KB), (count_id, outputs)):
             response = await kernel.set_ui_value(widget, value)
@@ -172,6 +197,9 @@ async def not_reading(server: Server, outputs: int, wait: float) -> dict[str, An
                 break
             await asyncio.sleep(0.1)
         before, peak, after = await memory.stop()
+        # It hangs up without a closing handshake: the server's close frame
+        # waits behind the frames it never read (websockets would wait 10 s).
+        kernel.websocket.transport.abort()
     return {
         "asked": f"{outputs} x {OUTPUT_KB} KB",
         "closed": "no" if closed_after is None else f"{closed_after:.1f} s",
@@ -217,11 +245,14 @@ def render(
 
 async def run(servers: list[Server], args: argparse.Namespace) -> tuple[dict, dict]:
     floods, readers = {}, {}
-    wait = args.read_timeout + (5 if args.quick else 20)
+    # How long bare marimo (which never closes) gets to close the non-reader,
+    # and how long after each client the web process's RSS is read again.
+    wait = args.read_timeout + (2 if args.quick else 20)
+    settle = 0.5 if args.quick else 1.0
     for server in servers:
-        floods[server.name] = await flood(server, args.seconds)
+        floods[server.name] = await flood(server, args.seconds, settle)
     for server in servers:
-        readers[server.name] = await not_reading(server, args.outputs, wait)
+        readers[server.name] = await not_reading(server, args.outputs, wait, settle)
     return floods, readers
 
 
@@ -230,20 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_sigterm()
     clock = time.monotonic()
     with work_directory("dn-flood-", False, "flood") as workdir:
-        db = prepare_users(workdir, 1)
+        db = live.prepare_database(workdir / "db.sqlite3")  # alice
         servers: list[Server] = []
         with stopping(lambda: [(s.name, s.server) for s in servers], "flood"):
-            for kind in ("bare", "uvicorn", "daphne"):
-                servers.append(start(kind, workdir, db, args.read_timeout))
+            start_all(workdir, db, args.read_timeout, servers)
             floods, readers = asyncio.run(run(servers, args))
     text = render(floods, readers, args)
     text += f"\nRun took {time.monotonic() - clock:.0f} s.\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return publish(text, args.out)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+    command(main)

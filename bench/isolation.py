@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import statistics
 import sys
@@ -47,7 +46,10 @@ from bench.servers import (  # noqa: E402
     NOTEBOOK,
     BareServer,
     Target,
+    command,
+    command_parser,
     prepare_users,
+    publish,
     stop_on_sigterm,
     stopping,
     work_directory,
@@ -61,15 +63,13 @@ MODES = ("process", "thread")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--sessions", type=int, default=0, help="sessions at once (100)"
     )
     parser.add_argument(
         "--samples", type=int, default=0, help="samples per median (40)"
     )
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     args.sessions = args.sessions or (10 if args.quick else 100)
     args.samples = args.samples or (8 if args.quick else 40)
@@ -259,12 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(start(kind, workdir, db))
             memory_rows, busy_rows = asyncio.run(run(targets, args))
     text = render(memory_rows, busy_rows, args, time.monotonic() - clock)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return publish(text, args.out)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+    command(main)

@@ -9,6 +9,7 @@ that the ``finally`` blocks run."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -56,14 +57,18 @@ User.objects.bulk_create(
 
 
 class BareServer(live.LiveServer):
-    """bench/bare_marimo.py under uvicorn, serving ``notebook`` at /square/:
-    what marimo documents, nothing more.
+    """bench/bare_marimo.py under uvicorn, serving ``notebook`` at /square/
+    (and ``second_notebook`` at /hello/): what marimo documents, nothing more.
 
     Stopped like the bridge's LiveServer (SIGTERM by pid), only started with
     a different command."""
 
     def __init__(
-        self, log_path: Path, notebook: Path = NOTEBOOK, session_ttl: int | None = None
+        self,
+        log_path: Path,
+        notebook: Path = NOTEBOOK,
+        session_ttl: int | None = None,
+        second_notebook: Path | None = None,
     ) -> None:
         self.kind = "uvicorn"
         self.port = live.free_port()
@@ -73,6 +78,8 @@ class BareServer(live.LiveServer):
         env = dict(os.environ, BENCH_NOTEBOOK=str(notebook), PYTHONUNBUFFERED="1")
         if session_ttl is not None:
             env["BENCH_SESSION_TTL"] = str(session_ttl)
+        if second_notebook is not None:  # served at /hello/
+            env["BENCH_SECOND_NOTEBOOK"] = str(second_notebook)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -172,6 +179,30 @@ def stop_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+def command_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark command's argument parser: its description (the first
+    paragraph of ``doc``), ``--quick`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    return parser
+
+
+def publish(text: str, out: Path | None) -> int:
+    """Print a command's report, and write it to ``out`` if given; exit 0."""
+    print(text)
+    if out:
+        out.write_text(text)
+    return 0
+
+
+def command(main: Callable[[], int]) -> None:
+    """Run a benchmark command's ``main`` and exit with its status; Ctrl-C
+    ends it without a traceback (its ``finally`` blocks stop its servers)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""The benchmarks still run end to end: ``python bench/run.py --quick``
-and ``python bench/isolation.py --quick``.
+"""The benchmarks still run end to end: ``python bench/run.py --quick``,
+``bench/isolation.py --quick``, ``bench/flood.py --quick`` and
+``bench/caps.py --quick``.
 
 No timing is asserted: the machine is shared and noisy, and the benchmark's
 numbers only mean something as ratios against bare marimo measured in the
@@ -10,6 +11,7 @@ targets, and stops cleanly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,31 @@ def test_quick_flood_benchmark_shows_every_server_under_both_clients():
         assert "| no |" not in row, row
     assert "| bare marimo (uvicorn) | " in flood
     assert "| bare marimo (uvicorn) | " in not_reading
+
+
+def test_quick_caps_benchmark_keeps_the_bridges_kernels_within_the_cap_and_lets_a_user_in():
+    """``python bench/caps.py --quick``: one anonymous client opens and closes
+    sessions in a loop on bare marimo and both bridge servers; on the
+    bridge, the kernels it leaves never exceed what one visitor may hold,
+    none of its opens is refused (its oldest closed tab makes room), and a
+    logged-in user still opens a session afterwards."""
+    stdout = run_script(["bench/caps.py", "--quick"], TIMEOUT)
+    cap = int(re.search(r"one visitor can hold (\d+)", stdout).group(1))
+    rounds = int(re.search(r"opens and closes (\d+) sessions", stdout).group(1))
+    assert rounds > cap  # the loop reaches the cap
+    header = next(line for line in stdout.splitlines() if line.startswith("| server |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| b") and len(cells) == len(columns):
+            rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    assert set(rows) == {"bare marimo (uvicorn)", "bridge uvicorn", "bridge daphne"}
+    for kind in ("uvicorn", "daphne"):
+        row = rows[f"bridge {kind}"]
+        assert int(row["most kernels"]) <= cap, row
+        assert int(row["kernels at end"]) <= cap, row
+        assert (row["ran"], row["refused"]) == (str(rounds), "0"), row
+        assert row["bystander opens"] == "yes", row
+        assert row["ratio"].endswith("x"), row
+    assert rows["bare marimo (uvicorn)"]["ratio"].endswith("x")
