@@ -330,6 +330,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
                 self.session.sent_to_page(message.get("text") or "")
             try:
                 await self.outbox.send(message)
+            except flow.Gone:
+                # The page closed with output on its way: its disconnect
+                # follows, and tells marimo's handler.
+                self.closed = True
             except flow.Stalled:
                 if self.closed:
                     return  # closed meanwhile, for another reason
@@ -347,7 +351,18 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             self.closed = True
             self.outbox.close()
             message = _sendable_close(message)
-        await self.send(message)
+        await self._send_to_page(message)
+
+    async def _send_to_page(self, message: dict[str, Any]) -> None:
+        """Send a message of the websocket's (not a frame: those go through
+        the outbox); dropped if the page has gone."""
+        try:
+            await self.send(message)
+        except Exception as error:
+            if not flow.client_gone(error):
+                raise
+            self.closed = True
+            self.outbox.close()
 
     async def _hang_up(self, code: int) -> None:
         """Close the websocket with ``code`` and tell marimo's handler it
@@ -372,10 +387,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         message: dict[str, Any] = {"type": "websocket.close", "code": code}
         if notice is not None:
             if not self.accepted:
-                await self.send({"type": "websocket.accept"})
+                await self._send_to_page({"type": "websocket.accept"})
                 self.accepted = True
             await self.outbox.send_now(
                 {"type": "websocket.send", "text": notice.frame()}
             )
             message["reason"] = notice.reason
-        await self.send(_sendable_close(message))
+        await self._send_to_page(_sendable_close(message))

@@ -18,6 +18,7 @@ from django_notebooks.models import NotebookSession
 from django_notebooks.sessions import owners
 from tests.helpers import (
     FIRST_RUN_TIMEOUT,
+    async_wait_until,
     communicator,
     connected_and_run,
     first_run,
@@ -539,3 +540,52 @@ async def test_a_page_that_does_not_acknowledge_is_closed_after_the_read_timeout
     assert 1 <= outputs_sent <= 5
     assert marks, "no mark the page could have acknowledged"
     assert "the page read nothing for 1 seconds" in caplog.text
+
+
+def _uvicorns_client_gone() -> Exception:
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    return ClientDisconnected()
+
+
+def _daphnes_client_gone() -> Exception:
+    from autobahn.exception import Disconnected
+
+    return Disconnected("Attempt to send on a closed protocol")
+
+
+@with_outputs_notebook
+@pytest.mark.parametrize(
+    "gone", [_uvicorns_client_gone, _daphnes_client_gone], ids=["uvicorn", "daphne"]
+)
+async def test_a_page_gone_with_output_on_its_way_is_an_ordinary_disconnect(
+    close_marimo_sessions, caplog, monkeypatch, gone
+):
+    """The server's send fails once the client's socket has closed, before
+    its disconnect reaches the consumer: no error, no traceback."""
+    sessionid = await login("alice")
+    session_id = new_session_id()
+    ws = communicator(f"{OUTPUTS_PAGE}ws?session_id={session_id}", sessionid=sessionid)
+    failed_sends = []
+    page_went = False
+    send = consumers.KernelConsumer.send
+
+    async def send_after_the_page_went(self, message):
+        if page_went and message["type"] == "websocket.send":
+            failed_sends.append(message)
+            raise gone()
+        await send(self, message)
+
+    monkeypatch.setattr(consumers.KernelConsumer, "send", send_after_the_page_went)
+    try:
+        first = await connected_and_run(ws)
+        page_went = True
+        await ask_for_outputs(sessionid, session_id, first, count=5, size_kb=16)
+        await async_wait_until(
+            lambda: failed_sends, 30, "marimo sent the page nothing more"
+        )
+    finally:
+        await ws.disconnect()
+    assert len(failed_sends) == 1  # nothing more was tried
+    assert "failed" not in caplog.text
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

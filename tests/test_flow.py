@@ -215,6 +215,45 @@ async def test_closing_drops_the_frame_that_waits():
     assert len(page.data()) == 1
 
 
+def _gone_from_uvicorn() -> Exception:
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    return ClientDisconnected()
+
+
+def _gone_from_daphne() -> Exception:
+    from autobahn.exception import Disconnected
+
+    return Disconnected("Attempt to send on a closed protocol")
+
+
+@pytest.mark.parametrize(
+    "gone", [_gone_from_uvicorn, _gone_from_daphne], ids=["uvicorn", "daphne"]
+)
+async def test_a_page_gone_while_output_is_on_its_way_closes_the_outbox(gone):
+    error = gone()
+
+    async def send(message):
+        raise error
+
+    outbox = flow.Outbox(send, window=1000, timeout=5)
+    with pytest.raises(flow.Gone):
+        await outbox.send(frame(10))
+    assert outbox.closed
+    await outbox.send(frame(10))  # nothing more is tried
+    await flow.Outbox(send, window=1000, timeout=5).send_now(frame(10))  # dropped
+
+
+async def test_a_send_failing_for_another_reason_is_not_taken_for_a_page_gone():
+    async def send(message):
+        raise ValueError("not a websocket message")
+
+    outbox = flow.Outbox(send, window=1000, timeout=5)
+    with pytest.raises(ValueError):
+        await outbox.send(frame(10))
+    assert not outbox.closed
+
+
 async def test_an_unknown_or_repeated_acknowledgement_frees_nothing():
     page = Page()
     outbox = flow.Outbox(page.send, window=10_000, timeout=5, mark_every=100)

@@ -72,6 +72,22 @@ class Stalled(Exception):
     """The page read nothing for the read timeout while output waited."""
 
 
+class Gone(Exception):
+    """The page's socket closed before a frame could be sent to it (its
+    disconnect is on its way to the consumer)."""
+
+
+def client_gone(error: BaseException) -> bool:
+    """Whether the server's ``send`` failed because the client has gone:
+    uvicorn raises ``ClientDisconnected`` (an ``OSError``), Daphne autobahn's
+    ``Disconnected``. A page closing while output is on its way is ordinary,
+    not an error."""
+    if isinstance(error, OSError):
+        return True
+    kind = type(error)
+    return kind.__name__ == "Disconnected" and kind.__module__.startswith("autobahn")
+
+
 def frame_size(message: Message) -> int:
     """The bytes a websocket message carries (text as UTF-8)."""
     data = message.get("bytes")
@@ -219,10 +235,10 @@ class Outbox:
     async def send_now(self, message: Message) -> None:
         """Send a frame of the bridge's own (a notice) without waiting for
         room; it counts as unread like any other. Dropped if the server's
-        ``send`` does not return within the timeout."""
+        ``send`` does not return within the timeout, or the page has gone."""
         try:
             await self._deliver(message, frame_size(message))
-        except Stalled:
+        except (Stalled, Gone):
             pass
 
     def acknowledge(self, mark: str) -> bool:
@@ -266,6 +282,11 @@ class Outbox:
                 await self._send(message)
         except TimeoutError:
             raise Stalled from None
+        except Exception as error:
+            if not client_gone(error):
+                raise
+            self.close()
+            raise Gone from error
 
     async def _mark(self) -> None:
         token = secrets.token_urlsafe(12)
