@@ -235,6 +235,16 @@ class LiveServer:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def kernel_pids(self) -> list[int]:
+        """The server's kernel processes (its fork server's children named
+        ``django-notebooks kernel ...``), those of closed tabs included."""
+        return [
+            pid
+            for child in children_of(self.process.pid)
+            for pid in children_of(child)
+            if process_title(pid).startswith("django-notebooks kernel ")
+        ]
+
     def stop(self, timeout: float = 15) -> float:
         """SIGTERM the server; return the seconds it took to exit."""
         started = time.monotonic()
@@ -244,6 +254,29 @@ class LiveServer:
             return float("inf")
         self.returncode = self.process.returncode
         return time.monotonic() - started
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # it has gone
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def process_title(pid: int) -> str:
+    """A process's command line as ``ps`` shows it ("" once it has gone)."""
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return command_line.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def redis_is_up() -> bool:

@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
+from tests.helpers import wait_until
 from tests.live import LiveServer, database_of_its_own
 
 pytestmark = pytest.mark.browser
@@ -153,12 +154,16 @@ def test_an_invalid_query_shows_as_text(visit):
     assert visit.page.locator("#django-notebooks-notice img").count() == 0
 
 
-def test_a_busy_server(visit):
+def test_a_busy_server(visit, visit_server):
     from playwright.sync_api import expect
 
     # The sessions of the tests before are closed, but each still counts
-    # while marimo keeps its kernel (session_ttl, 5 s in the test settings).
-    time.sleep(SESSION_TTL + 3)
+    # while its kernel lives (session_ttl, 5 s in the test settings).
+    wait_until(
+        lambda: not visit_server.kernel_pids(),
+        SESSION_TTL + 30,
+        "the kernels of the closed tabs did not end",
+    )
     visit.log_in("alice")
     open_square(visit)  # one of two
     second = visit.page.context.new_page()

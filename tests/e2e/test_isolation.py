@@ -29,7 +29,9 @@ from tests.live import (
     KernelSession,
     LiveServer,
     NotebookClient,
+    children_of,
     database_of_its_own,
+    process_title,
     terminate_in_admin,
 )
 
@@ -59,14 +61,6 @@ def is_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def title(pid: int) -> str:
-    try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # it has gone
-        return ""
-    return command_line.replace(b"\0", b" ").decode()
-
-
 def priorities(pid: int) -> set[int]:
     """The CPU priorities (nice) of every thread of ``pid``."""
     return {
@@ -82,24 +76,11 @@ def resident_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def fork_server_of(server: LiveServer) -> int:
     (pid,) = [
         child
         for child in children_of(server.process.pid)
-        if title(child).startswith("django-notebooks fork server")
+        if process_title(child).startswith("django-notebooks fork server")
     ]
     return pid
 
@@ -150,7 +131,7 @@ async def warmed(server: LiveServer) -> LiveServer:
         fork_servers = [
             child
             for child in children_of(server.process.pid)
-            if title(child).startswith("django-notebooks fork server")
+            if process_title(child).startswith("django-notebooks fork server")
         ]
         return bool(fork_servers) and sockets_folder_of(fork_servers[0]) is not None
 
@@ -268,7 +249,7 @@ async def test_each_session_is_a_process_group_of_its_own_named_for_ps(
         async with client.kernel(PAGE) as one, client.kernel(PAGE) as two:
             first, second = await started(one), await started(two)
             assert os.getpgid(first) == first and os.getpgid(second) == second
-            assert title(first).startswith(
+            assert process_title(first).startswith(
                 f"django-notebooks kernel misbehave {one.session_id}"
             )
             # Below the server's CPU priority, every thread of it.
@@ -431,7 +412,7 @@ async def test_what_a_cell_starts_ends_with_its_session(isolated_server, ending)
                 is_alive(child) and os.getpgid(child) == pid for child in grouped
             )
             assert os.getpgid(left_its_group) == left_its_group
-            assert "started by a cell of misbehave" in title(grouped[1])
+            assert "started by a cell of misbehave" in process_title(grouped[1])
             if ending == "cell timeout":
                 await choose(session, "sleep")  # ended at CELL_TIMEOUT + grace
                 await next_notice(session)
@@ -610,7 +591,7 @@ async def test_a_fork_server_that_dies_is_replaced_and_its_pages_told(
                 new_pid = await started(again)
                 assert new_pid != server.process.pid
                 assert fork_server_of(server) != first
-                assert title(new_pid).startswith("django-notebooks kernel")
+                assert process_title(new_pid).startswith("django-notebooks kernel")
     finally:
         server.stop()
     assert log_lines(server, "fork server", "stopped")
