@@ -177,8 +177,8 @@ async def measure_page_loads(
         )
         try:
             # Warm-up: the browser's own first-start costs and the servers'
-            # first page render, unmeasured.
-            for target in targets:
+            # first page render, unmeasured (not in --quick: a smoke run).
+            for target in targets if plan.browser_warmup else []:
                 context = await browser.new_context()
                 try:
                     if target.login:

@@ -40,6 +40,7 @@ class Plan:
     opens: int  # measured session opens per server
     requests: int  # measured plain GETs per kind and server
     browser_rounds: int  # cold + warm page loads per server
+    browser_warmup: bool  # a first, unmeasured page load per server
     burst: int  # sessions opened at once (0: skipped)
     burst_rounds: int  # how often, per server
     phase_seconds: float  # time limit of each measured phase
@@ -61,6 +62,7 @@ class Plan:
             opens=args.opens or (4 if quick else 30),
             requests=10 if quick else 100,
             browser_rounds=args.browser_rounds or (1 if quick else 5),
+            browser_warmup=not quick,
             burst=0 if quick else args.burst,
             burst_rounds=0 if quick else args.burst_rounds,
             phase_seconds=12 if quick else 300,
@@ -68,7 +70,7 @@ class Plan:
             churn=args.churn if args.churn is not None else (20 if quick else 500),
             churn_batch=min(args.churn_batch, 10) if quick else args.churn_batch,
             churn_ttl=args.churn_ttl or (2 if quick else 5),
-            churn_settle=3 if quick else 5,
+            churn_settle=1.5 if quick else 5,
         )
 
 
