@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser import test_isolation
 from tests.browser.test_isolation import choose, expect_done, open_notebook
 from tests.browser.test_notices import expect_notice
 from tests.browser.visit import UPDATE_MS, visiting
-from tests.e2e.test_isolation import misbehaving_server
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.browser
@@ -30,12 +30,8 @@ CHANGED = (
 )
 
 
-@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
-def visit_server(request, live_db, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(f"notice-bar-{request.param}")
-    server = misbehaving_server(request.param, live_db, folder)
-    yield server
-    server.stop()
+# The misbehaving notebook's server, on daphne and on uvicorn (one per module).
+visit_server = test_isolation.visit_server
 
 
 def expect_marimo_words_hidden(visit, words: str) -> None:
