@@ -308,6 +308,13 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_TOO_MANY = 4429
 
 REFUSED = WebsocketRefusal(CLOSE_REFUSED)
+# A session admitted but not opened here (sessions/lifecycle.py): it is held
+# by another process (kernels cannot move: reload), or revocation could not
+# reach it (the channel layer is down). The page is told why.
+CLOSE_GONE = 4410
+CLOSE_UNAVAILABLE = 4503
+LOST = WebsocketRefusal(CLOSE_GONE, notices.SESSION_LOST)
+UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
 
 
 @dataclass(frozen=True)

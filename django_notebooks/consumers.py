@@ -31,10 +31,8 @@ CLOSE_BAD_REQUEST = admission.CLOSE_BAD_REQUEST
 CLOSE_TOO_MANY = admission.CLOSE_TOO_MANY
 CLOSE_REVOKED = 4401
 CLOSE_TOO_BIG = 4413
-CLOSE_GONE = lifecycle.CLOSE_GONE
-CLOSE_UNAVAILABLE = lifecycle.CLOSE_UNAVAILABLE
-LOST = lifecycle.LOST
-UNAVAILABLE = lifecycle.UNAVAILABLE
+CLOSE_GONE = admission.CLOSE_GONE
+CLOSE_UNAVAILABLE = admission.CLOSE_UNAVAILABLE
 # The client sent more than a page ever does (flow.Inbox).
 CLOSE_FLOODED = 4420
 # The page read nothing for WEBSOCKET_READ_TIMEOUT while output waited for
@@ -178,13 +176,15 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             self.scope,
             channel_name=getattr(self, "channel_name", "") or "",
             layer=self.channel_layer,
+            # (The documented sender of the session signals.)
+            sender=KernelConsumer,
         )
         try:
             refusal = await session.open()
             if refusal is None:
                 self.session = session
                 self._start_marimo(admitted, location, mount, path, root_path)
-                session.watch_idle(self._end_idle)
+                session.watch_idle(self._end_session)
         except BaseException:
             # No disconnect follows a connect that failed: without this, the
             # session would count against the caps until the process ends.
@@ -262,9 +262,6 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         """The user's account, groups or permissions changed: ask again."""
         if self.session is not None and not await self.session.still_allowed():
             await self._end_session(notices.ACCESS_ENDED)
-
-    async def _end_idle(self, notice: Notice) -> None:
-        await self._end_session(notice)
 
     async def _end_session(self, notice: Notice, code: int = CLOSE_REVOKED) -> None:
         """Close the websocket and the marimo session behind it, saying why;

@@ -18,7 +18,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.dispatch import Signal
 
-from django_notebooks import access, calls, notices, signals
+from django_notebooks import access, admission, calls, notices, signals
 from django_notebooks.access import Access
 from django_notebooks.admission import WebsocketAdmission, WebsocketRefusal
 from django_notebooks.kernels import router
@@ -41,7 +41,8 @@ class OpenSession:
 
     ``scope``: the websocket's (its ``user`` and ``session``);
     ``channel_name`` and ``layer``: the consumer's, on which revocation,
-    terminate and forwarded calls reach the session.
+    terminate and forwarded calls reach the session; ``sender``: the sender
+    of its ``notebook_session_started`` and ``ended`` signals.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class OpenSession:
         *,
         channel_name: str,
         layer: layers.GuardedLayer | None,
+        sender: Any,
     ) -> None:
         self.notebook = admitted.notebook
         self.session_id = admitted.session_id
@@ -60,6 +62,7 @@ class OpenSession:
         self._login = scope.get("session")
         self._channel_name = channel_name
         self._layer = layer
+        self._sender = sender
         self._groups: tuple[str, ...] = ()
         self._idle_watch: asyncio.Task[None] | None = None
         self._forwarded_calls: set[asyncio.Task[None]] = set()
@@ -78,14 +81,14 @@ class OpenSession:
             await self._leave_groups()
             await self._record_closed()
             self.abandon()
-            return UNAVAILABLE
+            return admission.UNAVAILABLE
         if not self._recorded:
             # The browser reconnected to another server process than the one
             # holding its kernel (which may have stopped): kernels cannot
             # move, so the page must start a new session. No kernel is held
             # here for it: it must not count against the caps.
             self.abandon()
-            return LOST
+            return admission.LOST
         return None
 
     def abandon(self) -> None:
@@ -170,6 +173,7 @@ class OpenSession:
         )
         if recorded:
             _send(
+                self._sender,
                 signals.notebook_session_started,
                 user=self.user,
                 notebook=self.notebook,
@@ -186,6 +190,7 @@ class OpenSession:
         duration = records.closed(self.session_id, self._channel_name)
         if duration is not None:
             _send(
+                self._sender,
                 signals.notebook_session_ended,
                 user=self.user,
                 notebook=self.notebook,
@@ -224,14 +229,6 @@ class OpenSession:
         await end_page(notices.idle(timeout))
 
 
-# The refusals of a session admitted but not opened (see OpenSession.open),
-# with the consumer's close codes.
-CLOSE_GONE = 4410
-CLOSE_UNAVAILABLE = 4503
-LOST = WebsocketRefusal(CLOSE_GONE, notices.SESSION_LOST)
-UNAVAILABLE = WebsocketRefusal(CLOSE_UNAVAILABLE, notices.SERVICE_UNAVAILABLE)
-
-
 def _reload_user(user: Any) -> Any:
     """The user as the database has it now (permissions are cached on the
     instance, so the scope's user would answer from before the change)."""
@@ -243,12 +240,10 @@ def _reload_user(user: Any) -> Any:
 _fresh_user: Callable[[Any], Awaitable[Any]] = database_sync_to_async(_reload_user)
 
 
-def _send(signal: Signal, **arguments: Any) -> None:
+def _send(sender: Any, signal: Signal, **arguments: Any) -> None:
     """Send ``signal``; a failing receiver (an audit log's, say) is logged
     and stops neither the session nor the other receivers."""
-    from django_notebooks.consumers import KernelConsumer  # the signals' sender
-
-    for receiver, result in signal.send_robust(sender=KernelConsumer, **arguments):
+    for receiver, result in signal.send_robust(sender=sender, **arguments):
         if isinstance(result, Exception):
             logger.error(
                 "A receiver of a notebook session signal failed: %r",
