@@ -87,6 +87,9 @@ class NotebookSettings:
     #: Put what notebook code prints in the server's log (process mode:
     #: bounded, each line marked with its notebook and session).
     LOG_NOTEBOOK_OUTPUT: bool
+    #: Seconds the machine's kernel host keeps its kernels with no web
+    #: server connected (a restart, a deploy), before it ends them.
+    KERNEL_HOST_GRACE: float
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,11 @@ KEYS: dict[str, Key] = {
         check_id="django_notebooks.E018",
     ),
     "LOG_NOTEBOOK_OUTPUT": Key(False, "True or False", is_bool),
+    "KERNEL_HOST_GRACE": Key(
+        60,
+        "a number of seconds, 0 or more",
+        lambda value: value == 0 or _is_positive_number(value),
+    ),
 }
 
 

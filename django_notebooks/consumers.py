@@ -127,11 +127,14 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             with stopping.watch(self._say_restarting):
                 await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            # The server is stopping (daphne cancels every application). End
-            # the marimo session now, while the event loop still runs:
-            # afterwards its kernel threads and our relay task would be torn
-            # down half-way at interpreter exit.
-            await self._stop_marimo(close_session=True)
+            # The server is stopping (daphne cancels every application). A
+            # kernel thread's marimo session ends now, while the event loop
+            # still runs: afterwards its threads and our relay task would be
+            # torn down half-way at interpreter exit. A kernel process stays
+            # with the kernel host, for the page to reconnect to.
+            await self._stop_marimo(
+                close_session=router.isolation() == router.THREAD
+            )
             raise
 
     async def _say_restarting(self) -> None:

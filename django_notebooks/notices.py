@@ -226,18 +226,19 @@ def kernel_stopped(timeout: float) -> Notice:
 
 
 # A restart of the server (sessions/stopping.py): the open page's websocket
-# closes, and marimo's frontend reconnects once the server is back, to a
-# new kernel (what the person chose or entered is gone).
+# closes, and marimo's frontend reconnects once the server is back. With
+# kernels in processes the page goes on with its own kernel, as it was (the
+# kernel host keeps it: kernels/forking.py) and the notice goes away; with a
+# new kernel (kernels as threads, or the host ended too) it says so.
 
 SITE_RESTARTING = Notice(
     "The site is restarting",
-    "This notebook will start again by itself when the site is back. "
-    "Anything you chose or entered in it will be reset.",
+    "This notebook will reconnect by itself when the site is back.",
     final=False,
     then=Notice(
         "The notebook started again",
-        "The site restarted, so this notebook started afresh: anything you "
-        "had chosen or entered in it was reset.",
+        "The site restarted and could not keep this notebook running, so it "
+        "started afresh: anything you had chosen or entered in it was reset.",
         final=False,
     ),
 )

@@ -236,13 +236,22 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def kernel_pids(self) -> list[int]:
-        """The server's kernel processes (its fork server's children named
+        """The server's kernel processes (its kernel host's children named
         ``django-notebooks kernel ...``), those of closed tabs included."""
         return [
             pid
-            for child in children_of(self.process.pid)
-            for pid in children_of(child)
+            for host in self.kernel_hosts()
+            for pid in children_of(host)
             if process_title(pid).startswith("django-notebooks kernel ")
+        ]
+
+    def kernel_hosts(self) -> list[int]:
+        """The kernel hosts the server started (while it runs: a host
+        outlives the web process that started it)."""
+        return [
+            pid
+            for pid in descendants_of(self.process.pid)
+            if process_title(pid).startswith("django-notebooks kernel-host ")
         ]
 
     def stop(self, timeout: float = 15) -> float:
@@ -267,6 +276,16 @@ def children_of(pid: int) -> list[int]:
                 continue  # it has gone
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    """The processes below ``pid``: its children, theirs, and so on."""
+    found, parents = [], [pid]
+    while parents:
+        children = [child for parent in parents for child in children_of(parent)]
+        found += children
+        parents = children
     return found
 
 

@@ -172,6 +172,11 @@ DJANGO_NOTEBOOKS: dict[str, Any] = {
 DJANGO_NOTEBOOKS["ISOLATION"] = os.environ.get(
     "DJANGO_NOTEBOOKS_TEST_ISOLATION", "process"
 )
+# A server's kernels end with it, unless a test of restarts asks for a grace
+# period (tests/e2e/test_kernel_host.py): no test leaves a host behind.
+DJANGO_NOTEBOOKS["KERNEL_HOST_GRACE"] = float(
+    os.environ.get("DJANGO_NOTEBOOKS_TEST_HOST_GRACE", "0")
+)
 # What notebooks print, in the server's log (tests/e2e/test_isolation.py).
 DJANGO_NOTEBOOKS["LOG_NOTEBOOK_OUTPUT"] = bool(
     os.environ.get("DJANGO_NOTEBOOKS_TEST_LOG_OUTPUT")
@@ -184,6 +189,11 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_MISBEHAVE"):
         "path": NOTEBOOKS_DIR / "misbehave.py",
         "public": True,
     }
+
+# A notebook whose output shows what its kernel kept (tests of the kernel
+# host: tests/e2e/test_kernel_host.py, tests/browser/test_restart.py).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_KEPT"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["kept"] = NOTEBOOKS_DIR / "kept.py"
 
 # A notebook that sends many large outputs on request, and the websocket's
 # flow control set low (tests/e2e/test_flow.py, tests/browser/test_flow.py).

@@ -846,7 +846,7 @@ def test_the_fork_server_starts_says_what_keeps_kernels_in_bounds_and_stops():
     assert server.ready.containment in (cgroups.CGROUPS, cgroups.PROCESS_GROUPS)
     assert server.ready.memory in (cgroups.MEMORY_MAX, cgroups.RLIMITS)
     title = Path(f"/proc/{server.pid}/cmdline").read_bytes()
-    assert title.startswith(b"django-notebooks fork server")
+    assert title.startswith(b"django-notebooks kernel-host")
     process = server._process
     server.stop()
     assert not server.running
@@ -1070,7 +1070,7 @@ def test_titles_tell_the_fork_server_a_kernel_and_what_a_cell_started_apart():
     kernel = titles.kernel("sales", "s_abc123")
     assert kernel == "django-notebooks kernel sales s_abc123"
     assert titles.is_kernel(kernel.encode() + b"\x00")
-    assert not titles.is_kernel(titles.fork_server(1).encode())
+    assert not titles.is_kernel(titles.kernel_host("/tmp/h.sock").encode())
     assert not titles.is_kernel(titles.started_by_cell("sales", "s_abc123").encode())
 
 

@@ -1,64 +1,77 @@
-"""The web process's handle on a fork server (``forkserver.py``): the process
-that forks a kernel process for each notebook session.
+"""The web process's handle on its machine's kernel host
+(``forkserver.py``): the process that forks a kernel process for each
+notebook session, shared by every web process of the project on the
+machine.
 
 Forking the web process itself would copy its threads' half-held locks and
 open database connections into the child. Starting a fresh interpreter per
-session costs about a second and 50 MB. So the web process starts a fork
-server once, as a new interpreter (no threads, no connections); it imports
-Django, marimo and the bridge, and then forks a ready kernel process in a
-few milliseconds whenever asked (``multiprocessing``'s forkserver works the
+session costs about a second and 50 MB. So a kernel host is started once,
+as a new interpreter (no threads, no connections); it imports Django,
+marimo and the bridge, and then forks a ready kernel process in a few
+milliseconds whenever asked (``multiprocessing``'s forkserver works the
 same way).
 
-The two talk over a socket pair, in the wire's messages (``wire.py``): the
-web process asks for a kernel (:class:`~wire.Fork`) or its end
-(:class:`~wire.End`), by the kernel's id, never by pid; the fork server
-answers with the kernel's pid and socket (:class:`~wire.Forked`), and
-reports each kernel's end (:class:`~wire.Exited`) and what its page should
-hear (:class:`~wire.KernelNotice`). When the web process goes, even killed,
-the socket closes, and the fork server ends its kernels and exits.
+The first web process that needs a kernel starts the host (unless it runs:
+``manage.py notebooks kernel-host``, or another web process started it), in
+a session of its own, so that it outlives the web process: a restart keeps
+every session's kernel. Each web process connects to it on its Unix socket
+(``location.py``) and talks in the wire's messages (``wire.py``): it asks
+for a session's kernel (:class:`~wire.Fork`; a session whose kernel runs
+already gets it back) or its end (:class:`~wire.End`), by the kernel's id,
+never by pid; the host answers with the kernel's pid and socket
+(:class:`~wire.Forked`), and reports each kernel's end (:class:`~wire.Exited`)
+and what its page should hear (:class:`~wire.KernelNotice`) to the web
+processes using it.
 
-A :class:`ForkServer` is one fork server's life: once it has stopped, the
-web process makes a new one, and the kernels of the old one are its own.
+A :class:`ForkServer` is one connection to a host: once it has closed (the
+host ended), the web process makes a new one, which may start a new host.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import itertools
+import fcntl
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from django_notebooks.kernels import wire
+from django_notebooks import conf
+from django_notebooks.kernels import location, wire
 
 logger = logging.getLogger(__name__)
 
 SERVER_MODULE = "django_notebooks.kernels.forkserver"
-# Seconds the web process waits for the fork server to import everything.
+# Seconds the web process waits for the kernel host to import everything.
 START_TIMEOUT = 60.0
-# Seconds stop() waits for the fork server to end its kernels and exit.
+# Seconds stop() waits for a host it started, with no grace period, to end
+# its kernels and exit.
 STOP_TIMEOUT = 5.0
-# Kernel ids are unique in the web process, across fork servers.
-_kernel_ids = itertools.count(1)
+# How often a web process that started the host tries its socket.
+CONNECT_EVERY = 0.01
 
 
 class ForkServerFailed(RuntimeError):
-    """The fork server could not start, or has stopped."""
+    """The kernel host could not start, or the connection to it closed."""
 
 
 class ForkRefused(RuntimeError):
-    """The fork server could not fork a kernel (the system's limit on
-    processes or memory, a notebook it could not read)."""
+    """The kernel host could not fork a kernel (the system's limit on
+    processes or memory, a notebook it could not read), or the session's
+    kernel is another login's."""
 
 
 def new_kernel_id() -> int:
-    return next(_kernel_ids)
+    """An id no other web process of the machine gives a kernel."""
+    return secrets.randbits(52)
 
 
 class ForkServer:
@@ -86,32 +99,44 @@ class ForkServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The host's pid, once it is ready."""
+        return self.ready.pid if self.ready is not None else None
 
     @property
     def running(self) -> bool:
-        return (
-            self._process is not None
-            and self._process.poll() is None
-            and not self.stopped.is_set()
-        )
+        return self.ready is not None and not self.stopped.is_set()
 
     def start(self) -> None:
-        """Start the fork server and wait until it is ready (blocking)."""
-        ours, theirs = socket.socketpair()
-        path = [entry or os.getcwd() for entry in sys.path]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        """Connect to the machine's kernel host for this project and code,
+        starting it if none runs, and wait until it is ready (blocking)."""
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", SERVER_MODULE, str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        ours.settimeout(START_TIMEOUT)
-        receive = wire.receiver(ours)
+            path = location.host_socket()
+        except location.UnsafeFolder as error:
+            self.stopped.set()
+            raise ForkServerFailed(f"The kernel host cannot start: {error}") from None
+        sock = _connect(path)
+        if sock is None:
+            with _locked(location.lock_file()):
+                sock = _connect(path)  # another web process started it meanwhile
+                if sock is None:
+                    self._process = _start_host(path)
+                    sock = self._connect_when_listening(path)
+        self._hello(sock)
+
+    def attach(self, path: Path) -> None:
+        """Connect to the kernel host listening at ``path`` (one running
+        older code), without starting one: :class:`ForkServerFailed` if
+        none listens there."""
+        sock = _connect(path)
+        if sock is None:
+            self.stopped.set()
+            raise ForkServerFailed(f"No kernel host listens at {path}")
+        self._hello(sock)
+
+    def _hello(self, sock: socket.socket) -> None:
+        """Wait for the host's word that it is ready, then hear it."""
+        sock.settimeout(START_TIMEOUT)
+        receive = wire.receiver(sock)
         ready = None
         try:
             messages: list[Any] | None = []
@@ -121,22 +146,41 @@ class ForkServer:
         except (OSError, wire.WireError):
             pass
         if not isinstance(ready, wire.Ready):
-            process.kill()
-            process.wait()
-            ours.close()
+            sock.close()
             self.stopped.set()
+            if self._process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(STOP_TIMEOUT)
             why = ready.error if isinstance(ready, wire.StartFailed) else None
             raise ForkServerFailed(
-                f"The kernel fork server did not start: {why or 'it exited while starting'}"
+                f"The kernel host did not start: {why or 'it exited while starting'}"
             )
-        ours.settimeout(None)
-        self._process, self._control, self.ready = process, ours, ready
+        sock.settimeout(None)
+        self._control, self.ready = sock, ready
         threading.Thread(
             target=self._read,
             args=(receive,),
-            name="django-notebooks-forkserver",
+            name="django-notebooks-kernel-host",
             daemon=True,
         ).start()
+
+    def _connect_when_listening(self, path: Path) -> socket.socket:
+        """The connection to the host this process started, once it listens."""
+        assert self._process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            sock = _connect(path)
+            if sock is not None:
+                return sock
+            if self._process.poll() is not None:
+                break
+            time.sleep(CONNECT_EVERY)
+        self._process.kill()
+        self._process.wait()
+        self.stopped.set()
+        raise ForkServerFailed(
+            "The kernel host did not start: it exited before it listened"
+        )
 
     def fork(
         self, fork: wire.Fork, answer: concurrent.futures.Future[wire.Forked]
@@ -159,12 +203,12 @@ class ForkServer:
         with self._send_lock:
             control = self._control
             if control is None or self.stopped.is_set():
-                raise ForkServerFailed("The kernel fork server has stopped")
+                raise ForkServerFailed("The kernel host has stopped")
             try:
                 wire.send(control, message)
             except OSError as error:
                 raise ForkServerFailed(
-                    f"The kernel fork server has stopped: {error}"
+                    f"The kernel host has stopped: {error}"
                 ) from error
 
     def _read(self, receive: Callable[[], list[Any] | None]) -> None:
@@ -172,7 +216,8 @@ class ForkServer:
             try:
                 messages = receive()
             except (OSError, wire.WireError) as error:
-                logger.error("The kernel fork server's messages failed: %r", error)
+                if not self.stopping:  # (else: stop() closed the socket)
+                    logger.error("The kernel host's messages failed: %r", error)
                 messages = None
             if messages is None:
                 break
@@ -180,10 +225,10 @@ class ForkServer:
                 self._dispatch(message)
         self.stopped.set()
         for answer in list(self._waiting.values()):
-            _settle(answer, ForkServerFailed("The kernel fork server stopped"))
+            _settle(answer, ForkServerFailed("The kernel host stopped"))
         self._waiting.clear()
         process = self._process
-        if process is not None:
+        if process is not None and not self.stopping:
             # Reaped here, not left a zombie until the web process exits.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=STOP_TIMEOUT)
@@ -206,7 +251,9 @@ class ForkServer:
                 _settle(answer, ForkRefused(message.error))
 
     def stop(self) -> None:
-        """Stop the fork server; it ends the kernel processes still running."""
+        """Close the connection to the host. Its kernels stay for the next
+        web process, for its grace period; a host this process started with
+        none ends them now, and is waited for."""
         self.stopping = True
         with self._send_lock:
             process, control = self._process, self._control
@@ -214,17 +261,50 @@ class ForkServer:
         self.stopped.set()
         if control is not None:
             # shutdown() first: close() alone leaves the socket open while
-            # the reader thread waits in recv() on it, and the fork server
-            # would never see its end.
+            # the reader thread waits in recv() on it, and the host would
+            # never see its end.
             with contextlib.suppress(OSError):
                 control.shutdown(socket.SHUT_RDWR)
             control.close()
-        if process is not None:
-            try:
+        if process is not None and conf.get_settings().KERNEL_HOST_GRACE == 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+
+
+def _connect(path: Path) -> socket.socket | None:
+    """A connection to the host listening at ``path``, if one does."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:  # none there, or a host that was killed left it
+        sock.close()
+        return None
+    return sock
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock on ``path`` (``flock``: released if this process dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _start_host(path: Path) -> subprocess.Popen[bytes]:
+    """Start the kernel host for ``path``, in a session of its own: it
+    outlives this process, and a Ctrl+C in its terminal does not reach it."""
+    python_path = [entry or os.getcwd() for entry in sys.path]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
+    grace = conf.get_settings().KERNEL_HOST_GRACE
+    return subprocess.Popen(
+        [sys.executable, "-m", SERVER_MODULE, str(path), "--grace", str(grace)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _settle(

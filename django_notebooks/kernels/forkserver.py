@@ -1,7 +1,16 @@
-"""The fork server process: run as ``python -m
-django_notebooks.kernels.forkserver <fd>`` by its web process
-(``forking.py``), it gets ready once and then forks a kernel process
-(``child.py``) for each request on the socket ``fd``.
+"""The kernel host: the machine's fork server, run as ``python -m
+django_notebooks.kernels.forkserver <socket>`` by the first web process of
+the project that needs a kernel (``forking.py``), or by ``manage.py
+notebooks kernel-host``. It listens on the Unix socket ``<socket>`` (in a
+private folder; only its own user may connect: peer credentials), gets
+ready once, and then forks a kernel process (``child.py``) for each request
+of any web process connected to it.
+
+A request for a session whose kernel lives here already, from the login
+that opened it, gets that kernel back: a web process started after a
+deploy reconnects the page to its own kernel. When no web process has been
+connected for its grace period (``KERNEL_HOST_GRACE``), it ends its kernels
+and exits.
 
 It is the one owner of its kernel processes: it starts them, signals them
 and reaps them, so that no signal ever goes to a pid that has been reused.
@@ -15,10 +24,9 @@ For each kernel it
   (interrupt, then kill), lowers its priority when a cell runs long or when
   it uses the CPU while no cell runs, and ends it if it stops answering
   pings while no cell runs;
-- reports its end to the web process, with why.
+- reports its end to the web processes using it, with why.
 
-When its web process goes (the control socket closes, or its parent
-changes) it ends every kernel and exits. Its loop is single-threaded: a
+Its loop is single-threaded: a
 process may only fork while no other thread runs. This code runs only in
 the fork server: the test suite's in-process coverage does not see it;
 tests/e2e/test_isolation.py runs it.
@@ -33,6 +41,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -46,10 +55,12 @@ logger = logging.getLogger(__name__)
 output_logger = logging.getLogger("django_notebooks.notebook_output")
 
 COLD = "--cold"  # start without the warm-up session
-# The longest the loop sleeps: how soon it sees its web process gone when
-# that process's socket stays open (a child it forked without exec holds a
-# copy), and the resolution of its timers.
+GRACE = "--grace"  # seconds it stays up with no web process connected
+# The longest the loop sleeps: the resolution of its timers.
 TICK = 0.5
+# Seconds a new host waits for the web process that started it to connect,
+# whatever its grace period.
+FIRST_CLIENT_WAIT = 30.0
 # Seconds a cell runs before its kernel process goes to the lowest priority.
 DEMOTE_AFTER = 1.0
 LOWEST_PRIORITY = 19
@@ -59,7 +70,8 @@ IDLE_CPU_SHARE = 0.2
 # Seconds between pings to a kernel's event loop.
 PING_EVERY = 2.0
 LISTEN_BACKLOG = 64
-# Seconds the fork server waits for its web process to take a message.
+# Seconds the host waits for a web process to take a message (one that
+# does not is disconnected).
 SEND_TIMEOUT = 10.0
 SOCKETS_PREFIX = "django-notebooks-"
 OWNER_FILE = "fork-server.pid"
@@ -190,23 +202,42 @@ class OutputLog:
         self._say_dropped()
 
 
+@dataclass(eq=False)
+class Client:
+    """A web process connected to the host."""
+
+    sock: socket.socket
+    pid: int
+    decoder: wire.Decoder = field(default_factory=wire.Decoder)
+
+
 class ForkServer:
-    """The fork server's loop and its kernels."""
+    """The kernel host's loop, its web processes and its kernels."""
 
     def __init__(
         self,
-        control: socket.socket,
-        directory: Path,
+        listener: socket.socket,
+        ready: wire.Ready,
         kernel_cgroups: cgroups.KernelCgroups | None,
+        *,
+        grace: float,
     ) -> None:
-        self.control = control
-        self.directory = directory
+        self.listener = listener
+        self.ready = ready
+        self.directory = Path(ready.directory)
         self.cgroups = kernel_cgroups
+        self.grace = grace
         self.kernels: dict[int, Kernel] = {}  # by pid
         self.by_id: dict[int, Kernel] = {}
+        self.by_session: dict[str, Kernel] = {}
+        #: The web processes that use each kernel (by kernel id): they hear
+        #: of its end and of what its page should be told.
+        self.users: dict[int, set[Client]] = {}
+        self.clients: set[Client] = set()
+        #: Since when no web process has been connected (monotonic).
+        self.alone_since: float | None = time.monotonic()
+        self.had_client = False
         self.selector = selectors.DefaultSelector()
-        self.web_process = os.getppid()
-        self.control_decoder = wire.Decoder()
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_read, False)
         os.set_blocking(wake_write, False)
@@ -218,8 +249,8 @@ class ForkServer:
         signal.signal(signal.SIGTERM, lambda number, frame: None)
         self.stopping = False
         self.ticked = 0.0
-        control.setblocking(False)
-        self.selector.register(control, selectors.EVENT_READ, self._from_web)
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, self._accept)
         self.selector.register(wake_read, selectors.EVENT_READ, self._woken)
 
     # The loop.
@@ -228,15 +259,28 @@ class ForkServer:
         while not self.stopping:
             for key, _events in self.selector.select(TICK):
                 key.data()
-            if os.getppid() != self.web_process:
-                # The web process has gone though its socket did not close.
-                break
             self._reap()
             now = time.monotonic()
             if now - self.ticked >= TICK / 2:
                 self.ticked = now
                 self._tick(now)
+                self._end_when_alone(now)
         self.close()
+
+    def _end_when_alone(self, now: float) -> None:
+        """With no web process connected for the grace period, end."""
+        if self.alone_since is None:
+            return
+        grace = self.grace if self.had_client else max(self.grace, FIRST_CLIENT_WAIT)
+        if now - self.alone_since >= grace:
+            if self.kernels:
+                logger.info(
+                    "No web server has used the kernel host for %.0f s: "
+                    "ending its %d kernel(s)",
+                    now - self.alone_since,
+                    len(self.kernels),
+                )
+            self.stopping = True
 
     def _woken(self) -> None:
         while True:
@@ -249,35 +293,112 @@ class ForkServer:
             if signal.SIGTERM in received:
                 self.stopping = True
 
-    def _from_web(self) -> None:
+    # Web processes.
+
+    def _accept(self) -> None:
         try:
-            data = self.control.recv(wire.READ_SIZE)
+            sock, _ = self.listener.accept()
+        except OSError:  # BlockingIOError: another turn took it
+            return
+        pid, uid = peer_credentials(sock)
+        if uid != os.getuid():
+            # The folder is private already; this holds even if it is not.
+            logger.warning(
+                "The kernel host refused a connection from process %s of "
+                "another user (uid %s)",
+                pid,
+                uid,
+            )
+            sock.close()
+            return
+        client = Client(sock, pid)
+        self.clients.add(client)
+        self.had_client = True
+        self.alone_since = None
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, lambda: self._from(client))
+        self._tell(client, self.ready)
+
+    def _drop(self, client: Client) -> None:
+        """A web process has gone (or stopped taking messages): its
+        sessions' kernels stay, for another web process to reconnect."""
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.sock)
+        client.sock.close()
+        for users in self.users.values():
+            users.discard(client)
+        if not self.clients:
+            self.alone_since = time.monotonic()
+
+    def _from(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(wire.READ_SIZE)
+            messages = client.decoder.feed(data) if data else None
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
-        if not data:  # the web process has gone: its sessions go with it
-            self.stopping = True
+        except (OSError, wire.WireError):
+            messages = None
+        if messages is None:
+            self._drop(client)
             return
-        for message in self.control_decoder.feed(data):
+        for message in messages:
             if isinstance(message, wire.Fork):
-                self._fork(message)
+                self._open(client, message)
             elif isinstance(message, wire.End):
                 kernel = self.by_id.get(message.id)
                 if kernel is not None:  # else ended already, or never forked
                     self._stop(kernel, wire.Cause.ASKED, now=message.now)
 
-    def _tell_web(self, message: Any) -> None:
-        with contextlib.suppress(OSError):
-            self.control.settimeout(SEND_TIMEOUT)
+    def _tell(self, client: Client, message: Any) -> None:
+        try:
+            client.sock.settimeout(SEND_TIMEOUT)
             try:
-                wire.send(self.control, message)
+                wire.send(client.sock, message)
             finally:
-                self.control.setblocking(False)
+                client.sock.setblocking(False)
+        except OSError:
+            self._drop(client)
+
+    def _tell_users(self, kernel: Kernel, message: Any) -> None:
+        for client in list(self.users.get(kernel.id, ())):
+            self._tell(client, message)
 
     # Forking.
 
-    def _fork(self, fork: wire.Fork) -> None:
+    def _open(self, client: Client, fork: wire.Fork) -> None:
+        """The kernel of ``fork``'s session: the one running here, if its
+        owner asks again (a reconnect, perhaps through another web
+        process), or a new one."""
+        running = self.by_session.get(fork.session_id)
+        if running is not None and running.ending is None:
+            if (
+                not fork.owner
+                or running.fork.owner != fork.owner
+                or running.fork.slug != fork.slug
+            ):
+                self._tell(client, wire.ForkRefused(fork.id, "not the session's owner"))
+                return
+            self.users.setdefault(running.id, set()).add(client)
+            self._tell(
+                client,
+                wire.Forked(
+                    fork.id,
+                    running.pid,
+                    str(running.socket_path),
+                    kernel=running.id,
+                    resumed=True,
+                ),
+            )
+            return
+        if fork.running_only:
+            self._tell(client, wire.ForkRefused(fork.id, wire.NOT_RUNNING))
+            return
+        self._fork(client, fork)
+
+    def _fork(self, client: Client, fork: wire.Fork) -> None:
         try:
             kernel = self._fork_kernel(fork)
         except Exception as error:
@@ -286,10 +407,12 @@ class ForkServer:
             logger.error(
                 "Could not start a kernel for notebook %s: %r", fork.slug, error
             )
-            self._tell_web(wire.ForkRefused(fork.id, repr(error)))
+            self._tell(client, wire.ForkRefused(fork.id, repr(error)))
             return
         self.kernels[kernel.pid] = kernel
         self.by_id[kernel.id] = kernel
+        self.by_session[fork.session_id] = kernel
+        self.users[kernel.id] = {client}
         self.selector.register(
             kernel.status, selectors.EVENT_READ, lambda: self._from_kernel(kernel)
         )
@@ -297,7 +420,10 @@ class ForkServer:
             self.selector.register(
                 kernel.output, selectors.EVENT_READ, lambda: self._output(kernel)
             )
-        self._tell_web(wire.Forked(fork.id, kernel.pid, str(kernel.socket_path)))
+        self._tell(
+            client,
+            wire.Forked(fork.id, kernel.pid, str(kernel.socket_path), kernel=fork.id),
+        )
 
     def _fork_kernel(self, fork: wire.Fork) -> Kernel:
         from django_notebooks.kernels import child
@@ -314,7 +440,8 @@ class ForkServer:
             listener.bind(str(socket_path))
             listener.listen(LISTEN_BACKLOG)
             inherited = [
-                self.control.fileno(),
+                self.listener.fileno(),
+                *(c.sock.fileno() for c in self.clients),
                 self.selector.fileno(),
                 *self.wake,
                 ours.fileno(),
@@ -410,6 +537,8 @@ class ForkServer:
 
     def _ended(self, kernel: Kernel, status: int) -> None:
         self.by_id.pop(kernel.id, None)
+        if self.by_session.get(kernel.fork.session_id) is kernel:
+            del self.by_session[kernel.fork.session_id]
         self._close_status(kernel)
         if kernel.output is not None:
             self._output(kernel)  # what it printed last
@@ -427,11 +556,13 @@ class ForkServer:
             cause = wire.Cause.CLOSED if clean else wire.Cause.CRASHED
         with contextlib.suppress(OSError):
             kernel.socket_path.unlink()
-        self._tell_web(
+        self._tell_users(
+            kernel,
             wire.Exited(
                 kernel.id, kernel.fork.session_id, kernel.pid, status, str(cause)
-            )
+            ),
         )
+        self.users.pop(kernel.id, None)
 
     def _close_status(self, kernel: Kernel) -> None:
         if kernel.status_open:
@@ -474,7 +605,7 @@ class ForkServer:
 
     def _notice(self, kernel: Kernel, what: wire.Happening) -> None:
         seconds = float(kernel.fork.cell_timeout or 0)
-        self._tell_web(wire.KernelNotice(kernel.id, str(what), seconds))
+        self._tell_users(kernel, wire.KernelNotice(kernel.id, str(what), seconds))
 
     def _output(self, kernel: Kernel) -> None:
         assert kernel.output is not None
@@ -562,8 +693,11 @@ class ForkServer:
     # The end.
 
     def close(self) -> None:
-        """End every kernel (its group and cgroup), reap them, and remove
-        the sockets' folder and the cgroups."""
+        """Stop listening, end every kernel (its group and cgroup), reap
+        them, and remove the sockets' folder and the cgroups."""
+        with contextlib.suppress(OSError):
+            Path(self.listener.getsockname()).unlink()
+        self.listener.close()
         for kernel in list(self.kernels.values()):
             _signal_group(kernel, signal.SIGKILL)
         for pid in list(self.kernels):
@@ -629,12 +763,49 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a Unix socket
+    (``SO_PEERCRED``, Linux)."""
+    credentials = sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    pid, uid, _gid = struct.unpack("3i", credentials)
+    return pid, uid
+
+
+def listen(path: str) -> socket.socket:
+    """The host's listening socket at ``path`` (its folder is private: the
+    web process made it, ``forking.host_folder``)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a host that was killed left it (the caller holds the lock)
+    listener.bind(path)
+    listener.listen(LISTEN_BACKLOG)
+    return listener
+
+
+def _refuse_waiting(listener: socket.socket, error: str) -> None:
+    """Tell the web processes waiting for the host that it did not start."""
+    listener.setblocking(False)
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            sock.settimeout(SEND_TIMEOUT)
+            wire.send(sock, wire.StartFailed(error))
+        sock.close()
+
+
 def main(argv: list[str]) -> None:
-    control = socket.socket(fileno=int(argv[1]))
-    # Ctrl+C in a terminal reaches the whole process group: the web server
-    # decides when this process ends (by closing the socket).
+    socket_path = argv[1]
+    grace = float(argv[argv.index(GRACE) + 1]) if GRACE in argv else 0.0
+    # Ctrl+C in a terminal reaches the whole process group: the web servers
+    # (or the service's manager, with SIGTERM) decide when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    titles.set_title(titles.fork_server(os.getppid()))
+    titles.set_title(titles.kernel_host(socket_path))
+    listener = listen(socket_path)
     cold = COLD in argv
     try:
         _warm(run_session=not cold)
@@ -644,9 +815,12 @@ def main(argv: list[str]) -> None:
         if isinstance(error, WarmUpFailed) and not cold:
             # Its threads cannot be made to end: start again, and fork
             # without the warm-up session (kernel processes start slower).
-            logger.warning("%s; the fork server starts again without it", error)
-            os.execv(sys.executable, [sys.executable, "-m", __name__, argv[1], COLD])
-        wire.send(control, wire.StartFailed(f"{type(error).__name__}: {error}"))
+            logger.warning("%s; the kernel host starts again without it", error)
+            listener.close()
+            os.execv(sys.executable, [sys.executable, "-m", __name__, *argv[1:], COLD])
+        _refuse_waiting(listener, f"{type(error).__name__}: {error}")
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path)
         raise
     directory = sockets_directory()
     kernel_cgroups = cgroups.KernelCgroups.create()
@@ -655,11 +829,10 @@ def main(argv: list[str]) -> None:
         if kernel_cgroups is not None
         else cgroups.Mechanisms(cgroups.PROCESS_GROUPS, cgroups.RLIMITS)
     )
-    wire.send(
-        control,
-        wire.Ready(str(directory), mechanisms.containment, mechanisms.memory),
+    ready = wire.Ready(
+        str(directory), mechanisms.containment, mechanisms.memory, pid=os.getpid()
     )
-    ForkServer(control, directory, kernel_cgroups).serve()
+    ForkServer(listener, ready, kernel_cgroups, grace=grace).serve()
     # Nothing to tidy at exit: the exit hooks the warm-up installed (closing
     # marimo sessions, deleting a server's session records) are the web
     # process's business.

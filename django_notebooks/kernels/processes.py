@@ -1,18 +1,20 @@
 """The web process's kernel processes: one per notebook session.
 
 A session's kernel process is forked when its websocket first connects, by
-the web process's fork server (``forking.py``, ``forkserver.py``), and
-serves on a Unix socket in the fork server's private folder. Every ASGI
+the machine's kernel host (``forking.py``, ``forkserver.py``), and serves
+on a Unix socket in the host's private folder. A session whose kernel the
+host runs already (its page reconnected after this web server restarted)
+gets that kernel back, as it was. Every ASGI
 call for the session (its websocket, its kernel calls, its downloads) is
 relayed there (``tunnel.py``), with a deadline; calls that belong to no
 session (the page, marimo's files) are answered by marimo in the web
 process, as in thread mode.
 
-The web process never signals a kernel: it asks the fork server, by the
-kernel's id, to end it, and hears from the fork server when a kernel ended
+The web process never signals a kernel: it asks the kernel host, by the
+kernel's id, to end it, and hears from the kernel host when a kernel ended
 and why, and what its page should be told (a cell being stopped, memory
 that ran out). Whatever ends a kernel, the session's calls learn why
-(:class:`KernelEnded`). If the fork server has gone, a new one is started;
+(:class:`KernelEnded`). If the kernel host has gone, a new one is started;
 a session whose kernel still cannot start is refused
 (:class:`KernelUnavailable`): a visitor's code never runs in the web
 server in process mode.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import os
@@ -30,10 +33,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django_notebooks import notices
-from django_notebooks.kernels import cgroups, tunnel, wire
+from django_notebooks.kernels import cgroups, location, tunnel, wire
 from django_notebooks.kernels.forking import (
     ForkRefused,
     ForkServer,
@@ -46,11 +50,14 @@ from django_notebooks.sessions import owners
 logger = logging.getLogger(__name__)
 
 # Seconds a session waits for its kernel process to start (the first one
-# waits for the fork server too).
+# waits for the kernel host too).
 START_TIMEOUT = 90.0
-# Seconds a call waits for the fork server's word on how a process ended
+# Seconds a call waits for the kernel host's word on how a process ended
 # (it comes a moment after the kernel's socket closed).
 EXIT_WAIT = 2.0
+# Seconds a new session waits for a kernel host of older code to say
+# whether it runs the session's kernel.
+ASK_OLDER_HOST_TIMEOUT = 5.0
 # Ends nobody asked for, logged as warnings.
 UNASKED = frozenset(
     {
@@ -72,7 +79,7 @@ class KernelEnded(Exception):
 
 
 class KernelUnavailable(Exception):
-    """No kernel process could be started for the session (the fork server
+    """No kernel process could be started for the session (the kernel host
     could not start, or could not fork, even after a restart)."""
 
 
@@ -83,7 +90,7 @@ class KernelNotAnswering(Exception):
 
 @dataclass(frozen=True)
 class KernelStart:
-    """What a new session's kernel is, for its fork server and the log."""
+    """What a new session's kernel is, for its kernel host and the log."""
 
     notebook_file: str
     slug: str
@@ -95,6 +102,9 @@ class KernelStart:
     deadline: float
     session_ttl: float
     log_output: bool
+    #: Who opened the session (``records.owner_hash``): only they get its
+    #: kernel back from the host (a page reconnecting after a deploy).
+    owner: str = ""
 
 
 @dataclass(eq=False)
@@ -113,14 +123,17 @@ class KernelProcess:
     #: Why the web process ended it, when it did.
     ending: Notice | None = None
     exited: threading.Event = field(default_factory=threading.Event)
-    #: Its fork server's answer (any thread, any loop).
+    #: Its kernel host's answer (any thread, any loop).
     forked: concurrent.futures.Future[wire.Forked] = field(
         default_factory=concurrent.futures.Future
     )
-    #: Set once its fork request has gone to the fork server.
+    #: Set once its fork request has gone to the kernel host.
     requested: bool = False
     #: Its start was given up before it was requested: end it when it is.
     abandoned: bool = False
+    #: The host had the session's kernel running already (a page that
+    #: reconnected after the web server restarted).
+    resumed: bool = False
     _waiters: int = 0
     _listeners: set[Callable[[Notice], None]] = field(default_factory=set)
     _request_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -148,11 +161,12 @@ class KernelProcess:
         finally:
             self._waiters -= 1
         self.pid, self.socket_path = forked.pid, forked.socket_path
+        self.resumed = forked.resumed
         return forked.pid
 
     async def call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Relay one ASGI call to the process. A websocket's page hears, on
-        it, what the fork server says of the kernel (a cell being stopped).
+        it, what the kernel host says of the kernel (a cell being stopped).
 
         Raises :class:`KernelEnded` once it has ended,
         :class:`KernelNotAnswering` past the call's deadline.
@@ -186,12 +200,12 @@ class KernelProcess:
     async def why_ended(self) -> Notice:
         """What to tell the page about the process's end."""
         if not self.has_exited:
-            # The fork server's word comes a moment after the socket closed.
+            # The kernel host's word comes a moment after the socket closed.
             await asyncio.to_thread(self.exited.wait, EXIT_WAIT)
         return self.ending or notices.KERNEL_CRASHED
 
     def end(self, notice: Notice, *, now: bool = False) -> None:
-        """Ask its fork server to end it (its whole process group), telling
+        """Ask its kernel host to end it (its whole process group), telling
         its page ``notice``: ``SIGTERM``, ``SIGKILL`` if it lingers (at once
         with ``now``). One still starting is ended as soon as it starts."""
         self.ending = self.ending or notice
@@ -212,7 +226,7 @@ class KernelProcess:
             server.end(self.kernel_id, now=True)
 
     def listen(self, listener: Callable[[Notice], None]) -> Callable[[], None]:
-        """Hear what the kernel's page should be told (on the fork server's
+        """Hear what the kernel's page should be told (on the kernel host's
         reader thread); returns the function that stops it."""
         self._listeners.add(listener)
         return lambda: self._listeners.discard(listener)
@@ -286,15 +300,18 @@ class KernelProcesses:
         self._by_session: dict[str, KernelProcess] = {}
         self._by_id: dict[int, KernelProcess] = {}
         self._server: ForkServer | None = None
+        #: Connections to hosts of older code, by socket, while a kernel of
+        #: theirs is this process's.
+        self._older_hosts: dict[Path, ForkServer] = {}
         self._warming = threading.Lock()
 
     @property
     def fork_server(self) -> ForkServer | None:
-        """The fork server in use, if one has started."""
+        """The kernel host in use, if one has started."""
         return self._server
 
     def warm(self) -> None:
-        """Start the fork server in the background unless it runs."""
+        """Start the kernel host in the background unless it runs."""
         server = self._server
         if (server is not None and server.running) or self._warming.locked():
             return
@@ -311,7 +328,7 @@ class KernelProcesses:
         ).start()
 
     def mechanisms(self) -> cgroups.Mechanisms:
-        """What keeps kernels in bounds here: the running fork server's
+        """What keeps kernels in bounds here: the running kernel host's
         word, or what one started now would use."""
         server = self._server
         if server is not None and server.ready is not None:
@@ -345,9 +362,10 @@ class KernelProcesses:
                 self._by_session[session_id] = process
                 self._by_id[process.kernel_id] = process
             try:
-                # The first call starts the fork server: not on the event loop.
+                # The first call starts the kernel host: not on the event loop.
                 await asyncio.to_thread(self._request, process)
                 await process.started()
+                self._resumed(process)
                 return process
             except ForkServerFailed as error:
                 # It stopped (or would not start): the next try starts another.
@@ -365,31 +383,88 @@ class KernelProcesses:
         )
         raise KernelUnavailable(str(failure)) from failure
 
+    def _resumed(self, process: KernelProcess) -> None:
+        """A kernel the host had running already has its own id."""
+        forked = process.forked.result()
+        if forked.kernel and forked.kernel != process.kernel_id:
+            with self._lock:
+                self._by_id.pop(process.kernel_id, None)
+                process.kernel_id = forked.kernel
+                self._by_id[forked.kernel] = process
+
     def _request(self, process: KernelProcess) -> None:
-        """Send the process's fork request to a running fork server (in a
-        thread: it may start one)."""
+        """Send the process's fork request to a running kernel host (in a
+        thread: it may start one). A session whose kernel a host of older
+        code runs (the page reconnected after a deploy) gets that kernel."""
         server = self._running_server()
         start = process.start
-        server.fork(
-            wire.Fork(
-                id=process.kernel_id,
-                notebook=start.notebook_file,
-                slug=start.slug,
-                session_id=process.session_id,
-                user=start.user,
-                options=start.options,
-                memory_mb=start.memory_mb,
-                cell_timeout=start.cell_timeout,
-                unresponsive_after=start.deadline,
-                session_ttl=start.session_ttl,
-                log_output=start.log_output,
-            ),
-            process.forked,
+        fork = wire.Fork(
+            id=process.kernel_id,
+            notebook=start.notebook_file,
+            slug=start.slug,
+            session_id=process.session_id,
+            user=start.user,
+            options=start.options,
+            memory_mb=start.memory_mb,
+            cell_timeout=start.cell_timeout,
+            unresponsive_after=start.deadline,
+            session_ttl=start.session_ttl,
+            log_output=start.log_output,
+            owner=start.owner,
         )
+        if start.owner and self._running_in_older_host(process, fork):
+            return
+        server.fork(fork, process.forked)
         process.requested_from(server)
 
+    def _running_in_older_host(self, process: KernelProcess, fork: wire.Fork) -> bool:
+        """Whether a kernel host of the project's older code runs the
+        session's kernel for its owner; if so it is ``process``'s now.
+
+        Costs nothing while no older host runs (one look at the hosts'
+        folder): only during a deploy's overlap are they asked, each in
+        one round trip."""
+        try:
+            paths = location.older_hosts()
+        except (OSError, location.UnsafeFolder):
+            return False
+        for path in paths:
+            host = self._older_host(path)
+            if host is None:
+                continue
+            answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
+            try:
+                host.fork(dataclasses.replace(fork, running_only=True), answer)
+                forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
+            except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
+                continue
+            process.forked.set_result(forked)
+            process.requested_from(host)
+            return True
+        return False
+
+    def _older_host(self, path: Path) -> ForkServer | None:
+        """This process's connection to the older host at ``path``, made
+        if needed; ``None`` if no host listens there (one that was killed
+        left its socket)."""
+        with self._server_lock:
+            host = self._older_hosts.get(path)
+            if host is not None and host.running:
+                return host
+            host = ForkServer(
+                on_exit=self._exited,
+                on_notice=self._notice,
+                on_stopped=self._server_stopped,
+            )
+            try:
+                host.attach(path)
+            except ForkServerFailed:
+                return None
+            self._older_hosts[path] = host
+            return host
+
     def _running_server(self) -> ForkServer:
-        """The fork server, started (or started again) if it does not run."""
+        """The kernel host, started (or started again) if it does not run."""
         with self._server_lock:
             server = self._server
             if server is None or not server.running:
@@ -402,7 +477,7 @@ class KernelProcesses:
                 self._server = server
                 assert server.ready is not None
                 logger.info(
-                    "Kernel fork server ready (pid %s): each kernel is kept in "
+                    "Kernel host ready (pid %s): each kernel is kept in "
                     "%s; its memory is limited by %s",
                     server.pid,
                     server.ready.containment,
@@ -420,7 +495,7 @@ class KernelProcesses:
         process.exited.set()
 
     def _exited(self, server: ForkServer, exited: wire.Exited) -> None:
-        """The fork server says a kernel has ended (on its reader thread)."""
+        """The kernel host says a kernel has ended (on its reader thread)."""
         with self._lock:
             process = self._by_id.pop(exited.id, None)
             if (
@@ -440,6 +515,21 @@ class KernelProcesses:
         process.ending = notice_for_end(process, exited.cause)
         process.exited.set()
         _log_end(process, exited)
+        self._leave_if_unused(server)
+
+    def _leave_if_unused(self, server: ForkServer) -> None:
+        """Close the connection to a host of older code once none of its
+        kernels is this process's: with no web process left, it ends."""
+        with self._lock:
+            if server is self._server or any(
+                p.server is server for p in self._by_id.values()
+            ):
+                return
+        with self._server_lock:
+            for path, host in list(self._older_hosts.items()):
+                if host is server:
+                    del self._older_hosts[path]
+        server.stop()
 
     def _notice(self, server: ForkServer, notice: wire.KernelNotice) -> None:
         process = self._by_id.get(notice.id)
@@ -447,16 +537,20 @@ class KernelProcesses:
             process.tell(notice_for(notice.what, notice.seconds))
 
     def _server_stopped(self, server: ForkServer) -> None:
-        """A fork server has gone, and its kernel processes with it."""
+        """A kernel host has gone, and its kernel processes with it."""
         with self._lock:
             ended = [p for p in self._by_id.values() if p.server is server]
             for process in ended:
                 self._by_id.pop(process.kernel_id, None)
                 if self._by_session.get(process.session_id) is process:
                     del self._by_session[process.session_id]
+        with self._server_lock:
+            for path, host in list(self._older_hosts.items()):
+                if host is server:
+                    del self._older_hosts[path]
         if ended and not server.stopping:
             logger.error(
-                "The kernel fork server (pid %s) stopped: %d notebook "
+                "The kernel host (pid %s) stopped: %d notebook "
                 "session(s) ended with it",
                 server.pid,
                 len(ended),
@@ -467,7 +561,7 @@ class KernelProcesses:
             process.exited.set()
 
     def end_sessions(self) -> None:
-        """End every kernel process (the fork server stays ready)."""
+        """End every kernel process (the kernel host stays ready)."""
         for process in self.all():
             process.end(notices.SESSION_LOST)
 

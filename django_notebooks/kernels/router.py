@@ -18,7 +18,7 @@ from django_notebooks.kernels.processes import (
 from django_notebooks.marimo import internals
 from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.notices import Notice
-from django_notebooks.sessions import records
+from django_notebooks.sessions import owners, records
 
 logger = logging.getLogger(__name__)
 PROCESS = "process"
@@ -45,9 +45,9 @@ def app_for(notebook: registry.Notebook) -> Any:
 
 
 def warm() -> None:
-    """Start this process's fork server in the background, if kernels run
-    in processes and it has not started: a page's first session then does
-    not wait for it."""
+    """Connect to the machine's kernel host in the background (starting it
+    if none runs), if kernels run in processes: a page's first session then
+    does not wait for it."""
     if isolation() == PROCESS:
         kernel_processes.warm()
 
@@ -123,6 +123,8 @@ class SessionRouter:
         session_limits = registry.limits_of(self.notebook)
         options = notebook_apps.options()
         user = scope.get("user") or {}
+        binding = owners.bindings.get(session_id)
+        owner = records.owner_hash(binding.owner) if binding is not None else ""
         process = await kernel_processes.start(
             session_id,
             KernelStart(
@@ -135,6 +137,7 @@ class SessionRouter:
                 deadline=limits.call_deadline(session_limits),
                 session_ttl=options.get("session_ttl", 120),
                 log_output=conf.get_settings().LOG_NOTEBOOK_OUTPUT,
+                owner=owner,
             ),
         )
         assert process.pid is not None

@@ -13,8 +13,8 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def fork_server(web_pid: int) -> str:
-    return f"{PREFIX} fork server (web server {web_pid})"
+def kernel_host(socket_path: str) -> str:
+    return f"{PREFIX} kernel-host {socket_path}"
 
 
 def kernel(slug: str, session_id: str) -> str:

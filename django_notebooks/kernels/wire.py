@@ -157,30 +157,34 @@ async def read(reader: asyncio.StreamReader) -> Any | None:
     return decode(data)
 
 
-# The web process and its fork server.
+# A web process and the kernel host.
 
 
 @message
 class Ready:
-    """The fork server is ready; its kernels' sockets are in ``directory``.
+    """The kernel host (process ``pid``) is ready: its first message to each
+    web process that connects. Its kernels' sockets are in ``directory``;
     ``containment`` and ``memory`` say what keeps kernels in bounds on this
     machine (``cgroups.Mechanisms``)."""
 
     directory: str
     containment: str
     memory: str
+    pid: int = 0
 
 
 @message
 class StartFailed:
-    """The fork server could not get ready."""
+    """The kernel host could not get ready."""
 
     error: str
 
 
 @message
 class Fork:
-    """Fork a kernel process for one notebook session."""
+    """The kernel process of one notebook session: the one the host runs
+    for it already, if ``owner`` opened it (a page reconnecting after a
+    deploy), else a new one, forked."""
 
     id: int
     notebook: str
@@ -198,16 +202,25 @@ class Fork:
     session_ttl: float
     #: Whether what notebook code prints goes to the server's log.
     log_output: bool
+    #: Who opened the session (``records.owner_hash``): only they get its
+    #: running kernel back.
+    owner: str = ""
+    #: Only the session's running kernel: fork none (:class:`ForkRefused`
+    #: with :data:`NOT_RUNNING` if it does not run here).
+    running_only: bool = False
 
 
 @message
 class Forked:
     """The kernel process of fork request ``id`` runs; it takes calls on
-    ``socket_path``."""
+    ``socket_path``. ``kernel``: its id (the request's, unless the session's
+    kernel was running already: ``resumed``)."""
 
     id: int
     pid: int
     socket_path: str
+    kernel: int = 0
+    resumed: bool = False
 
 
 @message
@@ -216,6 +229,11 @@ class ForkRefused:
 
     id: int
     error: str
+
+
+#: ForkRefused's error when a ``running_only`` request's session has no
+#: kernel running here.
+NOT_RUNNING = "no kernel of the session runs here"
 
 
 # Seconds a kernel gets to end on SIGTERM before its group is killed.

@@ -29,7 +29,6 @@ from tests.live import (
     KernelSession,
     LiveServer,
     NotebookClient,
-    children_of,
     database_of_its_own,
     process_title,
     terminate_in_admin,
@@ -77,11 +76,7 @@ def resident_mb(pid: int) -> float:
 
 
 def fork_server_of(server: LiveServer) -> int:
-    (pid,) = [
-        child
-        for child in children_of(server.process.pid)
-        if process_title(child).startswith("django-notebooks fork server")
-    ]
+    (pid,) = server.kernel_hosts()
     return pid
 
 
@@ -120,22 +115,22 @@ def misbehaving_server(
 
 
 async def warmed(server: LiveServer) -> LiveServer:
-    """``server`` once its fork server is ready (its sockets' folder made),
+    """``server`` once its kernel host is ready (its sockets' folder made),
     as after a first page view: daphne gives a websocket 5 s to be
-    accepted, and a loaded machine may take longer to start the fork
-    server."""
-    async with NotebookClient(server.url) as client:
-        assert (await client.http.get(PAGE)).status_code == 200
+    accepted, and a loaded machine may take longer to start the host.
+    Stopped if it does not get there."""
 
     def ready() -> bool:
-        fork_servers = [
-            child
-            for child in children_of(server.process.pid)
-            if process_title(child).startswith("django-notebooks fork server")
-        ]
-        return bool(fork_servers) and sockets_folder_of(fork_servers[0]) is not None
+        hosts = server.kernel_hosts()
+        return bool(hosts) and sockets_folder_of(hosts[0]) is not None
 
-    await wait_for(ready, 60, "the fork server did not get ready")
+    try:
+        async with NotebookClient(server.url) as client:
+            assert (await client.http.get(PAGE)).status_code == 200
+        await wait_for(ready, 60, "the kernel host did not get ready")
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
@@ -149,9 +144,11 @@ def isolated_server(request, live_db, tmp_path_factory):
         DJANGO_NOTEBOOKS_TEST_SESSION_TTL=str(SESSION_TTL),
         DJANGO_NOTEBOOKS_TEST_FAST_PATH="1",
     )
-    asyncio.run(warmed(server))
-    yield server
-    server.stop()
+    try:
+        asyncio.run(warmed(server))
+        yield server
+    finally:
+        server.stop()
 
 
 async def frames_until(
@@ -594,4 +591,4 @@ async def test_a_fork_server_that_dies_is_replaced_and_its_pages_told(
                 assert process_title(new_pid).startswith("django-notebooks kernel")
     finally:
         server.stop()
-    assert log_lines(server, "fork server", "stopped")
+    assert log_lines(server, "kernel host", "stopped")

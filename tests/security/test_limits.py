@@ -193,16 +193,14 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 
 def kernels_of(server: LiveServer) -> set[int]:
-    """The live kernel processes of ``server``: its fork server's children
-    (the fork server is the server process's child); zombies have ended."""
+    """The live kernel processes of ``server``: its kernel host's children;
+    zombies have ended."""
     processes = _processes()
-    fork_servers = {
-        pid for pid, (parent, _) in processes.items() if parent == server.process.pid
-    }
+    hosts = set(server.kernel_hosts())
     return {
         pid
         for pid, (parent, state) in processes.items()
-        if parent in fork_servers and state != "Z"
+        if parent in hosts and state != "Z"
     }
 
 

@@ -1,0 +1,291 @@
+"""The machine's kernel host, with real servers (daphne and uvicorn): it
+outlives a restart of the web server, and the page that was open goes on
+with its own kernel, as it was; it ends its kernels after its grace period
+with no web server; web servers of one project on one machine share it; a
+change of code starts a new host for new sessions while the old sessions go
+on; and it takes connections from its own user only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from django_notebooks.kernels import wire
+from tests.e2e.test_isolation import is_alive, wait_for
+from tests.live import (
+    ROOT,
+    KernelSession,
+    LiveServer,
+    NotebookClient,
+    database_of_its_own,
+)
+
+pytestmark = pytest.mark.e2e
+
+PAGE = "/notebooks/kept/"
+GRACE = 30
+# A file of an installed app (the test project's): changing its modification
+# time is a deploy of new code, as far as the kernel host can tell.
+APP_FILE = ROOT / "tests" / "access_rules.py"
+
+
+def start(kind: str, db_path: Path, log_path: Path, **env: str) -> LiveServer:
+    port = env.pop("port", None)
+    return LiveServer(
+        kind,
+        db_path,
+        log_path,
+        port=int(port) if port else None,
+        DJANGO_NOTEBOOKS_TEST_KEPT="1",
+        DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
+        DJANGO_NOTEBOOKS_TEST_SESSION_TTL="600",
+        **{"DJANGO_NOTEBOOKS_TEST_HOST_GRACE": str(GRACE), **env},
+    )
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def hosts():
+    """The kernel hosts a test found (they outlive their web servers): ended
+    at its end."""
+    found: set[int] = set()
+    yield found
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(is_alive(pid) for pid in found) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def opened(session: KernelSession) -> tuple[str, str, int]:
+    """Run the notebook: its two sliders' ids and its kernel's pid."""
+    await session.read_until_completed()
+    kept, moved = session.ui_element_ids()
+    (pid,) = re.findall(r"pid=(\d+)", output_of(session))
+    return kept, moved, int(pid)
+
+
+def output_of(session: KernelSession) -> str:
+    return next(text for text in reversed(session.outputs) if "kept=" in text)
+
+
+async def output_with(session: KernelSession, words: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while words not in "".join(session.outputs[-3:]):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no output with {words!r}: {session.outputs[-3:]}"
+        frame = await session.recv(left)
+        if frame.get("op") == "cell-op":
+            data = ((frame.get("data") or {}).get("output") or {}).get("data")
+            if isinstance(data, str) and data:
+                session.outputs.append(data)
+
+
+async def move(session: KernelSession, widget: str, value: int) -> None:
+    response = await session.set_ui_value(widget, value)
+    assert response.status_code == 200, response.text
+
+
+async def reconnected(session: KernelSession) -> list[str]:
+    """The ops marimo sends a page that reconnects, up to ``reconnected``
+    (a new kernel would say ``kernel-ready`` instead)."""
+    ops = []
+    while "reconnected" not in ops:
+        frame = await session.recv(30)
+        ops.append(frame.get("op"))
+        assert frame.get("op") != "kernel-ready", f"a new kernel: {ops}"
+    return ops
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_restart_keeps_the_page_on_its_own_kernel_as_it_was(
+    kind, live_db, tmp_path, hosts
+):
+    db_path = database_of_its_own(live_db, tmp_path, superuser=False)
+    server = start(kind, db_path, tmp_path / "first.log")
+    again = None
+    try:
+        async with (
+            NotebookClient(server.url) as alice,
+            NotebookClient(server.url) as bob,
+        ):
+            await alice.login("alice")
+            await bob.login("bob")
+            async with alice.kernel(PAGE) as session:
+                kept, moved, pid = await opened(session)
+                await move(session, kept, 7)
+                await output_with(session, "kept=7 moved=1")
+                hosts.update(server.kernel_hosts())
+                assert parent_of(pid) in hosts
+                server.stop()
+            again = start(kind, db_path, tmp_path / "again.log", port=str(server.port))
+            # Another login naming the session gets nothing of it, and
+            # does not end it.
+            async with bob.kernel(PAGE, session.session_id) as stranger:
+                with pytest.raises(Exception):  # noqa: B017 (closed either way)
+                    while True:
+                        frame = await stranger.recv(30)
+                        assert frame.get("op") != "kernel-ready"
+            assert is_alive(pid)
+            async with alice.kernel(PAGE, session.session_id) as back:
+                await reconnected(back)
+                await move(back, moved, 5)
+                # The same process, with the value chosen before the restart.
+                await output_with(back, f"kept=7 moved=5 pid={pid}")
+    finally:
+        server.stop()
+        if again is not None:
+            again.stop()
+
+
+async def test_the_host_ends_its_kernels_after_its_grace_period(
+    live_db, tmp_path, hosts
+):
+    server = start(
+        "uvicorn",
+        live_db,
+        tmp_path / "server.log",
+        DJANGO_NOTEBOOKS_TEST_HOST_GRACE="2",
+    )
+    try:
+        async with NotebookClient(server.url) as alice:
+            await alice.login("alice")
+            async with alice.kernel(PAGE) as session:
+                *_, pid = await opened(session)
+                hosts.update(server.kernel_hosts())
+                server.stop()
+        assert is_alive(pid)  # kept, for the grace period
+        await wait_for(
+            lambda: not any(is_alive(p) for p in [pid, *hosts]),
+            2 + 10,
+            "the host and its kernel outlived the grace period",
+        )
+    finally:
+        server.stop()
+
+
+async def test_servers_of_one_project_share_one_host(live_db, tmp_path, hosts):
+    first = start("daphne", live_db, tmp_path / "first.log")
+    second = start("uvicorn", live_db, tmp_path / "second.log")
+    try:
+        async with NotebookClient(first.url) as one, NotebookClient(second.url) as two:
+            await one.login("alice")
+            await two.login("bob")
+            async with one.kernel(PAGE) as on_first, two.kernel(PAGE) as on_second:
+                *_, first_pid = await opened(on_first)
+                *_, second_pid = await opened(on_second)
+                hosts.update(first.kernel_hosts(), second.kernel_hosts())
+                assert len(hosts) == 1
+                assert parent_of(first_pid) == parent_of(second_pid) in hosts
+                # One server stopping ends none of the other's sessions,
+                # whatever the grace period.
+                first.stop()
+                moved = on_second.ui_element_ids()[1]
+                await move(on_second, moved, 4)
+                await output_with(on_second, f"moved=4 pid={second_pid}")
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_new_code_runs_in_a_new_host_while_old_sessions_go_on(
+    live_db, tmp_path, hosts
+):
+    db_path = database_of_its_own(live_db, tmp_path, superuser=False)
+    server = start("uvicorn", db_path, tmp_path / "first.log")
+    again = None
+    modified = APP_FILE.stat()
+    try:
+        async with NotebookClient(server.url) as alice:
+            await alice.login("alice")
+            async with alice.kernel(PAGE) as old:
+                kept, moved, old_pid = await opened(old)
+                await move(old, kept, 8)
+                await output_with(old, "kept=8")
+                hosts.update(server.kernel_hosts())
+                server.stop()
+            os.utime(APP_FILE, ns=(modified.st_atime_ns, modified.st_mtime_ns + 10**9))
+            again = start(
+                "uvicorn", db_path, tmp_path / "again.log", port=str(server.port)
+            )
+            async with alice.kernel(PAGE) as new:
+                *_, new_pid = await opened(new)
+                hosts.update(again.kernel_hosts())
+                assert parent_of(new_pid) != parent_of(old_pid)
+                assert len(hosts) == 2
+            async with alice.kernel(PAGE, old.session_id) as back:
+                await reconnected(back)
+                await move(back, moved, 2)
+                await output_with(back, f"kept=8 moved=2 pid={old_pid}")
+    finally:
+        os.utime(APP_FILE, ns=(modified.st_atime_ns, modified.st_mtime_ns))
+        server.stop()
+        if again is not None:
+            again.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_the_host_takes_connections_from_its_own_user_only():
+    # A folder every user may reach (pytest's are private to root).
+    folder = Path(tempfile.mkdtemp(prefix="django-notebooks-test-"))
+    folder.chmod(0o755)
+    path = folder / "host.sock"
+    host = subprocess.Popen(
+        [sys.executable, "-m", "django_notebooks.kernels.forkserver", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline and host.poll() is None
+            time.sleep(0.05)
+        path.chmod(0o777)  # only the host's own check stands in the way
+        other_user = subprocess.run(
+            [sys.executable, "-c", CONNECT_AS_NOBODY, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other_user.stdout.strip() == "closed", other_user
+        with socket.socket(socket.AF_UNIX) as own:
+            own.connect(str(path))
+            own.settimeout(60)
+            (ready,) = wire.receiver(own)() or [None]
+            assert isinstance(ready, wire.Ready) and ready.pid == host.pid
+    finally:
+        host.send_signal(signal.SIGTERM)
+        _, errors = host.communicate(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert "refused a connection from process" in errors
+
+
+CONNECT_AS_NOBODY = """
+import os, socket, sys
+os.setgid(65534)
+os.setuid(65534)
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+sock.settimeout(60)
+print("closed" if sock.recv(1024) == b"" else "answered")
+"""
