@@ -13,9 +13,11 @@ import datetime
 import errno
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from django_notebooks import checks, conf, context, notices
 from django_notebooks.kernels import (
     cells,
     cgroups,
+    location,
     processes,
     router,
     titles,
@@ -830,9 +833,15 @@ async def test_a_websocket_whose_kernel_cannot_start_runs_nowhere(
 # The fork server, for real.
 
 
-def test_the_fork_server_starts_says_what_keeps_kernels_in_bounds_and_stops():
+def test_the_fork_server_starts_says_what_keeps_kernels_in_bounds_and_stops(
+    monkeypatch,
+):
     from django_notebooks.kernels.forking import ForkServer
 
+    # A host of its own (the suite's sessions use another), in a short
+    # folder: a Unix socket's path has a length limit.
+    runtime = tempfile.mkdtemp()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
     stopped = []
     server = ForkServer(
         on_exit=lambda *a: None,
@@ -853,6 +862,7 @@ def test_the_fork_server_starts_says_what_keeps_kernels_in_bounds_and_stops():
     assert process is not None and process.returncode == 0  # it exited, not killed
     assert not directory.exists()  # it removed its sockets' folder
     wait_until(lambda: stopped == [server], 5, "its end was not reported")
+    shutil.rmtree(runtime)
 
 
 def test_a_fork_server_removes_the_sockets_folder_a_killed_one_left(
@@ -1154,3 +1164,50 @@ async def test_an_old_kernels_end_does_not_free_a_newer_kernels_place(
     server = fork_servers.made[0]
     server.on_exit(server, wire.Exited(newer.kernel_id - 1, "s-1", 1, 9, "asked"))
     assert bindings.knows("s-1") and not newer.has_exited
+
+
+# Where a web process finds its kernel host.
+
+
+def test_the_hosts_folder_is_private_or_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = location.host_folder()
+    assert folder.parent == tmp_path
+    assert oct(folder.stat().st_mode)[-3:] == "700"
+    assert location.host_folder() == folder  # made once, then found
+    folder.chmod(0o770)  # another user of the group could reach the host
+    with pytest.raises(location.UnsafeFolder):
+        location.host_folder()
+
+
+def test_a_host_is_named_for_the_project_and_for_its_code(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    project, code = location.host_socket().stem.split("-")
+    assert location.lock_file().name == f"{project}.lock"
+    app_file = Path(__file__).parent / "access_rules.py"
+    modified = app_file.stat()
+    location.code_key.cache_clear()
+    try:
+        # A deploy: a file of an installed app changed.
+        os.utime(app_file, ns=(modified.st_atime_ns, modified.st_mtime_ns + 10**9))
+        assert location.code_key() != code
+        # A notebook the project serves is not the kernels' code.
+        location.code_key.cache_clear()
+        os.utime(app_file, ns=(modified.st_atime_ns, modified.st_mtime_ns))
+        notebook = Path(__file__).parent / "notebooks" / "square.py"
+        touched = notebook.stat()
+        os.utime(notebook, ns=(touched.st_atime_ns, touched.st_mtime_ns + 10**9))
+        try:
+            assert location.code_key() == code
+        finally:
+            os.utime(notebook, ns=(touched.st_atime_ns, touched.st_mtime_ns))
+    finally:
+        os.utime(app_file, ns=(modified.st_atime_ns, modified.st_mtime_ns))
+        location.code_key.cache_clear()
+    # Another project (here: another database) has hosts of its own; the
+    # older hosts of this one are found beside the current one.
+    older = location.host_socket().with_name(f"{project}-0123456789ab.sock")
+    older.touch()
+    other = location.host_socket().with_name("0123456789ab-0123456789ab.sock")
+    other.touch()
+    assert location.older_hosts() == [older]

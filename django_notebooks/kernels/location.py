@@ -94,7 +94,7 @@ def code_key() -> str:
     files -= _notebook_files()
     settings_module = sys.modules.get(os.environ.get("DJANGO_SETTINGS_MODULE", ""))
     if settings_module is not None and getattr(settings_module, "__file__", None):
-        files.add(Path(settings_module.__file__))  # type: ignore[arg-type]
+        files.add(Path(settings_module.__file__).resolve())  # type: ignore[arg-type]
     for path in sorted(files):
         try:
             info = path.stat()
@@ -111,7 +111,7 @@ def _notebook_files() -> set[Path]:
         notebooks = registry.all_notebooks()
     except Exception:  # a setting the checks report: nothing to leave out
         return set()
-    return {Path(notebook.path) for notebook in notebooks}
+    return {Path(notebook.path).resolve() for notebook in notebooks}
 
 
 def host_socket() -> Path:
@@ -157,7 +157,8 @@ def _python_files(root: Path) -> Iterator[Path]:
                 count += 1
                 if count > MAX_FILES_PER_APP:
                     return
-                yield Path(folder) / name
+                # Resolved: a link to a notebook is that notebook.
+                yield (Path(folder) / name).resolve()
 
 
 def _digest(parts: list[str]) -> str:

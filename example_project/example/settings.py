@@ -142,8 +142,12 @@ DJANGO_NOTEBOOKS = {
     "DIRECTORIES": {"lab": NOTEBOOKS_DIR / "lab"},
     # What notebooks see as mo.app_meta().request.meta.
     "REQUEST_META": "demo.hooks.request_meta",
-    # Each session's kernel runs in a process of its own (the default).
+    # Each session's kernel runs in a process of its own (the default),
+    # forked by the machine's kernel host, which the first server process
+    # starts. Stop the server (Ctrl+C) and start it again within a minute:
+    # open notebooks reconnect to their own kernels, as they were.
     "ISOLATION": "process",
+    "KERNEL_HOST_GRACE": 60,
     # Limits on sessions (the defaults, written out): a cell may run two
     # minutes and a session's code allocate 1 GB; an open session is closed
     # after an hour without a widget change; this server process holds at

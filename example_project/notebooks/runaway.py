@@ -23,9 +23,9 @@ def _(mo, os):
     # Misbehaving cells
 
     This notebook's kernel runs in a process of its own (pid {os.getpid()}),
-    not in the web server (pid {os.getppid()} is the fork server it came
-    from; `ps` calls them `django-notebooks kernel runaway ...` and
-    `django-notebooks fork server ...`). Its limits
+    not in the web server (pid {os.getppid()} is the machine's kernel host
+    it came from; `ps` calls them `django-notebooks kernel runaway ...` and
+    `django-notebooks kernel-host ...`). Its limits
     in the settings: a cell may run 10 seconds and allocate 256 MB. Pick
     what the next cell should do, and watch the page, and the rest of the
     site, while it does.
