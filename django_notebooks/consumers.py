@@ -132,9 +132,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             # still runs: afterwards its threads and our relay task would be
             # torn down half-way at interpreter exit. A kernel process stays
             # with the kernel host, for the page to reconnect to.
-            await self._stop_marimo(
-                close_session=router.isolation() == router.THREAD
-            )
+            await self._stop_marimo(close_session=router.isolation() == router.THREAD)
             raise
 
     async def _say_restarting(self) -> None:

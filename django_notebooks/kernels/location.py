@@ -86,7 +86,7 @@ def code_key() -> str:
             parts.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             parts.append(f"{name} -")
-    files = set()
+    files: set[Path] = set()
     for app in apps.get_app_configs():
         files.update(_python_files(Path(app.path)))
     # Notebooks are not the kernels' code: each session reads its own file
@@ -123,11 +123,7 @@ def older_hosts() -> list[Path]:
     """The sockets of this project's other kernel hosts on this machine
     (running older code, or left by a host that was killed), newest first."""
     own = host_socket()
-    found = [
-        path
-        for path in own.parent.glob(f"{project_key()}-*.sock")
-        if path != own
-    ]
+    found = [path for path in own.parent.glob(f"{project_key()}-*.sock") if path != own]
     return sorted(found, key=_modified, reverse=True)
 
 
