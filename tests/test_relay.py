@@ -210,6 +210,33 @@ async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload
     assert record.process == "other-host:1:abc"  # not taken over
 
 
+async def test_a_reconnect_takes_over_the_row_of_a_process_of_this_host_that_ended(
+    alice,
+):
+    """A worker that was killed could not delete its rows: the page that
+    reconnects to another worker of the machine takes its session over (the
+    kernel host keeps its kernel)."""
+    user, cookie = alice
+    session_id = new_session_id()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    await NotebookSession.objects.acreate(
+        session_id=session_id,
+        notebook="square",
+        user=user,
+        channel_name="specific.gone!1",
+        process=this_hosts_process(ended.pid),
+    )
+    communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    frame = await communicator.receive_json_from(timeout=30)
+    assert frame["op"] != notices.OP, frame  # marimo's, not a notice
+    record = await NotebookSession.objects.aget(session_id=session_id)
+    assert record.process == records.PROCESS
+    await communicator.disconnect()
+
+
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "view"])
 async def test_a_kernel_call_for_a_session_held_elsewhere_is_forwarded(
     kernel, elsewhere, fast_path

@@ -271,6 +271,18 @@ class ForkServer:
                 process.wait(timeout=STOP_TIMEOUT)
 
 
+def remove_if_dead(path: Path) -> None:
+    """Remove the socket a kernel host that was killed left at ``path``
+    (under the lock that a host starting holds: never a live one's)."""
+    with _locked(location.lock_file()):
+        sock = _connect(path)
+        if sock is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        else:
+            sock.close()
+
+
 def _connect(path: Path) -> socket.socket | None:
     """A connection to the host listening at ``path``, if one does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

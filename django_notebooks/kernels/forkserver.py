@@ -268,8 +268,14 @@ class ForkServer:
         self.close()
 
     def _end_when_alone(self, now: float) -> None:
-        """With no web process connected for the grace period, end."""
+        """With no web process connected for the grace period, end; at
+        once with no kernel either (the next web process starts a host):
+        a host of older code asked for a session it does not run goes as
+        soon as the asker does."""
         if self.alone_since is None:
+            return
+        if self.had_client and not self.kernels:
+            self.stopping = True
             return
         grace = self.grace if self.had_client else max(self.grace, FIRST_CLIENT_WAIT)
         if now - self.alone_since >= grace:

@@ -63,11 +63,12 @@ def host_folder() -> Path:
 
 
 def project_key() -> str:
-    """The same for every web process of this project on this machine."""
+    """The same for every web process of this project on this machine: its
+    settings module and its database. (Not its folder: a deploy into a new
+    release folder is the same project, and must find its sessions.)"""
     database = settings.DATABASES.get("default", {})
     parts = [
         os.environ.get("DJANGO_SETTINGS_MODULE", ""),
-        str(Path.cwd()),
         str(database.get("ENGINE", "")),
         str(database.get("NAME", "")),
         str(database.get("HOST", "")),

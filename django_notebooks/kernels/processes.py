@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django_notebooks import notices
@@ -43,6 +42,7 @@ from django_notebooks.kernels.forking import (
     ForkServer,
     ForkServerFailed,
     new_kernel_id,
+    remove_if_dead,
 )
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import owners
@@ -300,9 +300,6 @@ class KernelProcesses:
         self._by_session: dict[str, KernelProcess] = {}
         self._by_id: dict[int, KernelProcess] = {}
         self._server: ForkServer | None = None
-        #: Connections to hosts of older code, by socket, while a kernel of
-        #: theirs is this process's.
-        self._older_hosts: dict[Path, ForkServer] = {}
         self._warming = threading.Lock()
 
     @property
@@ -419,7 +416,8 @@ class KernelProcesses:
 
     def _running_in_older_host(self, process: KernelProcess, fork: wire.Fork) -> bool:
         """Whether a kernel host of the project's older code runs the
-        session's kernel for its owner; if so it is ``process``'s now.
+        session's kernel for its owner; if so it is ``process``'s now, on a
+        connection of its own (closed when the kernel ends).
 
         Costs nothing while no older host runs (one look at the hosts'
         folder): only during a deploy's overlap are they asked, each in
@@ -429,28 +427,6 @@ class KernelProcesses:
         except (OSError, location.UnsafeFolder):
             return False
         for path in paths:
-            host = self._older_host(path)
-            if host is None:
-                continue
-            answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
-            try:
-                host.fork(dataclasses.replace(fork, running_only=True), answer)
-                forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
-            except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
-                continue
-            process.forked.set_result(forked)
-            process.requested_from(host)
-            return True
-        return False
-
-    def _older_host(self, path: Path) -> ForkServer | None:
-        """This process's connection to the older host at ``path``, made
-        if needed; ``None`` if no host listens there (one that was killed
-        left its socket)."""
-        with self._server_lock:
-            host = self._older_hosts.get(path)
-            if host is not None and host.running:
-                return host
             host = ForkServer(
                 on_exit=self._exited,
                 on_notice=self._notice,
@@ -459,9 +435,19 @@ class KernelProcesses:
             try:
                 host.attach(path)
             except ForkServerFailed:
-                return None
-            self._older_hosts[path] = host
-            return host
+                remove_if_dead(path)  # a host that was killed left it
+                continue
+            answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
+            try:
+                host.fork(dataclasses.replace(fork, running_only=True), answer)
+                forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
+            except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
+                host.stop()
+                continue
+            process.forked.set_result(forked)
+            process.requested_from(host)
+            return True
+        return False
 
     def _running_server(self) -> ForkServer:
         """The kernel host, started (or started again) if it does not run."""
@@ -525,10 +511,6 @@ class KernelProcesses:
                 p.server is server for p in self._by_id.values()
             ):
                 return
-        with self._server_lock:
-            for path, host in list(self._older_hosts.items()):
-                if host is server:
-                    del self._older_hosts[path]
         server.stop()
 
     def _notice(self, server: ForkServer, notice: wire.KernelNotice) -> None:
@@ -544,10 +526,6 @@ class KernelProcesses:
                 self._by_id.pop(process.kernel_id, None)
                 if self._by_session.get(process.session_id) is process:
                     del self._by_session[process.session_id]
-        with self._server_lock:
-            for path, host in list(self._older_hosts.items()):
-                if host is server:
-                    del self._older_hosts[path]
         if ended and not server.stopping:
             logger.error(
                 "The kernel host (pid %s) stopped: %d notebook "

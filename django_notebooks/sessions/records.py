@@ -45,10 +45,16 @@ def opened(
     session_id: str, *, notebook: str, user: Any, owner: str, channel_name: str
 ) -> bool:
     """Record that this process's consumer on ``channel_name`` holds the
-    session now. ``False`` (and nothing recorded) if another process holds
-    it: its kernel cannot move here."""
-    if other_process_holds(session_id):
-        return False
+    session now. ``False`` (and nothing recorded) if another running process
+    holds it. The row of a process of this host that has ended (killed:
+    it could not delete its rows) is taken over: its kernel, which the
+    kernel host keeps, is the page's again."""
+    holder = holder_elsewhere(session_id)
+    if holder is not None:
+        process, since = holder
+        if not _has_ended_here(process, since=since):
+            return False
+        forget_elsewhere(session_id, process)
     now = timezone.now()
     fields = {
         "notebook": notebook,
@@ -158,6 +164,13 @@ def runs_on_this_host(process: str, *, since: datetime) -> bool:
         return False
     # (Start times count in clock ticks: a little slack.)
     return started <= since.timestamp() + 1.0
+
+
+def _has_ended_here(process: str, *, since: datetime) -> bool:
+    """Whether ``process`` (as rows name one) was a process of this host
+    that is no longer running."""
+    host = process.partition(":")[0]
+    return host == socket.gethostname() and not runs_on_this_host(process, since=since)
 
 
 def _start_time(pid: int) -> float | None:
