@@ -7,9 +7,12 @@ holding its session (sessions/relay.py). Every one of them goes through
 here:
 
 - :func:`kernel_call` decides and dispatches: admission.py's decision, then
-  the call runs here (:func:`run_here`), goes to the process holding its
-  session, or comes back as a refusal or a :class:`~admission.Stranger`
-  (for the entry point to answer with the access decision);
+  the call runs here (:func:`run_here`): in the session's kernel, even when
+  another web process of this machine holds the session
+  (sessions/nearby.py); or it goes to the process holding its session on
+  another machine, or comes back as a refusal or a
+  :class:`~admission.Stranger` (for the entry point to answer with the
+  access decision);
 - :func:`forwarded` is the holding process's side of a forwarded call: the
   same ownership check, and the same :func:`run_here`.
 
@@ -27,7 +30,7 @@ from django_notebooks import admission, context, refusals, registry
 from django_notebooks.kernels import router
 from django_notebooks.marimo.forwarding import Reply, collect
 from django_notebooks.refusals import Refusal
-from django_notebooks.sessions import owners, relay
+from django_notebooks.sessions import nearby, owners, relay
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +59,15 @@ async def kernel_call(
         return admitted
     session_id = caller.session_id
     assert session_id  # (a call without one is refused)
-    held_elsewhere = isinstance(admitted, admission.NotHere)
-    if held_elsewhere and not await relay.held_elsewhere(session_id):
-        return admission.Stranger(session_id)
+    nearby_kernel = None
+    if isinstance(admitted, admission.NotHere):
+        # Another web process holds the session: of this machine, its
+        # kernel is reached from here; else the call goes to that process.
+        nearby_kernel = await nearby.kernel_of(location.notebook, caller)
+        if isinstance(nearby_kernel, nearby.NotTheOwner) or (
+            nearby_kernel is None and not await relay.held_elsewhere(session_id)
+        ):
+            return admission.Stranger(session_id)
     body = await read_body()
     if body is None or isinstance(body, Refusal):
         return body
@@ -71,6 +80,10 @@ async def kernel_call(
             meta=admitted.meta,
             body=body,
         )
+    if nearby_kernel is not None:
+        return await run_here(
+            location, scope, session_id=session_id, user=None, meta=None, body=body
+        )
     # Another server process holds the session: it checks the owner.
     return await relay.ask_holder(scope, location, caller, kind="kernel", body=body)
 
@@ -80,21 +93,23 @@ async def run_here(
     scope: dict[str, Any],
     *,
     session_id: str,
-    user: dict[str, Any],
-    meta: dict[str, Any],
+    user: dict[str, Any] | None,
+    meta: dict[str, Any] | None,
     body: bytes,
 ) -> Reply:
     """Run a call admitted for ``session_id`` through the notebook's marimo
     app (in process mode, in that session's kernel process); notebook code
-    sees ``user`` and ``meta`` as the request's."""
+    sees ``user`` and ``meta`` as the request's (``None``: the request of
+    the session's websocket, which its kernel process has)."""
     marimo_scope = context.marimo_scope(
         scope,
         path=scope["path"],
         root_path=location.mount(scope["path"]).rstrip("/"),
-        user=user,
-        meta=meta,
+        user=user or {},
+        meta=meta or {},
         notebook_file=str(location.notebook.path),
         session_id=session_id,
+        sessions_request=user is None,
     )
     try:
         return await collect(router.app_for(location.notebook), marimo_scope, body)

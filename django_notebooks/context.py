@@ -30,12 +30,25 @@ SESSION_HEADER = routes.SESSION_HEADER.lower().encode("latin-1")
 # owner's websocket, kernel call or download): only such a call reaches the
 # session's kernel (kernels/router.py).
 ADMITTED_SESSION = "django_notebooks.session_id"
+# In a call to a session's kernel process: notebook code sees the request's
+# user and meta of the session's websocket (the kernel process has them),
+# not the call's own. A web process that reaches a kernel of its machine
+# whose session another web process holds sends it (sessions/nearby.py).
+SESSIONS_REQUEST = "django_notebooks.sessions_request"
 
 # Keys other layers add to a scope that mean nothing to marimo, or that would
 # hand it Django objects (the session, the user model instance).
 # raw_path would contradict the path we set (and may hold the encoded form).
 FOREIGN_SCOPE_KEYS = frozenset(
-    {"session", "cookies", "url_route", "path_remaining", "user", "raw_path"}
+    {
+        "session",
+        "cookies",
+        "url_route",
+        "path_remaining",
+        "user",
+        "raw_path",
+        SESSIONS_REQUEST,
+    }
 )
 
 
@@ -186,6 +199,7 @@ def marimo_scope(
     meta: dict[str, Any],
     notebook_file: str,
     session_id: str | None = None,
+    sessions_request: bool = False,
 ) -> dict[str, Any]:
     """A copy of ``scope`` for marimo's app of one notebook.
 
@@ -195,6 +209,9 @@ def marimo_scope(
     ``session_id`` is the session the bridge admitted the call for (see
     admission.py); without one, a ``Marimo-Session-Id`` header the caller
     sent is dropped: it names a session the caller was not admitted to.
+    With ``sessions_request``, notebook code sees the request of the
+    session's websocket instead of ``user`` and ``meta`` (see
+    :data:`SESSIONS_REQUEST`).
     """
     forwarded = {
         key: value for key, value in scope.items() if key not in FOREIGN_SCOPE_KEYS
@@ -222,7 +239,26 @@ def marimo_scope(
     forwarded["meta"] = meta
     if session_id:
         forwarded[ADMITTED_SESSION] = session_id
+    if session_id and sessions_request:
+        forwarded[SESSIONS_REQUEST] = True
     return forwarded
+
+
+class SessionsRequest:
+    """In a session's kernel process, marimo's app with the request of the
+    session's websocket (its ``user`` and ``meta``) given to the calls
+    that ask for it (:data:`SESSIONS_REQUEST`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.request: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "websocket":
+            self.request = {"user": scope.get("user"), "meta": scope.get("meta")}
+        elif scope.pop(SESSIONS_REQUEST, False) and self.request:
+            scope = {**scope, **self.request}
+        await self.app(scope, receive, send)
 
 
 def admitted_session(scope: dict[str, Any]) -> str | None:

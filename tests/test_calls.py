@@ -5,12 +5,13 @@ test_relay.py and the end-to-end tests)."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import override_settings
 
-from django_notebooks import admission, calls, refusals, registry
+from django_notebooks import admission, calls, context, refusals, registry
 from django_notebooks.marimo.forwarding import Reply
 from django_notebooks.models import NotebookSession
-from django_notebooks.sessions import relay
+from django_notebooks.sessions import nearby, records, relay
 from tests import test_admission
 from tests.test_admission import SQUARE, bind, caller
 
@@ -104,12 +105,45 @@ async def test_a_refused_body_is_the_answer(alice, marimo):
     assert marimo == []
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_session_another_process_holds_goes_there(holder, marimo):
-    call = caller()
+async def held_elsewhere(call, *, owner=None) -> None:
+    """The record of ``call``'s session, held by another process (for the
+    caller's login unless ``owner`` is another)."""
+    user = await User.objects.acreate(username=f"user-{call.session_id}")
+    owner = owner or call.owner(user)
     await NotebookSession.objects.acreate(
-        session_id=call.session_id, notebook="square", process="other-host:1:abc"
+        session_id=call.session_id,
+        notebook="square",
+        user=user,
+        owner_hash=records.owner_hash(owner),
+        process="other-host:1:abc",
     )
+
+
+@pytest.fixture
+def nearby_kernels(monkeypatch):
+    """The sessions whose kernel a host of this machine runs (by id): what
+    kernel_processes.reach() finds."""
+    kernels = {}
+
+    async def reach(session_id, start):
+        return kernels.get(session_id)
+
+    monkeypatch.setattr(nearby.kernel_processes, "reach", reach)
+    nearby.forget_all()
+    yield kernels
+    nearby.forget_all()
+
+
+class RunningKernel:
+    has_exited = False
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_another_process_holds_goes_there(
+    holder, marimo, nearby_kernels
+):
+    call = caller()
+    await held_elsewhere(call)
     answer = await calls.kernel_call(LOCATION, call, SCOPE, Body())
     assert answer == Reply(200, [], b"from the holder")
     assert holder == [(call.session_id, "kernel", BODY)]
@@ -117,12 +151,41 @@ async def test_a_session_another_process_holds_goes_there(holder, marimo):
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(CHANNEL_LAYERS={})
-async def test_without_a_channel_layer_nothing_is_elsewhere(holder):
+async def test_a_session_of_this_machine_held_elsewhere_runs_in_its_kernel_from_here(
+    holder, marimo, nearby_kernels
+):
     call = caller()
-    await NotebookSession.objects.acreate(
-        session_id=call.session_id, notebook="square", process="other-host:1:abc"
-    )
+    await held_elsewhere(call)
+    nearby_kernels[call.session_id] = RunningKernel()
+    for _ in range(2):  # (the second without a database query)
+        answer = await calls.kernel_call(LOCATION, call, SCOPE, Body())
+        assert answer == Reply(200, [], b'{"success": true}')
+    assert holder == []
+    [(scope, sent), _] = marimo
+    assert sent == BODY
+    assert scope[context.ADMITTED_SESSION] == call.session_id
+    # Notebook code sees the session's own request (its kernel has it).
+    assert scope[context.SESSIONS_REQUEST] is True
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_another_logins_call_is_a_strangers_wherever_the_session_is(
+    holder, marimo, nearby_kernels
+):
+    call = caller()
+    await held_elsewhere(call, owner="user:1:someone-elses-login")
+    nearby_kernels[call.session_id] = RunningKernel()
+    body = Body()
+    answer = await calls.kernel_call(LOCATION, call, SCOPE, body)
+    assert answer == admission.Stranger(call.session_id)
+    assert holder == [] and marimo == [] and body.reads == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(CHANNEL_LAYERS={})
+async def test_without_a_channel_layer_nothing_is_elsewhere(holder, nearby_kernels):
+    call = caller()
+    await held_elsewhere(call)
     body = Body()
     answer = await calls.kernel_call(LOCATION, call, SCOPE, body)
     assert answer == admission.Stranger(call.session_id)

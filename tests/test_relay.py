@@ -181,12 +181,18 @@ async def test_terminate_closes_the_session_within_two_seconds(kernel):
     assert time.monotonic() - started < 2
 
 
-async def record_of_a_stopped_process(session_id: str, user) -> None:
+def login_hash(user, cookie: str) -> str:
+    """The owner hash a row keeps for the login of ``cookie``."""
+    return records.owner_hash(owners.owner_of(user, cookie.split("=", 1)[1], None))
+
+
+async def record_of_a_stopped_process(session_id: str, user, cookie: str) -> None:
     """The row a process killed while holding ``session_id`` left behind."""
     await NotebookSession.objects.acreate(
         session_id=session_id,
         notebook="square",
         user=user,
+        owner_hash=login_hash(user, cookie),
         channel_name="specific.gone!1",
         process="other-host:1:abc",
     )
@@ -197,7 +203,7 @@ async def test_a_reconnect_to_a_process_not_holding_the_kernel_is_told_to_reload
 ):
     user, cookie = alice
     session_id = new_session_id()
-    await record_of_a_stopped_process(session_id, user)
+    await record_of_a_stopped_process(session_id, user, cookie)
     communicator = websocket(f"/notebooks/square/ws?session_id={session_id}", cookie)
     connected, _ = await communicator.connect(timeout=30)
     assert connected  # accepted, so that the page can show why it closes
@@ -314,7 +320,7 @@ async def test_a_holder_that_never_acknowledges_has_stopped_and_its_session_ends
 ):
     user, cookie = alice
     session_id = new_session_id()
-    await record_of_a_stopped_process(session_id, user)
+    await record_of_a_stopped_process(session_id, user, cookie)
     transport = httpx.ASGITransport(app=FastPathMiddleware(django_asgi_app))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
         response = await http.post(
@@ -735,7 +741,11 @@ async def test_a_silent_holder_of_this_host_that_still_runs_is_not_gone(
     session_id = new_session_id()
     # This test's own process stands for the holder: it runs, and has since
     # before the row was written.
-    await record_held_by(session_id, user, this_hosts_process(os.getpid()))
+    await record_held_by(
+        session_id,
+        user,
+        this_hosts_process(os.getpid()),
+    )
     relay._known_elsewhere[session_id] = None
     reply = await relay.forward(session_id, CALL_MESSAGE, deadline=DEADLINE)
     assert reply.status == 503
@@ -751,7 +761,11 @@ async def test_a_silent_holder_of_this_host_that_exited_has_stopped(
     session_id = new_session_id()
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
-    await record_held_by(session_id, user, this_hosts_process(exited.pid))
+    await record_held_by(
+        session_id,
+        user,
+        this_hosts_process(exited.pid),
+    )
     reply = await relay.forward(session_id, CALL_MESSAGE, deadline=DEADLINE)
     assert reply.status == 410
     assert not await NotebookSession.objects.filter(session_id=session_id).aexists()

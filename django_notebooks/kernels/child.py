@@ -298,11 +298,16 @@ class _StatusReporter:
 async def _serve(
     fork: wire.Fork, listener: socket.socket, status: socket.socket
 ) -> None:
+    from django_notebooks import context
     from django_notebooks.marimo.apps import notebook_apps
 
     loop = asyncio.get_running_loop()
     # Built already, by the fork server (prepare()): found in its cache.
-    app = notebook_apps.app_for(Path(fork.notebook), fork.options)
+    # A call through another web process than the one holding the websocket
+    # runs with the websocket's request (context.SESSIONS_REQUEST).
+    app = context.SessionsRequest(
+        notebook_apps.app_for(Path(fork.notebook), fork.options)
+    )
     websockets = 0
     last_seen = loop.time()
     parent_gone = asyncio.Event()

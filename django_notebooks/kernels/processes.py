@@ -380,6 +380,40 @@ class KernelProcesses:
         )
         raise KernelUnavailable(str(failure)) from failure
 
+    async def reach(self, session_id: str, start: KernelStart) -> KernelProcess | None:
+        """The kernel the machine's kernel host runs for ``session_id`` and
+        its owner (``start.owner``), when another web process holds the
+        session; ``None`` if no host of this machine runs it for them."""
+        process = self.get(session_id)
+        if process is not None:
+            return process
+        process = KernelProcess(session_id, new_kernel_id(), start)
+        try:
+            found = await asyncio.to_thread(self._reach, process)
+        except ForkServerFailed:
+            return None
+        if not found:
+            return None
+        await process.started()
+        with self._lock:
+            self._by_session[session_id] = process
+        self._resumed(process)
+        return process
+
+    def _reach(self, process: KernelProcess) -> bool:
+        """Ask the hosts for a session's running kernel (in a thread)."""
+        server = self._running_server()
+        fork = self._fork_message(process, running_only=True)
+        answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
+        try:
+            server.fork(fork, answer)
+            forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
+        except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
+            return self._running_in_older_host(process, fork)
+        process.forked.set_result(forked)
+        process.requested_from(server)
+        return True
+
     def _resumed(self, process: KernelProcess) -> None:
         """A kernel the host had running already has its own id."""
         forked = process.forked.result()
@@ -394,8 +428,18 @@ class KernelProcesses:
         thread: it may start one). A session whose kernel a host of older
         code runs (the page reconnected after a deploy) gets that kernel."""
         server = self._running_server()
+        fork = self._fork_message(process)
+        if process.start.owner and self._running_in_older_host(process, fork):
+            return
+        server.fork(fork, process.forked)
+        process.requested_from(server)
+
+    @staticmethod
+    def _fork_message(
+        process: KernelProcess, *, running_only: bool = False
+    ) -> wire.Fork:
         start = process.start
-        fork = wire.Fork(
+        return wire.Fork(
             id=process.kernel_id,
             notebook=start.notebook_file,
             slug=start.slug,
@@ -408,11 +452,8 @@ class KernelProcesses:
             session_ttl=start.session_ttl,
             log_output=start.log_output,
             owner=start.owner,
+            running_only=running_only,
         )
-        if start.owner and self._running_in_older_host(process, fork):
-            return
-        server.fork(fork, process.forked)
-        process.requested_from(server)
 
     def _running_in_older_host(self, process: KernelProcess, fork: wire.Fork) -> bool:
         """Whether a kernel host of the project's older code runs the

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.dispatch import Signal
+from django.utils import timezone
 
 from django_notebooks import access, admission, calls, notices, signals
 from django_notebooks.access import Access
@@ -224,9 +226,24 @@ class OpenSession:
         binding = owners.bindings.get(self.session_id)
         if binding is None:
             return
-        while (idle := binding.idle_for()) < timeout:
+        while True:
+            idle = binding.idle_for()
+            if idle >= timeout:
+                # Kernel calls through another web process of the machine
+                # reach the kernel without this one (nearby.py): they are
+                # in the record's last activity.
+                idle = min(idle, await self._idle_as_recorded())
+            if idle >= timeout:
+                break
             await asyncio.sleep(timeout - idle + IDLE_CHECK_SLACK)
         await end_page(notices.idle(timeout))
+
+    async def _idle_as_recorded(self) -> float:
+        """Seconds since the session's record says it was last used."""
+        last = await database_sync_to_async(records.last_activity)(self.session_id)
+        if last is None:
+            return math.inf
+        return float((timezone.now() - last).total_seconds())
 
 
 def _reload_user(user: Any) -> Any:

@@ -54,6 +54,16 @@ def owner_of(user: Any, session_key: str | None, visitor: str | None) -> str | N
     return _visitor_owner(visitor) if visitor else None
 
 
+def owner_of_login(
+    user_id: Any, session_key: str | None, visitor: str | None
+) -> str | None:
+    """The owner key of a login known by its user's id (``None``: an
+    anonymous visitor's) and the session key or visitor cookie it presents."""
+    if user_id is not None:
+        return _user_owner(user_id, session_key) if session_key else None
+    return _visitor_owner(visitor) if visitor else None
+
+
 def new_visitor_cookie() -> str:
     """A signed random id for an anonymous visitor of a public notebook."""
     return signing.dumps(secrets.token_urlsafe(16), salt=VISITOR_SALT)

@@ -127,6 +127,36 @@ def write_later(write: Callable[..., None], *args: Any) -> None:
     task.add_done_callback(_pending_writes.discard)
 
 
+def owner_of(session_id: str) -> tuple[str, Any, str] | None:
+    """The notebook, user id and owner hash of the row of ``session_id``
+    held by another process; ``None`` if no other process holds it."""
+    row = (
+        NotebookSession.objects.filter(session_id=session_id)
+        .exclude(process=PROCESS)
+        .values_list("notebook", "user_id", "owner_hash")
+        .first()
+    )
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def used_elsewhere(session_id: str) -> None:
+    """A kernel call reached the session's kernel through this process,
+    which does not hold the session: its last activity is now (the idle
+    watch of the process holding it reads it: last_activity())."""
+    NotebookSession.objects.filter(session_id=session_id).update(
+        last_activity=timezone.now()
+    )
+
+
+def last_activity(session_id: str) -> datetime | None:
+    """When the session was last used, as its row says."""
+    return (
+        NotebookSession.objects.filter(session_id=session_id)
+        .values_list("last_activity", flat=True)
+        .first()
+    )
+
+
 def other_process_holds(session_id: str) -> bool:
     """Whether another server process holds this session's websocket."""
     return (

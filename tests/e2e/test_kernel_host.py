@@ -3,7 +3,8 @@ outlives a restart of the web server, and the page that was open goes on
 with its own kernel, as it was; it ends its kernels after its grace period
 with no web server; web servers of one project on one machine share it; a
 change of code starts a new host for new sessions while the old sessions go
-on; and it takes connections from its own user only."""
+on; and it takes connections from its own user only; and any web server of the
+machine answers any kernel call of it, straight to the kernel."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from tests.live import (
     LiveServer,
     NotebookClient,
     database_of_its_own,
+    square_output,
 )
 
 pytestmark = pytest.mark.e2e
 
 PAGE = "/notebooks/kept/"
+SQUARE = "/notebooks/square/"
 GRACE = 30
 # A file of an installed app (the test project's): changing its modification
 # time is a deploy of new code, as far as the kernel host can tell.
@@ -289,3 +292,57 @@ sock.connect(sys.argv[1])
 sock.settimeout(60)
 print("closed" if sock.recv(1024) == b"" else "answered")
 """
+
+
+async def test_any_server_of_the_machine_answers_any_kernel_call_directly(
+    live_db, tmp_path, hosts
+):
+    """No sticky sessions, and no channel layer between the two servers
+    (each has its own in-memory one): a kernel call that lands on the server
+    not holding the session reaches the session's kernel all the same, for
+    its owner only, and notebook code sees the owner as the request's user."""
+    holder = start("daphne", live_db, tmp_path / "holder.log")
+    other = start("uvicorn", live_db, tmp_path / "other.log")
+    try:
+        async with (
+            NotebookClient(holder.url) as alice,
+            NotebookClient(other.url) as alice_elsewhere,
+            NotebookClient(other.url) as bob,
+        ):
+            await alice.login("alice")
+            alice_elsewhere.http.cookies.update(alice.http.cookies)
+            await bob.login("bob")
+            async with alice.kernel(SQUARE) as session:
+                await session.read_until_completed()
+                [slider] = session.ui_element_ids()
+                hosts.update(holder.kernel_hosts())
+                for value in (5, 6):
+                    response = await alice_elsewhere.post_kernel(
+                        SQUARE,
+                        "set_ui_element_value",
+                        session.session_id,
+                        {"objectIds": [slider], "values": [value]},
+                    )
+                    assert response.status_code == 200, response.text
+                    session.outputs.clear()
+                    await session.read_until_completed()
+                    assert square_output(session.outputs) == [
+                        f"square={value**2} user=alice"
+                    ]
+                stranger = await bob.post_kernel(
+                    SQUARE,
+                    "set_ui_element_value",
+                    session.session_id,
+                    {"objectIds": [slider], "values": [9]},
+                )
+                assert stranger.status_code in (403, 410), stranger.text
+                # The session goes on, untouched by the stranger.
+                response = await session.set_ui_value(slider, 2)
+                assert response.status_code == 200
+                session.outputs.clear()
+                await session.read_until_completed()
+                assert square_output(session.outputs) == ["square=4 user=alice"]
+    finally:
+        holder.stop()
+        other.stop()
+    assert "Traceback" not in other.log()
