@@ -5,15 +5,18 @@ way marimo's frontend does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,21 @@ for username, (password, groups, perms) in {users!r}.items():
             Permission.objects.get(content_type__app_label=app_label, codename=codename)
         )
 """
+
+
+@contextlib.contextmanager
+def machines(count: int) -> Iterator[list[dict[str, str]]]:
+    """The environments of ``count`` machines, as far as the bridge can
+    tell: each with a kernel hosts' folder of its own, so that servers on
+    two of them share no kernel host, and reach each other's sessions only
+    through the channel layer."""
+    # Short paths: a Unix socket's has a length limit.
+    folders = [tempfile.mkdtemp(prefix="dn-machine-") for _ in range(count)]
+    try:
+        yield [{"XDG_RUNTIME_DIR": folder} for folder in folders]
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -2,9 +2,11 @@
 cell answers its session's forwarded calls late, and another worker waits
 for it instead of ending the session.
 
-Two workers of one kind (daphne, then uvicorn) share a database and a Redis
+Two workers of one kind (daphne, then uvicorn), on two machines as far as
+the bridge can tell (a kernel host each), share a database and a Redis
 channel layer (the list-based layer under daphne, the pub/sub one under
-uvicorn). The page's websocket is on worker A; every widget change is sent
+uvicorn). (Workers of one machine reach each other's kernels directly:
+tests/e2e/test_kernel_host.py.) The page's websocket is on worker A; every widget change is sent
 to worker B, which forwards it to A. The cell (tests/notebooks/misbehave.py,
 "hold", served from a folder of its own with a shorter hold) holds its
 kernel's GIL for HOLD_SECONDS of CPU in one builtin ``sum()`` (longer on a
@@ -33,6 +35,7 @@ from tests.live import (
     LiveServer,
     NotebookClient,
     database_of_its_own,
+    machines,
     require_redis,
 )
 
@@ -85,15 +88,18 @@ def two_workers(request, live_db, tmp_path):
         "DJANGO_NOTEBOOKS_TEST_SIGNAL_LOG": "1",
     }
     workers = []
-    try:
-        for name in ("a", "b"):
-            workers.append(
-                LiveServer(kind, db_path, tmp_path / f"worker-{name}.log", **env)
-            )
-        yield (*workers, db_path)
-    finally:
-        for worker in workers:
-            worker.stop()
+    with machines(2) as (machine_a, machine_b):
+        try:
+            for name, machine in (("a", machine_a), ("b", machine_b)):
+                workers.append(
+                    LiveServer(
+                        kind, db_path, tmp_path / f"worker-{name}.log", **env, **machine
+                    )
+                )
+            yield (*workers, db_path)
+        finally:
+            for worker in workers:
+                worker.stop()
 
 
 def record_of(db_path, session_id: str) -> str | None:

@@ -1,6 +1,8 @@
 """Several uvicorn worker processes behind one port: any worker takes any
-request of any session (kernel calls are forwarded to the process holding the
-session over Redis), and a worker that dies loses no session: its pages
+request of any session (kernel calls for a session another worker holds
+reach its kernel through the machine's kernel host, or, from another
+machine, are forwarded to that worker over Redis), and a worker that dies
+loses no session: its pages
 reconnect to another worker, and to their own kernels, which the machine's
 kernel host kept.
 
@@ -13,6 +15,7 @@ RedisPubSubChannelLayer (the ``layer`` parameter).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -27,6 +30,7 @@ from tests.live import (
     require_redis,
     square_output,
 )
+from tests.live import machines as live_machines
 from tests.proxy import Proxy
 
 SESSIONS = 20
@@ -54,24 +58,36 @@ def redis_env(layer):
 
 @pytest.fixture
 def start_workers(live_db, tmp_path, redis_env):
-    """Start N uvicorn processes sharing the database and the Redis layer."""
+    """Start N uvicorn processes sharing the database and the Redis layer,
+    on one machine, or on ``machines`` (worker ``i`` on machine ``i %
+    machines``): workers of one machine reach each other's kernels through
+    its kernel host; across machines, calls go through the channel layer."""
     db_path = tmp_path / "db.sqlite3"
     db_path.write_bytes(live_db.read_bytes())
     started: list[LiveServer] = []
 
-    def start(count: int) -> list[LiveServer]:
-        for index in range(count):
-            started.append(
-                LiveServer(
-                    "uvicorn", db_path, tmp_path / f"worker{index}.log", **redis_env
-                )
-            )
-        return list(started)
+    with contextlib.ExitStack() as stack:
 
-    start.db_path = db_path  # type: ignore[attr-defined]
-    yield start
-    for server in started:
-        server.stop()
+        def start(count: int, machines: int = 1) -> list[LiveServer]:
+            envs = stack.enter_context(live_machines(machines))
+            for index in range(count):
+                started.append(
+                    LiveServer(
+                        "uvicorn",
+                        db_path,
+                        tmp_path / f"worker{index}.log",
+                        **redis_env,
+                        **envs[index % machines],
+                    )
+                )
+            return list(started)
+
+        start.db_path = db_path  # type: ignore[attr-defined]
+        try:
+            yield start
+        finally:
+            for server in started:
+                server.stop()
 
 
 def holders(db_path, workers: list[LiveServer]) -> dict[str, LiveServer]:
@@ -105,7 +121,10 @@ async def drive(client: NotebookClient, interactions: int) -> list[str]:
 
 @pytest.mark.parametrize("count", [2, 4])
 async def test_any_worker_takes_any_request_of_any_session(start_workers, count):
-    workers = start_workers(count)
+    # Four workers on two machines: the calls that land on the other worker
+    # of the session's machine reach its kernel directly, the others go
+    # through the channel layer.
+    workers = start_workers(count, machines=count // 2)
     with Proxy.round_robin([worker.url for worker in workers]) as proxy:
         async with NotebookClient(proxy.url) as client:
             await client.login("alice")
