@@ -180,7 +180,7 @@ def report(results: dict[tuple[str, int], dict], sessions: int) -> str:
         "# Restart under load",
         "",
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-        f"django_notebooks {package_version()} ({code_revision()}), "
+        f"marimo {package_version('marimo')}, django_notebooks at {code_revision()}, "
         f"load average {load_average()}; {sessions} open sessions, each with "
         "a widget moved; SIGTERM, then the server started again on its port.",
         "",
