@@ -35,8 +35,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_notebooks import registry
+from django_notebooks.kernels import location, usage
 from django_notebooks.kernels import router as kernel_router
-from django_notebooks.kernels import usage
 from django_notebooks.kernels.processes import kernel_processes
 from django_notebooks.marimo import headless
 from django_notebooks.models import (
@@ -225,12 +225,17 @@ class NotebookSessionAdmin(SessionAdminBase):
             return _("pid %(pid)s (another host)") % {"pid": pid}
         used = usage.usage(pid)
         if used is None:
-            return _("pid %(pid)s") % {"pid": pid}
-        return _("pid %(pid)s · %(cpu).1f s CPU · %(memory).0f MB") % {
-            "pid": pid,
-            "cpu": used.cpu_seconds,
-            "memory": used.private_bytes / 1024 / 1024,
-        }
+            shown = _("pid %(pid)s") % {"pid": pid}
+        else:
+            shown = _("pid %(pid)s · %(cpu).1f s CPU · %(memory).0f MB") % {
+                "pid": pid,
+                "cpu": used.cpu_seconds,
+                "memory": used.private_bytes / 1024 / 1024,
+            }
+        if session.kernel_code and session.kernel_code != location.code_key():
+            # A deploy of new code since it started (docs: deployment).
+            shown = _("%(kernel)s · older code") % {"kernel": shown}
+        return shown
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -62,6 +62,9 @@ class NotebookSession(models.Model):
     process = models.CharField(_("server process"), max_length=255, blank=True)
     # The session's kernel process (ISOLATION = "process"), on that host.
     kernel_pid = models.PositiveIntegerField(_("kernel process"), null=True, blank=True)
+    # The code the kernel runs: its kernel host's code key (kernels/location.py).
+    # A deploy of new code leaves older sessions on the code they started with.
+    kernel_code = models.CharField(_("kernel's code"), max_length=32, blank=True)
     opened_at = models.DateTimeField(_("opened"), default=timezone.now)
     last_activity = models.DateTimeField(_("last activity"), default=timezone.now)
 

@@ -1074,6 +1074,17 @@ def test_the_admin_shows_a_kernel_process_where_it_can(lookalike_kernel):
     assert str(show(None, gone)) == f"pid {2**22 + 7}"
     threads = NotebookSession(process=records.PROCESS, kernel_pid=None)
     assert str(show(None, threads)) == "thread in the server process"
+    # A kernel forked from the code deployed before this one says so.
+    current = NotebookSession(
+        process=records.PROCESS,
+        kernel_pid=lookalike_kernel,
+        kernel_code=location.code_key(),
+    )
+    assert str(show(None, current)).endswith(" MB")
+    older = NotebookSession(
+        process=records.PROCESS, kernel_pid=lookalike_kernel, kernel_code="0123456789ab"
+    )
+    assert str(show(None, older)).endswith(" MB · older code")
 
 
 def test_titles_tell_the_fork_server_a_kernel_and_what_a_cell_started_apart():

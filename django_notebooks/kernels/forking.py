@@ -93,6 +93,8 @@ class ForkServer:
         self._control: socket.socket | None = None
         self._waiting: dict[int, concurrent.futures.Future[wire.Forked]] = {}
         self.ready: wire.Ready | None = None
+        #: The host's socket, once connected.
+        self.path: Path | None = None
         self.stopped = threading.Event()
         #: stop() was called: its end was asked for.
         self.stopping = False
@@ -101,6 +103,11 @@ class ForkServer:
     def pid(self) -> int | None:
         """The host's pid, once it is ready."""
         return self.ready.pid if self.ready is not None else None
+
+    @property
+    def code(self) -> str:
+        """The code its kernels run: the host's code key."""
+        return location.code_of(self.path) if self.path is not None else ""
 
     @property
     def running(self) -> bool:
@@ -121,6 +128,7 @@ class ForkServer:
                 if sock is None:
                     self._process = _start_host(path)
                     sock = self._connect_when_listening(path)
+        self.path = path
         self._hello(sock)
 
     def attach(self, path: Path) -> None:
@@ -131,6 +139,7 @@ class ForkServer:
         if sock is None:
             self.stopped.set()
             raise ForkServerFailed(f"No kernel host listens at {path}")
+        self.path = path
         self._hello(sock)
 
     def _hello(self, sock: socket.socket) -> None:

@@ -120,6 +120,11 @@ def host_socket() -> Path:
     return host_folder() / f"{project_key()}-{code_key()}.sock"
 
 
+def code_of(socket: Path) -> str:
+    """The code key in a host's socket name."""
+    return socket.stem.rpartition("-")[2]
+
+
 def older_hosts() -> list[Path]:
     """The sockets of this project's other kernel hosts on this machine
     (running older code, or left by a host that was killed), newest first."""

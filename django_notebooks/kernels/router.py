@@ -141,8 +141,10 @@ class SessionRouter:
             ),
         )
         assert process.pid is not None
-        # For the admin's live sessions page (its pid, CPU and memory).
-        records.write_later(records.kernel_started, session_id, process.pid)
+        # For the admin's live sessions page (its pid, CPU and memory, and
+        # whether it runs the code deployed now).
+        code = process.server.code if process.server is not None else ""
+        records.write_later(records.kernel_started, session_id, process.pid, code)
         return process
 
 

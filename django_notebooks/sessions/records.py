@@ -92,10 +92,11 @@ def closed(session_id: str, channel_name: str) -> timedelta | None:
     return timezone.now() - opened_at
 
 
-def kernel_started(session_id: str, pid: int) -> None:
-    """The session's kernel runs in process ``pid`` (of this host)."""
+def kernel_started(session_id: str, pid: int, code: str = "") -> None:
+    """The session's kernel runs in process ``pid`` (of this host), forked
+    from the code ``code`` (its kernel host's code key)."""
     NotebookSession.objects.filter(session_id=session_id, process=PROCESS).update(
-        kernel_pid=pid
+        kernel_pid=pid, kernel_code=code
     )
 
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,15 @@ def start(kind: str, db_path: Path, log_path: Path, **env: str) -> LiveServer:
         DJANGO_NOTEBOOKS_TEST_SESSION_TTL="600",
         **{"DJANGO_NOTEBOOKS_TEST_HOST_GRACE": str(GRACE), **env},
     )
+
+
+def kernel_codes(db_path: Path) -> dict[str, str]:
+    """The code each recorded session's kernel runs, by session id."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT session_id, kernel_code FROM django_notebooks_notebooksession"
+        ).fetchall()
+    return {session_id: code for session_id, code in rows if code}
 
 
 def parent_of(pid: int) -> int:
@@ -234,10 +244,16 @@ async def test_new_code_runs_in_a_new_host_while_old_sessions_go_on(
                 hosts.update(again.kernel_hosts())
                 assert parent_of(new_pid) != parent_of(old_pid)
                 assert len(hosts) == 2
-            async with alice.kernel(PAGE, old.session_id) as back:
-                await reconnected(back)
-                await move(back, moved, 2)
-                await output_with(back, f"kept=8 moved=2 pid={old_pid}")
+                async with alice.kernel(PAGE, old.session_id) as back:
+                    await reconnected(back)
+                    await move(back, moved, 2)
+                    await output_with(back, f"kept=8 moved=2 pid={old_pid}")
+                    # The admin tells the old code from the new.
+                    await wait_for(
+                        lambda: len(set(kernel_codes(db_path).values())) == 2,
+                        10,
+                        "the records do not say which code each kernel runs",
+                    )
     finally:
         os.utime(APP_FILE, ns=(modified.st_atime_ns, modified.st_mtime_ns))
         server.stop()
