@@ -359,7 +359,6 @@ async def websocket(
         )
     except InvalidQuery as invalid:
         return WebsocketRefusal(CLOSE_BAD_REQUEST, invalid.notice)
-    config = conf.get_settings()
     claim = owners.bindings.claim(
         caller.session_id,
         owner=owner,
@@ -368,14 +367,14 @@ async def websocket(
         meta=meta,
         user_id=getattr(user, "pk", None),
         address=caller.address,
-        caps=caps(config),
+        caps=owners.caps_in_force(),
         # A kernel process reports its end; marimo's threads do not.
         kernel_end_reported=router.isolation() == router.PROCESS,
     )
     if claim.outcome is owners.Claim.NOT_OWNER:
         return REFUSED
     if claim.outcome is not owners.Claim.CLAIMED:
-        return _over_a_cap(claim.outcome, config)
+        return over_a_cap(claim.outcome)
     await _make_room(claim.to_end)
     return WebsocketAdmission(
         notebook,
@@ -384,16 +383,6 @@ async def websocket(
         user_context,
         meta,
         registry.limits_of(notebook),
-    )
-
-
-def caps(config: conf.NotebookSettings) -> owners.Caps:
-    """The caps on live kernels a new session must fit under."""
-    return owners.Caps(
-        per_person=config.MAX_SESSIONS_PER_USER,
-        per_address=config.LIMITS.MAX_SESSIONS_PER_ADDRESS,
-        anonymous=config.LIMITS.MAX_ANONYMOUS_SESSIONS,
-        server=config.LIMITS.MAX_SESSIONS,
     )
 
 
@@ -428,8 +417,10 @@ async def _make_room(to_end: tuple[owners.ToEnd, ...]) -> None:
             await asyncio.to_thread(process.exited.wait, max(left, 0))
 
 
-def _over_a_cap(claim: owners.Claim, config: conf.NotebookSettings) -> WebsocketRefusal:
-    """A new session refused by one of the caps on sessions, with its words."""
+def over_a_cap(claim: owners.Claim) -> WebsocketRefusal:
+    """A new session refused by one of the caps on sessions (this process's,
+    or the machine's, which its kernel host keeps), with its words."""
+    config = conf.get_settings()
     if claim is owners.Claim.OVER_LIMIT:
         notice = notices.too_many_for_user(config.MAX_SESSIONS_PER_USER)
     elif claim is owners.Claim.ADDRESS_FULL:

@@ -16,7 +16,7 @@ from django.urls import Resolver404, resolve
 from django_notebooks import admission, conf, context, notices, registry
 from django_notebooks.admission import WebsocketRefusal
 from django_notebooks.kernels import router
-from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable
+from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable, OverCap
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import flow, layers, lifecycle, stopping
@@ -314,6 +314,12 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
             # No kernel process could start (logged): never run the
             # visitor's code in this process instead.
             await self._end_session(notices.CANNOT_START, CLOSE_UNAVAILABLE)
+        except OverCap as over:
+            # The machine's sessions are at a cap (its kernel host counts
+            # every web process's).
+            refusal = admission.over_a_cap(over.claim)
+            assert refusal.notice is not None
+            await self._end_session(refusal.notice, refusal.code)
         except Exception:
             logger.exception("marimo's websocket handler failed")
         finally:

@@ -338,11 +338,15 @@ async def _serve(
             yield
             return
         websockets += 1
+        if websockets == 1:
+            reporter.send(wire.PageOpened())
         try:
             yield
         finally:
             websockets -= 1
             last_seen = loop.time()
+            if not websockets:
+                reporter.send(wire.PageClosed())
 
     loop.add_reader(status.fileno(), answer_pings)
     loop.add_signal_handler(signal.SIGINT, cells.interrupt)

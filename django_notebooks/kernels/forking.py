@@ -65,8 +65,13 @@ class ForkServerFailed(RuntimeError):
 
 class ForkRefused(RuntimeError):
     """The kernel host could not fork a kernel (the system's limit on
-    processes or memory, a notebook it could not read), or the session's
-    kernel is another login's."""
+    processes or memory, a notebook it could not read), the session's
+    kernel is another login's, or the machine's sessions are at a cap
+    (``cap``: which, as ``owners.Claim``'s value)."""
+
+    def __init__(self, error: str, cap: str = "") -> None:
+        super().__init__(error)
+        self.cap = cap
 
 
 def new_kernel_id() -> int:
@@ -257,7 +262,7 @@ class ForkServer:
         elif isinstance(message, wire.ForkRefused):
             answer = self._waiting.pop(message.id, None)
             if answer is not None:
-                _settle(answer, ForkRefused(message.error))
+                _settle(answer, ForkRefused(message.error, message.cap))
 
     def stop(self) -> None:
         """Close the connection to the host. Its kernels stay for the next

@@ -137,6 +137,11 @@ class Kernel:
     ping_number: int = 0
     pinged_at: float = 0.0
     answered_at: float = field(default_factory=time.monotonic)
+    #: Whether its page's websocket is connected (a new kernel's is about
+    #: to be), and since when it is not: the caps the host keeps count an
+    #: open page's kernel, and end a closed tab's to make room.
+    page_open: bool = True
+    page_closed_at: float | None = None
     #: Why it is being ended, once its parent has begun to end it.
     ending: wire.Cause | None = None
     #: When its group gets SIGKILL (a SIGTERM's grace, or an interrupted
@@ -402,7 +407,49 @@ class ForkServer:
         if fork.running_only:
             self._tell(client, wire.ForkRefused(fork.id, wire.NOT_RUNNING))
             return
+        if fork.caps is not None and not self._make_room(client, fork):
+            return
         self._fork(client, fork)
+
+    def _make_room(self, client: Client, fork: wire.Fork) -> bool:
+        """Whether a new session fits under the caps on sessions, counted
+        over every kernel of the machine (whichever web process asked for
+        it): as a web process counts its own (``owners.room_for``), the
+        person's oldest closed tabs end to make room; if that is not enough,
+        the fork is refused with the cap."""
+        from django_notebooks.sessions import owners
+
+        assert fork.caps is not None
+        live = [
+            (
+                kernel.fork.session_id,
+                owners.Binding(
+                    _owner_key(kernel.fork),
+                    kernel.fork.slug,
+                    {},
+                    address=kernel.fork.address,
+                    connections=int(kernel.page_open),
+                    disconnected_at=kernel.page_closed_at,
+                ),
+            )
+            for kernel in self.kernels.values()
+            if kernel.ending is None and kernel.fork.person
+        ]
+        refused, to_end = owners.room_for(
+            live, _owner_key(fork), fork.address, owners.Caps(**fork.caps)
+        )
+        if refused is not None:
+            self._tell(
+                client,
+                wire.ForkRefused(fork.id, "over a cap on sessions", cap=refused.value),
+            )
+            return False
+        for ending in to_end:
+            kernel = self.by_session.get(ending.session_id)
+            if kernel is not None:
+                # At once: the new kernel is forked right after.
+                self._stop(kernel, wire.Cause.ASKED, now=True)
+        return True
 
     def _fork(self, client: Client, fork: wire.Fork) -> None:
         try:
@@ -598,6 +645,10 @@ class ForkServer:
                 self._cell_ended(kernel, message, now)
             elif isinstance(message, wire.Pong):
                 kernel.answered_at = now
+            elif isinstance(message, wire.PageOpened):
+                kernel.page_open, kernel.page_closed_at = True, None
+            elif isinstance(message, wire.PageClosed):
+                kernel.page_open, kernel.page_closed_at = False, time.time()
 
     def _cell_ended(self, kernel: Kernel, ended: wire.CellEnded, now: float) -> None:
         kernel.cell_since = None
@@ -712,6 +763,11 @@ class ForkServer:
         if self.cgroups is not None:
             self.cgroups.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _owner_key(fork: wire.Fork) -> str:
+    """An owner key as owners.py reads one: the person, then the login."""
+    return f"{fork.person}:{fork.owner}"
 
 
 def _signal_group(kernel: Kernel, number: int) -> None:

@@ -46,6 +46,7 @@ from django_notebooks.kernels.forking import (
 )
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import owners
+from django_notebooks.sessions.owners import Caps, Claim
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ class KernelUnavailable(Exception):
     could not start, or could not fork, even after a restart)."""
 
 
+class OverCap(Exception):
+    """The machine's kernel host refused a new session's kernel: the
+    sessions of the machine are at one of the caps (``claim``)."""
+
+    def __init__(self, claim: Claim) -> None:
+        super().__init__(claim.value)
+        self.claim = claim
+
+
 class KernelNotAnswering(Exception):
     """The kernel did not answer a call within its deadline; it may be busy
     or stopped, but it has not ended."""
@@ -105,6 +115,11 @@ class KernelStart:
     #: Who opened the session (``records.owner_hash``): only they get its
     #: kernel back from the host (a page reconnecting after a deploy).
     owner: str = ""
+    #: For the caps the host keeps over the machine's sessions: the person
+    #: (``user:<id>``, ``visitor:<id>``), the client address, the caps.
+    person: str = ""
+    address: str | None = None
+    caps: Caps | None = None
 
 
 @dataclass(eq=False)
@@ -370,6 +385,8 @@ class KernelProcesses:
                 failure = error
             except ForkRefused as error:
                 self._forget(process)
+                if error.cap:
+                    raise OverCap(Claim(error.cap)) from None
                 failure = error
                 break
             except BaseException:
@@ -453,6 +470,11 @@ class KernelProcesses:
             log_output=start.log_output,
             owner=start.owner,
             running_only=running_only,
+            person=start.person,
+            address=start.address,
+            caps=None
+            if start.caps is None or running_only
+            else dataclasses.asdict(start.caps),
         )
 
     def _running_in_older_host(self, process: KernelProcess, fork: wire.Fork) -> bool:

@@ -125,6 +125,8 @@ class SessionRouter:
         user = scope.get("user") or {}
         binding = owners.bindings.get(session_id)
         owner = records.owner_hash(binding.owner) if binding is not None else ""
+        # The caps hold over the machine's sessions: its kernel host counts.
+        person = owners.person_of(binding.owner) if binding is not None else ""
         process = await kernel_processes.start(
             session_id,
             KernelStart(
@@ -138,6 +140,9 @@ class SessionRouter:
                 session_ttl=options.get("session_ttl", 120),
                 log_output=conf.get_settings().LOG_NOTEBOOK_OUTPUT,
                 owner=owner,
+                person=person,
+                address=binding.address if binding is not None else None,
+                caps=owners.caps_in_force() if person else None,
             ),
         )
         assert process.pid is not None

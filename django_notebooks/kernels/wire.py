@@ -208,6 +208,12 @@ class Fork:
     #: Only the session's running kernel: fork none (:class:`ForkRefused`
     #: with :data:`NOT_RUNNING` if it does not run here).
     running_only: bool = False
+    #: Whose session it is, for the caps the host keeps over the machine's
+    #: kernels: the person (``user:<id>`` or ``visitor:<id>``), the client
+    #: address, and the caps (``owners.Caps``' fields; none: no cap).
+    person: str = ""
+    address: str | None = None
+    caps: dict[str, int | None] | None = None
 
 
 @message
@@ -225,10 +231,12 @@ class Forked:
 
 @message
 class ForkRefused:
-    """Fork request ``id`` could not be carried out."""
+    """Fork request ``id`` could not be carried out; ``cap``: the cap on
+    sessions that refuses it (``owners.Claim``'s value), if one does."""
 
     id: int
     error: str
+    cap: str = ""
 
 
 #: ForkRefused's error when a ``running_only`` request's session has no
@@ -315,6 +323,18 @@ class CellEnded:
 
     interrupted: bool = False
     out_of_memory: bool = False
+
+
+@message
+class PageOpened:
+    """The session's page connected its websocket (the kernel counts as
+    an open page's under the caps)."""
+
+
+@message
+class PageClosed:
+    """The session's page is gone: its kernel is a closed tab's, which a
+    new session of the same person may replace at a cap."""
 
 
 @message

@@ -119,6 +119,12 @@ def _is_visitor(owner: str) -> bool:
     return owner.startswith("visitor:")
 
 
+def person_of(owner: str) -> str:
+    """The user or visitor behind an owner key (``user:<id>``,
+    ``visitor:<id>``), whatever their login."""
+    return _person(owner)
+
+
 def _person(owner: str) -> str:
     """The user or visitor behind an owner key, whatever their login."""
     kind, _, rest = owner.partition(":")
@@ -148,6 +154,17 @@ class Caps:
     anonymous: int | None = None
     #: Of the whole process (LIMITS["MAX_SESSIONS"]).
     server: int | None = None
+
+
+def caps_in_force() -> Caps:
+    """The caps on live kernels a new session must fit under."""
+    config = conf.get_settings()
+    return Caps(
+        per_person=config.MAX_SESSIONS_PER_USER,
+        per_address=config.LIMITS.MAX_SESSIONS_PER_ADDRESS,
+        anonymous=config.LIMITS.MAX_ANONYMOUS_SESSIONS,
+        server=config.LIMITS.MAX_SESSIONS,
+    )
 
 
 @dataclass
@@ -286,74 +303,7 @@ class SessionBindings:
     def _room_for(
         self, owner: str, address: str | None, caps: Caps
     ) -> tuple[Claim | None, tuple[ToEnd, ...]]:
-        """Whether a new session of ``owner`` fits under every cap, and the
-        closed tabs whose kernels must end for it to fit; or the cap that
-        refuses it (then nothing ends).
-
-        The tabs ended are the claimant's own, oldest closed first: a reload
-        must never be refused for the page it replaces. An anonymous visitor
-        is known only by a cookie a client can drop, so the closed tabs of
-        its address's anonymous visitors count as its own too (the address
-        cap would end them anyway).
-        """
-        person = _person(owner)
-        anonymous = _is_visitor(owner)
-
-        def of_the_person(binding: Binding) -> bool:
-            return _person(binding.owner) == person
-
-        def of_the_address(binding: Binding) -> bool:
-            return binding.is_anonymous and binding.address == address
-
-        def own(binding: Binding) -> bool:
-            return of_the_person(binding) or (
-                anonymous and address is not None and of_the_address(binding)
-            )
-
-        # Most particular first: the page says the cap the person can act on.
-        checks: list[tuple[Claim, int | None, Callable[[Binding], bool]]] = [
-            (Claim.OVER_LIMIT, caps.per_person, of_the_person)
-        ]
-        if anonymous:
-            if address is not None:
-                checks.append((Claim.ADDRESS_FULL, caps.per_address, of_the_address))
-            checks.append(
-                (
-                    Claim.VISITORS_FULL,
-                    caps.anonymous,
-                    lambda binding: binding.is_anonymous,
-                )
-            )
-        checks.append((Claim.SERVER_FULL, caps.server, lambda binding: True))
-
-        live = self._live()
-        ending: dict[str, Binding] = {}
-        for refusal, cap, counts in checks:
-            if cap is None:
-                continue
-            counted = [
-                (session_id, binding)
-                for session_id, binding in live
-                if session_id not in ending and counts(binding)
-            ]
-            excess = len(counted) + 1 - cap
-            if excess <= 0:
-                continue
-            closed_tabs = sorted(
-                (
-                    (session_id, binding)
-                    for session_id, binding in counted
-                    if not binding.connections and own(binding)
-                ),
-                key=lambda item: item[1].disconnected_at or 0,
-            )
-            if len(closed_tabs) < excess:
-                return refusal, ()
-            ending.update(closed_tabs[:excess])
-        return None, tuple(
-            ToEnd(session_id, binding.notebook)
-            for session_id, binding in ending.items()
-        )
+        return room_for(self._live(), owner, address, caps)
 
     def _live(self) -> list[tuple[str, Binding]]:
         """The sessions whose kernel lives, by session id."""
@@ -475,6 +425,79 @@ class SessionBindings:
         ]
         for session_id in expired:
             del self._bindings[session_id]
+
+
+def room_for(
+    live: list[tuple[str, Binding]], owner: str, address: str | None, caps: Caps
+) -> tuple[Claim | None, tuple[ToEnd, ...]]:
+    """Whether a new session of ``owner`` fits under every cap, among the
+    sessions whose kernel lives (``live``: by session id), and the closed
+    tabs whose kernels must end for it to fit; or the cap that refuses it
+    (then nothing ends). The kernel host counts the machine's kernels with
+    it too (kernels/forkserver.py).
+
+    The tabs ended are the claimant's own, oldest closed first: a reload
+    must never be refused for the page it replaces. An anonymous visitor
+    is known only by a cookie a client can drop, so the closed tabs of
+    its address's anonymous visitors count as its own too (the address
+    cap would end them anyway).
+    """
+    person = _person(owner)
+    anonymous = _is_visitor(owner)
+
+    def of_the_person(binding: Binding) -> bool:
+        return _person(binding.owner) == person
+
+    def of_the_address(binding: Binding) -> bool:
+        return binding.is_anonymous and binding.address == address
+
+    def own(binding: Binding) -> bool:
+        return of_the_person(binding) or (
+            anonymous and address is not None and of_the_address(binding)
+        )
+
+    # Most particular first: the page says the cap the person can act on.
+    checks: list[tuple[Claim, int | None, Callable[[Binding], bool]]] = [
+        (Claim.OVER_LIMIT, caps.per_person, of_the_person)
+    ]
+    if anonymous:
+        if address is not None:
+            checks.append((Claim.ADDRESS_FULL, caps.per_address, of_the_address))
+        checks.append(
+            (
+                Claim.VISITORS_FULL,
+                caps.anonymous,
+                lambda binding: binding.is_anonymous,
+            )
+        )
+    checks.append((Claim.SERVER_FULL, caps.server, lambda binding: True))
+
+    ending: dict[str, Binding] = {}
+    for refusal, cap, counts in checks:
+        if cap is None:
+            continue
+        counted = [
+            (session_id, binding)
+            for session_id, binding in live
+            if session_id not in ending and counts(binding)
+        ]
+        excess = len(counted) + 1 - cap
+        if excess <= 0:
+            continue
+        closed_tabs = sorted(
+            (
+                (session_id, binding)
+                for session_id, binding in counted
+                if not binding.connections and own(binding)
+            ),
+            key=lambda item: item[1].disconnected_at or 0,
+        )
+        if len(closed_tabs) < excess:
+            return refusal, ()
+        ending.update(closed_tabs[:excess])
+    return None, tuple(
+        ToEnd(session_id, binding.notebook) for session_id, binding in ending.items()
+    )
 
 
 bindings = SessionBindings()

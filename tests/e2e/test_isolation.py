@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+import websockets
 
 from django_notebooks.kernels import cgroups
 from tests.live import (
@@ -579,7 +580,12 @@ async def test_a_fork_server_that_dies_is_replaced_and_its_pages_told(
                 assert 20 <= len(printed) <= 40
                 first = fork_server_of(server)
                 os.kill(first, signal.SIGKILL)
-                notice = await next_notice(session)
+                try:
+                    notice = await next_notice(session)
+                except websockets.ConnectionClosed as closed:
+                    pytest.fail(
+                        f"closed without a notice ({closed}):\n{server.log()[-4000:]}"
+                    )
                 assert notice["final"] is True
                 await wait_for(lambda: not is_alive(pid), 5, "kernel outlived it")
             # A new session gets a kernel of a new fork server, never a

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from django_notebooks import notices
 from django_notebooks.kernels import wire
 from tests.e2e.test_isolation import is_alive, wait_for
 from tests.live import (
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.e2e
 
 PAGE = "/notebooks/kept/"
 SQUARE = "/notebooks/square/"
+NOTICE = notices.OP
 GRACE = 30
 # A file of an installed app (the test project's): changing its modification
 # time is a deploy of new code, as far as the kernel host can tell.
@@ -362,3 +364,56 @@ async def test_any_server_of_the_machine_answers_any_kernel_call_directly(
         holder.stop()
         other.stop()
     assert "Traceback" not in other.log()
+
+
+async def notice_of(session: KernelSession) -> dict:
+    """The notice the page is sent before its websocket closes."""
+    while True:
+        frame = await session.recv(30)
+        if frame.get("op") == NOTICE:
+            return frame["data"]
+        assert frame.get("op") != "completed-run", "the session ran"
+
+
+async def test_the_caps_count_the_machines_kernels_whichever_server_asked(
+    live_db, tmp_path, hosts
+):
+    """Two servers of one project, MAX_SESSIONS = 2 and two sessions a user:
+    each server alone is under its caps, the machine is not. A person's
+    closed tab on one server makes room for their new session on the other;
+    a third open session is refused, on either server."""
+    caps = {
+        "DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS": "2",
+        "DJANGO_NOTEBOOKS_TEST_MAX_SESSIONS": "2",
+    }
+    first = start("daphne", live_db, tmp_path / "first.log", **caps)
+    second = start("uvicorn", live_db, tmp_path / "second.log", **caps)
+    try:
+        async with (
+            NotebookClient(first.url) as alice,
+            NotebookClient(second.url) as alice_elsewhere,
+            NotebookClient(first.url) as bob,
+        ):
+            await alice.login("alice")
+            alice_elsewhere.http.cookies.update(alice.http.cookies)
+            await bob.login("bob")
+            async with alice.kernel(PAGE) as closed_tab:
+                *_, closed_pid = await opened(closed_tab)
+            hosts.update(first.kernel_hosts())
+            async with alice_elsewhere.kernel(PAGE) as one:
+                await opened(one)
+                # alice holds two kernels: the closed tab's makes room.
+                async with alice_elsewhere.kernel(PAGE) as two:
+                    await opened(two)
+                    await wait_for(
+                        lambda: not is_alive(closed_pid), 10, "no room was made"
+                    )
+                    # The machine holds MAX_SESSIONS open pages: bob is refused.
+                    async with bob.kernel(PAGE) as refused:
+                        notice = await notice_of(refused)
+                        assert notice["title"] == notices.SERVER_BUSY.title
+                        await refused.websocket.wait_closed()
+                        assert refused.websocket.close_code == 4429
+    finally:
+        first.stop()
+        second.stop()
