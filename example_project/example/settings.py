@@ -150,7 +150,7 @@ DJANGO_NOTEBOOKS = {
     "KERNEL_HOST_GRACE": 60,
     # Limits on sessions (the defaults, written out): a cell may run two
     # minutes and a session's code allocate 1 GB; an open session is closed
-    # after an hour without a widget change; this server process holds at
+    # after an hour without a widget change; this machine holds at
     # most 100 kernels (open pages, and closed tabs whose kernel waits out
     # marimo's session_ttl), anonymous visitors of "savings" at most 20 from
     # one address and 50 in all, so that half is kept for logged-in users.
