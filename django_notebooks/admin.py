@@ -198,14 +198,24 @@ class NotebookSessionAdmin(SessionAdminBase):
         this machine (docs: topics/isolation)."""
         if kernel_router.isolation() == kernel_router.PROCESS:
             found = kernel_processes.mechanisms()
-            extra_context = {
-                **(extra_context or {}),
-                "subtitle": _(
-                    "Each kernel process runs in %(containment)s; its memory "
-                    "(MEMORY_MB) is limited by %(memory)s."
-                )
-                % {"containment": found.containment, "memory": found.memory},
-            }
+            subtitle = _(
+                "Each kernel process runs in %(containment)s; its memory "
+                "(MEMORY_MB) is limited by %(memory)s."
+            ) % {"containment": found.containment, "memory": found.memory}
+            spares = usage.spares()
+            if spares:
+                # Forked ahead for the notebooks in use (KERNEL_SPARES).
+                subtitle += " " + ngettext(
+                    "%(count)d spare kernel (%(memory).0f MB) waits for a new "
+                    "session on this host.",
+                    "%(count)d spare kernels (%(memory).0f MB) wait for new "
+                    "sessions on this host.",
+                    len(spares),
+                ) % {
+                    "count": len(spares),
+                    "memory": sum(s.private_bytes for s in spares) / 1024 / 1024,
+                }
+            extra_context = {**(extra_context or {}), "subtitle": subtitle}
         return super().changelist_view(request, extra_context)
 
     @admin.display(description=_("user"), ordering="user__username")

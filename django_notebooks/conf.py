@@ -90,6 +90,9 @@ class NotebookSettings:
     #: Seconds the machine's kernel host keeps its kernels with no web
     #: server connected (a restart, a deploy), before it ends them.
     KERNEL_HOST_GRACE: float
+    #: Kernels the host keeps forked ahead for each notebook in use, so that
+    #: a new session takes one instead of waiting for a fork.
+    KERNEL_SPARES: int
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,11 @@ KEYS: dict[str, Key] = {
         check_id="django_notebooks.E018",
     ),
     "LOG_NOTEBOOK_OUTPUT": Key(False, "True or False", is_bool),
+    "KERNEL_SPARES": Key(
+        1,
+        "a number of kernels, 0 or more",
+        lambda value: value == 0 or _is_positive_int(value),
+    ),
     "KERNEL_HOST_GRACE": Key(
         60,
         "a number of seconds, 0 or more",

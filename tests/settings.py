@@ -177,6 +177,11 @@ DJANGO_NOTEBOOKS["ISOLATION"] = os.environ.get(
 DJANGO_NOTEBOOKS["KERNEL_HOST_GRACE"] = float(
     os.environ.get("DJANGO_NOTEBOOKS_TEST_HOST_GRACE", "0")
 )
+# No spare kernels (counted by the tests of caps and processes), unless a
+# test of spares asks (tests/e2e/test_kernel_host.py).
+DJANGO_NOTEBOOKS["KERNEL_SPARES"] = int(
+    os.environ.get("DJANGO_NOTEBOOKS_TEST_SPARES", "0")
+)
 # What notebooks print, in the server's log (tests/e2e/test_isolation.py).
 DJANGO_NOTEBOOKS["LOG_NOTEBOOK_OUTPUT"] = bool(
     os.environ.get("DJANGO_NOTEBOOKS_TEST_LOG_OUTPUT")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -1025,21 +1026,20 @@ def test_the_own_cgroup_is_read_from_proc(tmp_path):
 # What a kernel process uses, for the admin.
 
 
-@pytest.fixture
-def lookalike_kernel():
-    """A process with a kernel process's title."""
+def lookalike(title: str, is_one) -> Iterator[int]:
+    """A process with the title of a kernel process, or a spare's."""
     process = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import setproctitle, time; "
-            f"setproctitle.setproctitle({titles.kernel('n', 's_x')!r}); "
+            f"setproctitle.setproctitle({title!r}); "
             "sum(range(10**6)); time.sleep(30)",
         ]
     )
 
     def titled() -> bool:
-        return titles.is_kernel(Path(f"/proc/{process.pid}/cmdline").read_bytes())
+        return is_one(Path(f"/proc/{process.pid}/cmdline").read_bytes())
 
     deadline = time.monotonic() + 10
     while not titled() and time.monotonic() < deadline:
@@ -1047,6 +1047,30 @@ def lookalike_kernel():
     yield process.pid
     process.kill()
     process.wait()
+
+
+@pytest.fixture
+def lookalike_kernel():
+    """A process with a kernel process's title."""
+    yield from lookalike(titles.kernel("n", "s_x"), titles.is_kernel)
+
+
+@pytest.fixture
+def lookalike_spare():
+    """A process with a spare kernel's title."""
+    yield from lookalike(titles.spare("n"), titles.is_spare)
+
+
+@pytest.mark.django_db
+def test_the_admin_says_how_many_spare_kernels_wait(lookalike_spare, admin_client):
+    from django_notebooks.kernels import usage
+
+    assert not titles.is_kernel(titles.spare("n").encode())  # not a session's
+    (spare,) = usage.spares()
+    assert spare.private_bytes > 0
+    page = admin_client.get("/admin/django_notebooks/notebooksession/")
+    assert page.status_code == 200
+    assert "1 spare kernel (" in page.content.decode()
 
 
 def test_usage_is_read_for_kernel_processes_only(lookalike_kernel):

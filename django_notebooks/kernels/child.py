@@ -61,6 +61,11 @@ MALLOC_ARENAS = 2
 M_ARENA_MAX = -8
 
 
+# This kernel's notebook slug and session id (a spare's session comes later:
+# wire.Assigned), for the titles of what its cells start.
+_session: list[str] = ["", ""]
+
+
 class WarmUpFailed(RuntimeError):
     """The fork server's warm-up session left threads running."""
 
@@ -170,11 +175,14 @@ def run(
     if cgroup is not None:
         with contextlib.suppress(OSError):
             cgroups.join(cgroup)
-    titles.set_title(titles.kernel(fork.slug, fork.session_id))
+    _session[:] = [fork.slug, fork.session_id]
+    titles.set_title(
+        titles.kernel(fork.slug, fork.session_id)
+        if fork.session_id
+        else titles.spare(fork.slug)
+    )
     os.register_at_fork(
-        after_in_child=lambda: titles.set_title(
-            titles.started_by_cell(fork.slug, fork.session_id)
-        )
+        after_in_child=lambda: titles.set_title(titles.started_by_cell(*_session))
     )
     _redirect_output(output)
     with contextlib.suppress(OSError):
@@ -311,6 +319,10 @@ async def _serve(
     websockets = 0
     last_seen = loop.time()
     parent_gone = asyncio.Event()
+    # A spare (no session yet) waits for one however long its host keeps it.
+    has_session = asyncio.Event()
+    if fork.session_id:
+        has_session.set()
     reporter = cells.reporter
     assert isinstance(reporter, _StatusReporter)
     decoder = wire.Decoder()
@@ -330,6 +342,16 @@ async def _serve(
         for message in messages:
             if isinstance(message, wire.Ping):
                 reporter.send(wire.Pong(message.number))
+            elif isinstance(message, wire.Assigned):
+                assign(message)
+
+    def assign(assigned: wire.Assigned) -> None:
+        """A spare is a session's kernel now: its page is on its way."""
+        nonlocal last_seen
+        _session[1] = assigned.session_id
+        titles.set_title(titles.kernel(fork.slug, assigned.session_id))
+        last_seen = loop.time()
+        has_session.set()
 
     @contextlib.contextmanager
     def watch(scope: dict[str, Any]) -> Iterator[None]:
@@ -358,7 +380,7 @@ async def _serve(
     keep = fork.session_ttl + PAST_TTL
     async with server:
         while not parent_gone.is_set() and (
-            websockets or loop.time() - last_seen < keep
+            websockets or not has_session.is_set() or loop.time() - last_seen < keep
         ):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(parent_gone.wait(), WATCH_INTERVAL)

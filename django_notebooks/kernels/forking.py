@@ -324,9 +324,18 @@ def _start_host(path: Path) -> subprocess.Popen[bytes]:
     outlives this process, and a Ctrl+C in its terminal does not reach it."""
     python_path = [entry or os.getcwd() for entry in sys.path]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
-    grace = conf.get_settings().KERNEL_HOST_GRACE
+    config = conf.get_settings()
     return subprocess.Popen(
-        [sys.executable, "-m", SERVER_MODULE, str(path), "--grace", str(grace)],
+        [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            str(path),
+            "--grace",
+            str(config.KERNEL_HOST_GRACE),
+            "--spares",
+            str(config.KERNEL_SPARES),
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,

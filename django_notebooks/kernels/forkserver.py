@@ -35,8 +35,10 @@ tests/e2e/test_isolation.py runs it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -74,6 +76,11 @@ LISTEN_BACKLOG = 64
 # does not is disconnected).
 SEND_TIMEOUT = 10.0
 SOCKETS_PREFIX = "django-notebooks-"
+# Spares waiting at most, all notebooks together, and the seconds one waits
+# before it ends unused (its notebook no longer in use).
+MAX_SPARES = 8
+SPARE_MAX_AGE = 600.0
+SPARES = "--spares"  # KERNEL_SPARES
 OWNER_FILE = "fork-server.pid"
 # What a kernel's printed output may put in the server's log (when the
 # project asks for it): lines a second, and characters a line.
@@ -137,6 +144,8 @@ class Kernel:
     ping_number: int = 0
     pinged_at: float = 0.0
     answered_at: float = field(default_factory=time.monotonic)
+    #: When it was forked (monotonic).
+    started_at: float = field(default_factory=time.monotonic)
     #: Whether its page's websocket is connected (a new kernel's is about
     #: to be), and since when it is not: the caps the host keeps count an
     #: open page's kernel, and end a closed tab's to make room.
@@ -226,6 +235,7 @@ class ForkServer:
         kernel_cgroups: cgroups.KernelCgroups | None,
         *,
         grace: float,
+        spares: int = 0,
     ) -> None:
         self.listener = listener
         self.ready = ready
@@ -235,6 +245,10 @@ class ForkServer:
         self.kernels: dict[int, Kernel] = {}  # by pid
         self.by_id: dict[int, Kernel] = {}
         self.by_session: dict[str, Kernel] = {}
+        #: Spares (kernels forked ahead, for no session yet), by the
+        #: notebook and limits they were forked for (_spare_key).
+        self.spares: dict[tuple[Any, ...], list[Kernel]] = {}
+        self.spare_count = spares
         #: The web processes that use each kernel (by kernel id): they hear
         #: of its end and of what its page should be told.
         self.users: dict[int, set[Client]] = {}
@@ -269,6 +283,7 @@ class ForkServer:
             if now - self.ticked >= TICK / 2:
                 self.ticked = now
                 self._tick(now)
+                self._end_old_spares(now)
                 self._end_when_alone(now)
         self.close()
 
@@ -279,12 +294,14 @@ class ForkServer:
         soon as the asker does."""
         if self.alone_since is None:
             return
-        if self.had_client and not self.kernels:
+        if self.had_client and not any(
+            k.fork.session_id for k in self.kernels.values()
+        ):
             self.stopping = True
             return
         grace = self.grace if self.had_client else max(self.grace, FIRST_CLIENT_WAIT)
         if now - self.alone_since >= grace:
-            if self.kernels:
+            if any(k.fork.session_id for k in self.kernels.values()):
                 logger.info(
                     "No web server has used the kernel host for %.0f s: "
                     "ending its %d kernel(s)",
@@ -452,20 +469,33 @@ class ForkServer:
         return True
 
     def _fork(self, client: Client, fork: wire.Fork) -> None:
-        try:
-            kernel = self._fork_kernel(fork)
-        except Exception as error:
-            # Refused (a notebook that cannot be read, a fork the system
-            # refused): the web process refuses that session with a notice.
-            logger.error(
-                "Could not start a kernel for notebook %s: %r", fork.slug, error
-            )
-            self._tell(client, wire.ForkRefused(fork.id, repr(error)))
-            return
-        self.kernels[kernel.pid] = kernel
-        self.by_id[kernel.id] = kernel
+        """The new kernel of ``fork``'s session: a spare made ahead for its
+        notebook if there is one (replaced after), else one forked now."""
+        kernel = self._take_spare(fork)
+        if kernel is None:
+            try:
+                kernel = self._start_kernel(fork)
+            except Exception as error:
+                # Refused (a notebook that cannot be read, a fork the system
+                # refused): the web process refuses that session with a notice.
+                logger.error(
+                    "Could not start a kernel for notebook %s: %r", fork.slug, error
+                )
+                self._tell(client, wire.ForkRefused(fork.id, repr(error)))
+                return
         self.by_session[fork.session_id] = kernel
         self.users[kernel.id] = {client}
+        self._tell(
+            client,
+            wire.Forked(fork.id, kernel.pid, str(kernel.socket_path), kernel=kernel.id),
+        )
+        self._make_spares(fork)
+
+    def _start_kernel(self, fork: wire.Fork) -> Kernel:
+        """Fork a kernel and watch it."""
+        kernel = self._fork_kernel(fork)
+        self.kernels[kernel.pid] = kernel
+        self.by_id[kernel.id] = kernel
         self.selector.register(
             kernel.status, selectors.EVENT_READ, lambda: self._from_kernel(kernel)
         )
@@ -473,10 +503,70 @@ class ForkServer:
             self.selector.register(
                 kernel.output, selectors.EVENT_READ, lambda: self._output(kernel)
             )
-        self._tell(
-            client,
-            wire.Forked(fork.id, kernel.pid, str(kernel.socket_path), kernel=fork.id),
-        )
+        return kernel
+
+    # Spares: kernels forked ahead, for the notebooks in use.
+
+    def _take_spare(self, fork: wire.Fork) -> Kernel | None:
+        """A spare for ``fork``'s notebook and limits, made the session's
+        kernel (its title and log name say so from now on)."""
+        spares = self.spares.get(_spare_key(fork), [])
+        while spares:
+            kernel = spares.pop(0)
+            if kernel.ending is not None or not kernel.status_open:
+                continue
+            kernel.fork = dataclasses.replace(fork, id=kernel.id)
+            if kernel.output_log is not None:
+                kernel.output_log.name = f"{fork.slug} {fork.session_id}"
+            try:
+                kernel.status.send(
+                    wire.encode(wire.Assigned(fork.session_id, fork.user))
+                )
+            except OSError:
+                continue  # it is ending: its end is reaped as any other's
+            return kernel
+        return None
+
+    def _make_spares(self, fork: wire.Fork) -> None:
+        """Keep KERNEL_SPARES spares ready for ``fork``'s notebook and limits
+        (fewer once MAX_SPARES wait in all), forked after the session's
+        answer went out."""
+        if self.spare_count <= 0:
+            return
+        key = _spare_key(fork)
+        spares = self.spares.setdefault(key, [])
+        waiting = sum(len(ready) for ready in self.spares.values())
+        while len(spares) < self.spare_count and waiting < MAX_SPARES:
+            spare = dataclasses.replace(
+                fork,
+                id=new_spare_id(),
+                session_id="",
+                user="",
+                owner="",
+                person="",
+                address=None,
+                caps=None,
+            )
+            try:
+                kernel = self._start_kernel(spare)
+            except Exception as error:
+                logger.warning(
+                    "Could not fork a spare kernel for notebook %s: %r",
+                    fork.slug,
+                    error,
+                )
+                return
+            spares.append(kernel)
+            waiting += 1
+
+    def _end_old_spares(self, now: float) -> None:
+        """A spare unused for SPARE_MAX_AGE seconds ends: its notebook is
+        no longer in use, and its memory is better free."""
+        for spares in self.spares.values():
+            for kernel in list(spares):
+                if now - kernel.started_at >= SPARE_MAX_AGE:
+                    spares.remove(kernel)
+                    self._stop(kernel, wire.Cause.ASKED, now=False)
 
     def _fork_kernel(self, fork: wire.Fork) -> Kernel:
         from django_notebooks.kernels import child
@@ -590,6 +680,9 @@ class ForkServer:
 
     def _ended(self, kernel: Kernel, status: int) -> None:
         self.by_id.pop(kernel.id, None)
+        for spares in self.spares.values():
+            if kernel in spares:
+                spares.remove(kernel)
         if self.by_session.get(kernel.fork.session_id) is kernel:
             del self.by_session[kernel.fork.session_id]
         self._close_status(kernel)
@@ -765,6 +858,26 @@ class ForkServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _spare_key(fork: wire.Fork) -> tuple[Any, ...]:
+    """What a spare must have been forked with to serve ``fork``: its
+    notebook, marimo's options and the session's limits (what a session
+    sets in its kernel is given later: wire.Assigned)."""
+    return (
+        fork.notebook,
+        repr(sorted(fork.options.items())),
+        fork.memory_mb,
+        fork.cell_timeout,
+        fork.unresponsive_after,
+        fork.session_ttl,
+        fork.log_output,
+    )
+
+
+def new_spare_id() -> int:
+    """A kernel id no web process gives (theirs are positive)."""
+    return -secrets.randbits(52) - 1
+
+
 def _owner_key(fork: wire.Fork) -> str:
     """An owner key as owners.py reads one: the person, then the login."""
     return f"{fork.person}:{fork.owner}"
@@ -863,6 +976,7 @@ def _refuse_waiting(listener: socket.socket, error: str) -> None:
 def main(argv: list[str]) -> None:
     socket_path = argv[1]
     grace = float(argv[argv.index(GRACE) + 1]) if GRACE in argv else 0.0
+    spares = int(argv[argv.index(SPARES) + 1]) if SPARES in argv else 0
     # Ctrl+C in a terminal reaches the whole process group: the web servers
     # (or the service's manager, with SIGTERM) decide when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -894,7 +1008,7 @@ def main(argv: list[str]) -> None:
     ready = wire.Ready(
         str(directory), mechanisms.containment, mechanisms.memory, pid=os.getpid()
     )
-    ForkServer(listener, ready, kernel_cgroups, grace=grace).serve()
+    ForkServer(listener, ready, kernel_cgroups, grace=grace, spares=spares).serve()
     # Nothing to tidy at exit: the exit hooks the warm-up installed (closing
     # marimo sessions, deleting a server's session records) are the web
     # process's business.

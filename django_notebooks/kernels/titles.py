@@ -21,6 +21,11 @@ def kernel(slug: str, session_id: str) -> str:
     return f"{PREFIX} kernel {slug} {session_id}"
 
 
+def spare(slug: str) -> str:
+    """A kernel forked ahead for notebook ``slug``, for no session yet."""
+    return f"{PREFIX} spare kernel {slug}"
+
+
 def started_by_cell(slug: str, session_id: str) -> str:
     return f"{PREFIX} process started by a cell of {slug} {session_id}"
 
@@ -29,3 +34,8 @@ def is_kernel(command_line: bytes) -> bool:
     """Whether a process's command line (``/proc/<pid>/cmdline``) is a
     kernel process's title."""
     return command_line.startswith(f"{PREFIX} kernel ".encode())
+
+
+def is_spare(command_line: bytes) -> bool:
+    """Whether a process's command line is a spare kernel's title."""
+    return command_line.startswith(f"{PREFIX} spare kernel ".encode())

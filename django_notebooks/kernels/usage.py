@@ -9,6 +9,7 @@ whatever process took over a stale pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ class Usage:
     private_bytes: int
 
 
-def usage(pid: int) -> Usage | None:
-    """The kernel process ``pid``'s use, or ``None`` if it is not one here."""
+def usage(pid: int, *, spare: bool = False) -> Usage | None:
+    """The kernel process ``pid``'s use, or ``None`` if it is not one here
+    (with ``spare``: a spare kernel's)."""
     proc = Path("/proc") / str(pid)
+    is_one = titles.is_spare if spare else titles.is_kernel
     try:
-        if not titles.is_kernel((proc / "cmdline").read_bytes()):
+        if not is_one((proc / "cmdline").read_bytes()):
             return None
         # utime and stime: fields 14 and 15, after the parenthesised name.
         fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
@@ -39,3 +42,20 @@ def usage(pid: int) -> Usage | None:
     except (OSError, ValueError, IndexError):
         return None
     return Usage(ticks / os.sysconf("SC_CLK_TCK"), private)
+
+
+def spares() -> list[Usage]:
+    """What the spare kernels of this host that run as this user use
+    (forked ahead by the kernel hosts, for no session yet)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                used = usage(int(entry.name), spare=True)
+                if used is not None:
+                    found.append(used)
+    return found

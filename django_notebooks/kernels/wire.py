@@ -326,6 +326,15 @@ class CellEnded:
 
 
 @message
+class Assigned:
+    """A spare kernel (forked ahead, for no session yet) is the kernel of
+    session ``session_id`` of ``user`` (in words, for its title) now."""
+
+    session_id: str
+    user: str
+
+
+@message
 class PageOpened:
     """The session's page connected its websocket (the kernel counts as
     an open page's under the caps)."""

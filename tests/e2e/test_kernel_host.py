@@ -31,7 +31,9 @@ from tests.live import (
     KernelSession,
     LiveServer,
     NotebookClient,
+    children_of,
     database_of_its_own,
+    process_title,
     square_output,
 )
 
@@ -417,3 +419,47 @@ async def test_the_caps_count_the_machines_kernels_whichever_server_asked(
     finally:
         first.stop()
         second.stop()
+
+
+def spares_of(server: LiveServer) -> list[int]:
+    """The spare kernels (forked ahead) of the server's kernel host."""
+    return [
+        pid
+        for host in server.kernel_hosts()
+        for pid in children_of(host)
+        if process_title(pid).startswith("django-notebooks spare kernel kept")
+    ]
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_new_session_takes_a_spare_kernel_and_a_new_spare_is_made(
+    kind, live_db, tmp_path, hosts
+):
+    server = start(
+        kind, live_db, tmp_path / "server.log", DJANGO_NOTEBOOKS_TEST_SPARES="1"
+    )
+    try:
+        async with NotebookClient(server.url) as alice:
+            await alice.login("alice")
+            async with alice.kernel(PAGE) as first:
+                await opened(first)
+                hosts.update(server.kernel_hosts())
+            # The notebook is in use: one spare waits for its next session,
+            # not counted as a session's kernel.
+            await wait_for(lambda: len(spares_of(server)) == 1, 30, "no spare")
+            (spare,) = spares_of(server)
+            assert spare not in server.kernel_pids()
+            async with alice.kernel(PAGE) as second:
+                kept, moved, pid = await opened(second)
+                assert pid == spare  # the spare, with its title now a kernel's
+                assert process_title(pid).startswith(
+                    f"django-notebooks kernel kept {second.session_id}"
+                )
+                await move(second, kept, 4)
+                await output_with(second, f"kept=4 moved=1 pid={pid}")
+                # ...and a new spare for the session after.
+                await wait_for(
+                    lambda: spares_of(server) not in ([], [spare]), 30, "no new spare"
+                )
+    finally:
+        server.stop()
