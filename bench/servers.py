@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from django_notebooks import conf
 from tests import live
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,6 +315,10 @@ def start_servers(
                 # TTL) go past the default cap: measure speed, not the cap.
                 DJANGO_NOTEBOOKS_TEST_LIMIT_MAX_SESSIONS=str(BRIDGE_MAX_SESSIONS),
                 DJANGO_NOTEBOOKS_TEST_ISOLATION=mode or "process",
+                # The package's default (the test suite runs without spares).
+                DJANGO_NOTEBOOKS_TEST_SPARES=os.environ.get(
+                    "BENCH_KERNEL_SPARES", str(conf.KEYS["KERNEL_SPARES"].default)
+                ),
             )
 
         return start
