@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 PAST_TTL = 1.0
 WARM_NOTEBOOK = Path(__file__).with_name("warm_notebook.py")
 WARM_UP_TIMEOUT = 30.0
+WARM_UP_SESSION = "django-notebooks-warm-up"
 # How often the process looks whether it is still wanted.
 WATCH_INTERVAL = 0.5
 PR_SET_PDEATHSIG = 1
@@ -116,7 +117,7 @@ async def _warm_up_session(app: Any) -> None:
         "type": "websocket",
         "path": "/ws",
         "root_path": "",
-        "query_string": b"session_id=django-notebooks-warm-up",
+        "query_string": f"session_id={WARM_UP_SESSION}".encode(),
         "headers": [(b"host", b"localhost")],
         "user": {"username": "", "is_authenticated": False, "display_name": ""},
         "meta": {},
@@ -128,6 +129,25 @@ async def _warm_up_session(app: Any) -> None:
         await inbox.put({"type": "websocket.disconnect", "code": 1000})
         await asyncio.wait({session}, timeout=5)
         session.cancel()
+
+
+async def _warm_up_as_spare() -> None:
+    """A spare kernel (forked ahead, for no session yet) runs a session of
+    the warm-up notebook, so that the session it is given starts in a
+    process that has run one: marimo's first-session work is done, and the
+    pages of its host's memory that a session writes to are its own
+    already (copy on write), off the session's path."""
+    from django_notebooks.marimo import internals
+    from django_notebooks.marimo.apps import notebook_apps
+
+    app = notebook_apps.app_for(WARM_NOTEBOOK, {"quiet": True})
+    try:
+        await asyncio.wait_for(_warm_up_session(app), WARM_UP_TIMEOUT)
+    except Exception as error:  # slower to start, that is all
+        logger.warning("A spare kernel's warm-up failed: %r", error)
+    manager = notebook_apps.session_manager_for(WARM_NOTEBOOK)
+    if manager is not None:
+        internals.close_session(manager, WARM_UP_SESSION)
 
 
 def prepare(fork: wire.Fork) -> None:
@@ -377,6 +397,8 @@ async def _serve(
         lambda reader, writer: tunnel.serve_call(app, reader, writer, watch),
         sock=listener,
     )
+    if not fork.session_id:
+        await _warm_up_as_spare()
     keep = fork.session_ttl + PAST_TTL
     async with server:
         while not parent_gone.is_set() and (
