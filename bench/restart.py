@@ -30,9 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import os
 import re
-import signal
 import statistics
 import sys
 import time
@@ -44,7 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from bench import servers  # noqa: E402
 from bench.report import code_revision, load_average, package_version  # noqa: E402
-from tests.live import USERS, KernelSession, LiveServer, NotebookClient  # noqa: E402
+from tests.live import (  # noqa: E402
+    USERS,
+    KernelSession,
+    LiveServer,
+    NotebookClient,
+    end_kernel_host,
+)
 
 PAGE = "/notebooks/kept/"
 PID = re.compile(r"kept=(\d+) moved=(\d+) pid=(\d+)")
@@ -153,7 +157,7 @@ async def one_restart(kind: str, grace: int, sessions: int, workdir: Path) -> di
         if again is not None:
             again.stop()
         for host in hosts:
-            end_host(host)
+            end_kernel_host(host)
     back = [page.back_after for page in pages if page.back_after is not None]
     return {
         "sessions": sessions,
@@ -164,15 +168,6 @@ async def one_restart(kind: str, grace: int, sessions: int, workdir: Path) -> di
         "stop": stopped,
         "listen": listening - starting,
     }
-
-
-def end_host(pid: int) -> None:
-    """End a kernel host the run left (it outlives the servers)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def report(results: dict[tuple[str, int], dict], sessions: int) -> str:

@@ -117,6 +117,21 @@ def stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> 
     return True
 
 
+def end_kernel_host(pid: int, timeout: float = 10) -> None:
+    """End a kernel host a test found (it outlives the servers that used
+    it, and is no child of the test's): SIGTERM, SIGKILL after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def server_env(db_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -8,18 +8,16 @@ marimo's red "kernel not found" never shows meanwhile."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import time
 
 import pytest
 
 from django_notebooks import notices
 from tests.browser.test_isolation import choose, expect_done, open_notebook
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS, visiting
-from tests.live import LiveServer, database_of_its_own
+from tests.live import LiveServer, database_of_its_own, end_kernel_host
 
 pytestmark = pytest.mark.browser
 
@@ -65,15 +63,6 @@ def start(
         DJANGO_NOTEBOOKS_TEST_KEPT="1",
         **env,
     )
-
-
-def stop_host(pid: int) -> None:
-    """End a kernel host (it outlives the servers that used it)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def expect_alert(visit, notice: notices.Notice, timeout: float) -> None:
@@ -144,7 +133,7 @@ def test_a_restart_keeps_the_sliders_value_and_the_output(
         if again is not None:
             again.stop()
         for host in hosts:
-            stop_host(host)
+            end_kernel_host(host)
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])

@@ -8,7 +8,6 @@ machine answers any kernel call of it, straight to the kernel."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from tests.live import (
     NotebookClient,
     children_of,
     database_of_its_own,
+    end_kernel_host,
     process_title,
     square_output,
 )
@@ -82,14 +82,7 @@ def hosts():
     found: set[int] = set()
     yield found
     for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while any(is_alive(pid) for pid in found) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        end_kernel_host(pid)
 
 
 async def opened(session: KernelSession) -> tuple[str, str, int]:
