@@ -291,6 +291,13 @@ def prepare_users(workdir: Path, users: int) -> Path:
     return db
 
 
+def host_folder(workdir: Path, name: str) -> Path:
+    """A folder for one bridge server's kernel host (tests.live.machines)."""
+    folder = workdir / f"host-{name}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def start_servers(
     kinds: list[str], workdir: Path, db: Path, session_ttl: int, tag: str = ""
 ) -> list[Target]:
@@ -319,6 +326,9 @@ def start_servers(
                 DJANGO_NOTEBOOKS_TEST_SPARES=os.environ.get(
                     "BENCH_KERNEL_SPARES", str(conf.KEYS["KERNEL_SPARES"].default)
                 ),
+                # A kernel host of its own (a machine of its own, as far as
+                # the bridge can tell): its memory is this server's.
+                XDG_RUNTIME_DIR=str(host_folder(workdir, kind + tag)),
             )
 
         return start
