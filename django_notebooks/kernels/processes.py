@@ -56,9 +56,9 @@ START_TIMEOUT = 90.0
 # Seconds a call waits for the kernel host's word on how a process ended
 # (it comes a moment after the kernel's socket closed).
 EXIT_WAIT = 2.0
-# Seconds a new session waits for a kernel host of older code to say
-# whether it runs the session's kernel.
-ASK_OLDER_HOST_TIMEOUT = 5.0
+# Seconds a kernel host (this code's, or an older code's) may take to say
+# whether it runs a session's kernel.
+ASK_TIMEOUT = 5.0
 # Ends nobody asked for, logged as warnings.
 UNASKED = frozenset(
     {
@@ -424,7 +424,7 @@ class KernelProcesses:
         answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
         try:
             server.fork(fork, answer)
-            forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
+            forked = answer.result(timeout=ASK_TIMEOUT)
         except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
             return self._running_in_older_host(process, fork)
         process.forked.set_result(forked)
@@ -503,7 +503,7 @@ class KernelProcesses:
             answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
             try:
                 host.fork(dataclasses.replace(fork, running_only=True), answer)
-                forked = answer.result(timeout=ASK_OLDER_HOST_TIMEOUT)
+                forked = answer.result(timeout=ASK_TIMEOUT)
             except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
                 host.stop()
                 continue
