@@ -126,10 +126,10 @@ class ForkServer:
         except location.UnsafeFolder as error:
             self.stopped.set()
             raise ForkServerFailed(f"The kernel host cannot start: {error}") from None
-        sock = _connect(path)
+        sock = connect(path)
         if sock is None:
-            with _locked(location.lock_file()):
-                sock = _connect(path)  # another web process started it meanwhile
+            with locked(location.lock_file()):
+                sock = connect(path)  # another web process started it meanwhile
                 if sock is None:
                     self._process = _start_host(path)
                     sock = self._connect_when_listening(path)
@@ -140,7 +140,7 @@ class ForkServer:
         """Connect to the kernel host listening at ``path`` (one running
         older code), without starting one: :class:`ForkServerFailed` if
         none listens there."""
-        sock = _connect(path)
+        sock = connect(path)
         if sock is None:
             self.stopped.set()
             raise ForkServerFailed(f"No kernel host listens at {path}")
@@ -183,7 +183,7 @@ class ForkServer:
         assert self._process is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            sock = _connect(path)
+            sock = connect(path)
             if sock is not None:
                 return sock
             if self._process.poll() is not None:
@@ -288,8 +288,8 @@ class ForkServer:
 def remove_if_dead(path: Path) -> None:
     """Remove the socket a kernel host that was killed left at ``path``
     (under the lock that a host starting holds: never a live one's)."""
-    with _locked(location.lock_file()):
-        sock = _connect(path)
+    with locked(location.lock_file()):
+        sock = connect(path)
         if sock is None:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -297,7 +297,7 @@ def remove_if_dead(path: Path) -> None:
             sock.close()
 
 
-def _connect(path: Path) -> socket.socket | None:
+def connect(path: Path) -> socket.socket | None:
     """A connection to the host listening at ``path``, if one does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -309,7 +309,7 @@ def _connect(path: Path) -> socket.socket | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold the lock on ``path`` (``flock``: released if this process dies)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import selectors
@@ -81,6 +82,7 @@ SOCKETS_PREFIX = "django-notebooks-"
 MAX_SPARES = 8
 SPARE_MAX_AGE = 600.0
 SPARES = "--spares"  # KERNEL_SPARES
+LISTENING = "--listening"  # the fd of its socket, bound already
 OWNER_FILE = "fork-server.pid"
 # What a kernel's printed output may put in the server's log (when the
 # project asks for it): lines a second, and characters a line.
@@ -292,8 +294,8 @@ class ForkServer:
         once with no kernel either (the next web process starts a host):
         a host of older code asked for a session it does not run goes as
         soon as the asker does."""
-        if self.alone_since is None:
-            return
+        if self.alone_since is None or math.isinf(self.grace):
+            return  # a service of its own: it runs until it is stopped
         if self.had_client and not any(
             k.fork.session_id for k in self.kernels.values()
         ):
@@ -977,11 +979,14 @@ def main(argv: list[str]) -> None:
     socket_path = argv[1]
     grace = float(argv[argv.index(GRACE) + 1]) if GRACE in argv else 0.0
     spares = int(argv[argv.index(SPARES) + 1]) if SPARES in argv else 0
+    bound = int(argv[argv.index(LISTENING) + 1]) if LISTENING in argv else None
     # Ctrl+C in a terminal reaches the whole process group: the web servers
     # (or the service's manager, with SIGTERM) decide when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     titles.set_title(titles.kernel_host(socket_path))
-    listener = listen(socket_path)
+    # manage.py notebooks kernel-host binds the socket itself, under the lock
+    # (then execs this): no web process can start another host meanwhile.
+    listener = listen(socket_path) if bound is None else socket.socket(fileno=bound)
     cold = COLD in argv
     try:
         _warm(run_session=not cold)
@@ -992,8 +997,24 @@ def main(argv: list[str]) -> None:
             # Its threads cannot be made to end: start again, and fork
             # without the warm-up session (kernel processes start slower).
             logger.warning("%s; the kernel host starts again without it", error)
-            listener.close()
-            os.execv(sys.executable, [sys.executable, "-m", __name__, *argv[1:], COLD])
+            # Its socket goes with it: web processes waiting stay connected.
+            os.set_inheritable(listener.fileno(), True)
+            again = list(argv[1:])
+            if bound is not None:
+                at = again.index(LISTENING)
+                del again[at : at + 2]
+            os.execv(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    *again,
+                    LISTENING,
+                    str(listener.fileno()),
+                    COLD,
+                ],
+            )
         _refuse_waiting(listener, f"{type(error).__name__}: {error}")
         with contextlib.suppress(OSError):
             os.unlink(socket_path)

@@ -34,6 +34,7 @@ from tests.live import (
     database_of_its_own,
     end_kernel_host,
     process_title,
+    server_env,
     square_output,
 )
 
@@ -456,3 +457,56 @@ async def test_a_new_session_takes_a_spare_kernel_and_a_new_spare_is_made(
                 )
     finally:
         server.stop()
+
+
+async def test_the_host_as_a_service_of_its_own(live_db, tmp_path):
+    """``manage.py notebooks kernel-host`` (a systemd unit, a container):
+    the server uses it instead of starting a host, its kernels outlive the
+    server however long, and SIGTERM ends it with them."""
+    env = server_env(
+        live_db,
+        DJANGO_NOTEBOOKS_TEST_KEPT="1",
+        DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
+        DJANGO_NOTEBOOKS_TEST_SESSION_TTL="600",
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-m", "django", "notebooks", "kernel-host"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = None
+    try:
+        assert service.stdout is not None
+        said = service.stdout.readline()
+        assert said.startswith("Kernel host of this project: "), said
+        path = Path(said.split(": ", 1)[1].strip())
+        await wait_for(path.exists, 30, "the service does not listen")
+        # A second one for the same project and code is refused.
+        again = subprocess.run(
+            [sys.executable, "-m", "django", "notebooks", "kernel-host"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1
+        assert "already runs" in again.stderr
+        server = start("uvicorn", live_db, tmp_path / "server.log")
+        async with NotebookClient(server.url) as alice:
+            await alice.login("alice")
+            async with alice.kernel(PAGE) as session:
+                *_, pid = await opened(session)
+        assert parent_of(pid) == service.pid  # the service, not a host of its own
+        assert server.kernel_hosts() == []
+        server.stop()
+        assert is_alive(pid)
+    finally:
+        if server is not None:
+            server.stop()
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=30)
+    await wait_for(lambda: not is_alive(pid), 10, "its kernel outlived the service")

@@ -1,22 +1,30 @@
-"""``manage.py notebooks list | check | export``: the served notebooks from the
-command line.
+"""``manage.py notebooks list | check | export | kernel-host``: the served
+notebooks from the command line, and the machine's kernel host as a
+service of its own.
 
 ``check`` and ``export`` run notebooks headless, each in its own process
-(see :mod:`django_notebooks.marimo.headless`).
+(see :mod:`django_notebooks.marimo.headless`). ``kernel-host`` becomes the
+kernel host of this project and code (see
+:mod:`django_notebooks.kernels.forking`), for a systemd unit or a container
+of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from django_notebooks import registry
+from django_notebooks import conf, registry
+from django_notebooks.kernels import forking, forkserver, location, router
 from django_notebooks.marimo import headless
 from django_notebooks.registry import Notebook
 
@@ -30,7 +38,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(
-            dest="subcommand", metavar="{list,check,export}", required=True
+            dest="subcommand", metavar="{list,check,export,kernel-host}", required=True
         )
         listing = subcommands.add_parser(
             "list",
@@ -98,14 +106,40 @@ class Command(BaseCommand):
             default=300,
             help="Seconds the notebook may run (default: 300).",
         )
+        hosting = subcommands.add_parser(
+            "kernel-host",
+            help="Run this project's kernel host in the foreground, as a service "
+            "of its own (a systemd unit, a container): the server processes "
+            "of the machine use it instead of starting one.",
+        )
+        hosting.add_argument(
+            "--grace",
+            type=float,
+            default=None,
+            help="End, with its kernels, once no server process has used it for "
+            "this many seconds (default: run until stopped, by SIGTERM).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        name = options["subcommand"].replace("-", "_")
         try:
-            getattr(self, f"handle_{options['subcommand']}")(**options)
+            getattr(self, f"handle_{name}")(**options)
         except ImproperlyConfigured as error:
             raise CommandError(
                 f"{error} (run 'manage.py check' for the configuration errors)"
             ) from error
+
+    # kernel-host
+
+    def handle_kernel_host(self, *, grace: float | None, **options: Any) -> None:
+        if router.isolation() != router.PROCESS:
+            raise CommandError(
+                'Kernels run as threads in the server (ISOLATION = "thread", or '
+                "a platform that cannot fork): there is no kernel host to run."
+            )
+        self.stdout.write(f"Kernel host of this project: {location.host_socket()}")
+        self.stdout.flush()
+        _run_kernel_host(grace)
 
     # list
 
@@ -282,6 +316,42 @@ def notebook_url(notebook: Notebook) -> str | None:
         return reverse("django_notebooks:notebook", args=[notebook.slug])
     except NoReverseMatch:
         return None
+
+
+def _run_kernel_host(grace: float | None) -> NoReturn:
+    """Become the kernel host of this project and code (never returns):
+    its socket is bound here, under the lock web processes take to start
+    one, so that none starts another meanwhile; then this process is the
+    host (``exec``), for SIGTERM to reach it."""
+    try:
+        path = location.host_socket()
+    except location.UnsafeFolder as error:
+        raise CommandError(str(error)) from None
+    with forking.locked(location.lock_file()):
+        running = forking.connect(path)
+        if running is not None:
+            running.close()
+            raise CommandError(
+                f"A kernel host already runs for this project and code: {path}"
+            )
+        listener = forkserver.listen(str(path))
+    os.set_inheritable(listener.fileno(), True)
+    spares = conf.get_settings().KERNEL_SPARES
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            forking.SERVER_MODULE,
+            str(path),
+            forkserver.GRACE,
+            str(math.inf if grace is None else grace),
+            forkserver.SPARES,
+            str(spares),
+            forkserver.LISTENING,
+            str(listener.fileno()),
+        ],
+    )
 
 
 def _callable_name(access: Any) -> str | None:
