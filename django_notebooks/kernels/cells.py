@@ -3,8 +3,8 @@ parent can time it, and interruptible.
 
 The bridge's cell executor (``marimo/orm.py``) runs every cell inside
 :func:`running`. In a kernel process (one session, one kernel thread), the
-process tells its fork server when a cell starts and ends
-(:data:`reporter`, set by ``child.py``): the fork server times the cell
+process tells its kernel host when a cell starts and ends
+(:data:`reporter`, set by ``child.py``): the kernel host times the cell
 against ``CELL_TIMEOUT``, lowers the kernel's priority when it runs long,
 and interrupts it (``SIGINT``, which the kernel process turns into
 :func:`interrupt`). In thread mode nothing listens, and this costs two

@@ -1,5 +1,5 @@
 """A cgroup (v2) per kernel process, where the system lets the server make
-them: the fork server's way to end everything a session started, and to
+them: the kernel host's way to end everything a session started, and to
 limit the session's memory as the kernel itself counts it.
 
 A process group ends what a cell starts unless it leaves the group
@@ -9,7 +9,7 @@ controller, ``memory.max`` caps all the memory the kernel's processes use:
 private, shared (``mmap``, ``multiprocessing.shared_memory``) and the
 page cache they fill.
 
-The fork server makes a folder of its own below its cgroup
+The kernel host makes a folder of its own below its cgroup
 (``django-notebooks-<pid>``), and a child of it for each kernel. Where it
 cannot (no cgroup v2, no write access: most servers not started by systemd
 with ``Delegate=yes``), kernels are process groups only, and memory is
@@ -30,7 +30,7 @@ PROC = Path("/proc")
 PREFIX = "django-notebooks-"
 KERNEL_PREFIX = "kernel-"
 # Memory a kernel process writes to for itself, beyond what it shares with
-# the fork server, before any notebook code runs (its share of marimo's
+# the kernel host, before any notebook code runs (its share of marimo's
 # session: measured about 20 MB): memory.max is MEMORY_MB on top of it.
 KERNEL_BASE_MB = 64
 
@@ -86,7 +86,7 @@ MEMORY_MAX = "cgroup memory.max"
 
 
 class KernelCgroups:
-    """The fork server's cgroup folder, with one child per kernel."""
+    """The kernel host's cgroup folder, with one child per kernel."""
 
     def __init__(self, base: Path, memory: bool) -> None:
         self.base = base
@@ -97,7 +97,7 @@ class KernelCgroups:
     def create(cls, parent: Path | None = None) -> KernelCgroups | None:
         """Make this process's folder below ``parent`` (its own cgroup by
         default); ``None`` where the system does not allow it. Folders a
-        killed fork server left are emptied and removed first."""
+        killed kernel host left are emptied and removed first."""
         parent = parent if parent is not None else own_cgroup()
         if parent is None:
             return None
@@ -195,7 +195,7 @@ def remove(cgroup: Path) -> None:
 
 
 def remove_stale(parent: Path) -> None:
-    """Remove the folders of fork servers that no longer run (one killed
+    """Remove the folders of kernel hosts that no longer run (one killed
     with its web server leaves its folder, and what a cell started and
     moved out of its process group)."""
     with contextlib.suppress(OSError):
@@ -217,8 +217,8 @@ def is_running(pid: int) -> bool:
 
 
 def mechanisms(parent: Path | None = None) -> Mechanisms:
-    """What a fork server started now would use on this machine: tried by
-    making (and removing) a folder, as the fork server does."""
+    """What a kernel host started now would use on this machine: tried by
+    making (and removing) a folder, as the kernel host does."""
     probe = KernelCgroups.create(parent)
     if probe is None:
         return Mechanisms(PROCESS_GROUPS, RLIMITS)

@@ -1,16 +1,16 @@
 """A kernel process: one notebook session's marimo app, in a process of its
-own, forked by the fork server (``forkserver.py``).
+own, forked by the kernel host (``forkserver.py``).
 
 It serves the session's ASGI calls (``tunnel.py``) on the listening socket
-its fork server made for it, and runs the notebook's cells under the
+its kernel host made for it, and runs the notebook's cells under the
 session's limits: a lower CPU priority than the web server, a cap on the
-memory it may take, an interrupt on ``SIGINT`` (from its fork server, when
+memory it may take, an interrupt on ``SIGINT`` (from its kernel host, when
 a cell has run past ``CELL_TIMEOUT``). It is a process group of its own
 (and a cgroup's, where there are cgroups), so that its parent ends
 whatever its cells started together with it. It tells its parent when a
 cell starts and ends, and answers its pings, on its status channel. It
 ends by itself once its websocket has been gone for marimo's
-``session_ttl``, and when the fork server goes.
+``session_ttl``, and when the kernel host goes.
 
 This code runs only in the kernel processes: the test suite's in-process
 coverage does not see it; tests/e2e/test_isolation.py runs it.
@@ -48,7 +48,7 @@ WARM_UP_SESSION = "django-notebooks-warm-up"
 WATCH_INTERVAL = 0.5
 PR_SET_PDEATHSIG = 1
 # Kernel processes run at this much lower CPU priority than the web server,
-# so that a busy cell cannot starve the server's event loop (the fork server
+# so that a busy cell cannot starve the server's event loop (the kernel host
 # lowers one whose cell runs long further, to the lowest).
 NICE_INCREMENT = 10
 # Address space a kernel process may map beyond what it holds at its start
@@ -68,18 +68,18 @@ _session: list[str] = ["", ""]
 
 
 class WarmUpFailed(RuntimeError):
-    """The fork server's warm-up session left threads running."""
+    """The kernel host's warm-up session left threads running."""
 
 
 def warm(*, run_session: bool = True) -> None:
-    """Get the fork server ready, so that each kernel process starts with
+    """Get the kernel host ready, so that each kernel process starts with
     what a session needs already in memory.
 
     marimo does much of its work on first use in a process: imports, the
     scan of installed entry points, building its Markdown renderer,
     resolving its message types. A kernel process doing all of it took
     about 170 ms more for its first run than the next session in the same
-    process would. So the fork server runs one session of a small notebook
+    process would. So the kernel host runs one session of a small notebook
     of its own, then closes it and waits for its threads to end: a process
     may fork only while no other thread runs.
     """
@@ -151,7 +151,7 @@ async def _warm_up_as_spare() -> None:
 
 
 def prepare(fork: wire.Fork) -> None:
-    """In the fork server, before it forks the kernel process for ``fork``:
+    """In the kernel host, before it forks the kernel process for ``fork``:
     build the notebook's marimo app (once per notebook and options; marimo
     reads the notebook file again for each session), so that the kernel
     process finds it built. Building starts no thread."""
@@ -174,12 +174,12 @@ def run(
     memory_by_cgroup: bool,
     inherited: list[int],
 ) -> NoReturn:
-    """Be the kernel process (in the fork server's child, right after the
-    fork; the fork server's guard ends the process if this ever returns).
+    """Be the kernel process (in the kernel host's child, right after the
+    fork; the kernel host's guard ends the process if this ever returns).
 
-    ``parent`` is the fork server's pid, taken before the fork; ``output``
+    ``parent`` is the kernel host's pid, taken before the fork; ``output``
     the pipe for what notebook code prints (``None``: thrown away);
-    ``inherited``: the fork server's descriptors, closed here.
+    ``inherited``: the kernel host's descriptors, closed here.
     """
     _die_with_parent(parent)
     for fd in inherited:
@@ -216,9 +216,9 @@ def run(
 
 
 def _die_with_parent(parent: int) -> None:
-    """On Linux, the kernel kills this process if the fork server dies, even
-    by SIGKILL (elsewhere the fork server kills its children as it exits).
-    ``parent``: the fork server's pid, taken before the fork."""
+    """On Linux, the kernel kills this process if the kernel host dies, even
+    by SIGKILL (elsewhere the kernel host kills its children as it exits).
+    ``parent``: the kernel host's pid, taken before the fork."""
     if sys.platform.startswith("linux"):
         # The process's own symbols include libc's (find_library would run
         # ldconfig, a subprocess, on every start).
@@ -330,7 +330,7 @@ async def _serve(
     from django_notebooks.marimo.apps import notebook_apps
 
     loop = asyncio.get_running_loop()
-    # Built already, by the fork server (prepare()): found in its cache.
+    # Built already, by the kernel host (prepare()): found in its cache.
     # A call through another web process than the one holding the websocket
     # runs with the websocket's request (context.SESSIONS_REQUEST).
     app = context.SessionsRequest(
@@ -355,7 +355,7 @@ async def _serve(
             return
         except (OSError, wire.WireError):
             messages = None
-        if messages is None:  # the fork server has gone
+        if messages is None:  # the kernel host has gone
             loop.remove_reader(status.fileno())
             parent_gone.set()
             return

@@ -80,8 +80,9 @@ def new_kernel_id() -> int:
 
 
 class ForkServer:
-    """The web process's handle on one fork server (started by
-    :meth:`start`, ended by :meth:`stop` or its own end)."""
+    """The web process's connection to one kernel host (made by
+    :meth:`start` or :meth:`attach`, closed by :meth:`stop` or the host's
+    end)."""
 
     def __init__(
         self,

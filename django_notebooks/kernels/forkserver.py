@@ -28,7 +28,7 @@ For each kernel it
 
 Its loop is single-threaded: a
 process may only fork while no other thread runs. This code runs only in
-the fork server: the test suite's in-process coverage does not see it;
+the kernel host: the test suite's in-process coverage does not see it;
 tests/e2e/test_isolation.py runs it.
 """
 
@@ -111,7 +111,7 @@ def _warm(run_session: bool) -> None:
 def _log_like_the_server() -> None:
     """Where the project configured no logging (the ASGI server configures
     its own, in the web process only), the bridge's messages still go to
-    the server's output, the fork server's standard error."""
+    the server's output, the kernel host's standard error."""
     bridge = logging.getLogger("django_notebooks")
     if bridge.handlers or logging.getLogger().handlers:
         return
@@ -918,7 +918,7 @@ def _demote(pid: int) -> None:
 
 def sockets_directory() -> Path:
     """A new private folder for the kernels' sockets (``mkdtemp`` makes it
-    0700), marked with this process's pid; the folders of fork servers
+    0700), marked with this process's pid; the folders of kernel hosts
     that were killed are removed first."""
     base = Path(tempfile.gettempdir())
     with contextlib.suppress(OSError):

@@ -1,5 +1,5 @@
 """Process titles, so that ``ps`` and ``top`` tell the bridge's processes
-apart: the fork server, each kernel (by notebook and session), and what a
+apart: the kernel host, each kernel (by notebook and session), and what a
 cell started by forking (``multiprocessing``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The notebook the fork server runs once before it forks any kernel
+"""The notebook the kernel host runs once before it forks any kernel
 process, so that every kernel process starts with marimo's lazy imports,
 caches and first-use work done (kernels/child.py)."""
 

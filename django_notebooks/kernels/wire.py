@@ -15,9 +15,9 @@ tuples and dicts of them.
 
 Three conversations use it:
 
-- the web process and its fork server (``forking.py``, ``forkserver.py``):
+- a web process and the kernel host (``forking.py``, ``forkserver.py``):
   :class:`Fork`, :class:`End`, :class:`Forked`, :class:`Exited`, ...;
-- the fork server and each kernel process, on the kernel's own status
+- the kernel host and each kernel process, on the kernel's own status
   channel (``child.py``): :class:`CellStarted`, :class:`CellEnded`,
   :class:`Ping`, :class:`Pong`;
 - one ASGI call from the web process to a kernel process, one connection per
@@ -308,7 +308,7 @@ class Happening(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
 
 
-# A kernel process and its fork server (the kernel's status channel).
+# A kernel process and its kernel host (the kernel's status channel).
 
 
 @message
