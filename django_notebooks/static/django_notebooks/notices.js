@@ -23,8 +23,10 @@
    restarting before the server closes the socket (sessions/stopping.py),
    and a server that closes it with 1012 ("service restart") without one
    gets the same words, from the script element's data-restarting.
-   marimo's frontend reconnects once the server is back, to a new kernel
-   (its "kernel-ready"): the page then says that the notebook started again.
+   marimo's frontend reconnects once the server is back: to its own kernel,
+   which the kernel host kept (marimo says "reconnected"), and the notice
+   goes; or to a new kernel ("kernel-ready"), and the page then says that
+   the notebook started again.
 
    Text is set as text, never as HTML.
 
