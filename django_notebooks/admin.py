@@ -213,7 +213,9 @@ class NotebookSessionAdmin(SessionAdminBase):
                     len(spares),
                 ) % {
                     "count": len(spares),
-                    "memory": sum(s.private_bytes for s in spares) / 1024 / 1024,
+                    "memory": sum(s.private_bytes for s in spares.values())
+                    / 1024
+                    / 1024,
                 }
             extra_context = {**(extra_context or {}), "subtitle": subtitle}
         return super().changelist_view(request, extra_context)

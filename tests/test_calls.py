@@ -120,9 +120,11 @@ async def held_elsewhere(call, *, owner=None) -> None:
 
 
 @pytest.fixture
-def nearby_kernels(monkeypatch):
+def nearby_kernels(monkeypatch, settings):
     """The sessions whose kernel a host of this machine runs (by id): what
-    kernel_processes.reach() finds."""
+    kernel_processes.reach() finds (kernels in processes, whatever the
+    pass: with kernels as threads no host runs any)."""
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "ISOLATION": "process"}
     kernels = {}
 
     async def reach(session_id, start):

@@ -44,10 +44,10 @@ def usage(pid: int, *, spare: bool = False) -> Usage | None:
     return Usage(ticks / os.sysconf("SC_CLK_TCK"), private)
 
 
-def spares() -> list[Usage]:
-    """What the spare kernels of this host that run as this user use
-    (forked ahead by the kernel hosts, for no session yet)."""
-    found = []
+def spares() -> dict[int, Usage]:
+    """What the spare kernels of this host that run as this user use, by
+    pid (forked ahead by the kernel hosts, for no session yet)."""
+    found = {}
     with contextlib.suppress(OSError):
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -57,5 +57,5 @@ def spares() -> list[Usage]:
                     continue
                 used = usage(int(entry.name), spare=True)
                 if used is not None:
-                    found.append(used)
+                    found[int(entry.name)] = used
     return found
