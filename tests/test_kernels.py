@@ -1251,3 +1251,74 @@ def test_a_host_is_named_for_the_project_and_for_its_code(monkeypatch, tmp_path)
     other = location.host_socket().with_name("0123456789ab-0123456789ab.sock")
     other.touch()
     assert location.older_hosts() == [older]
+
+
+# Kernel hosts found, and left, by a web process.
+
+
+def test_a_socket_a_killed_host_left_is_removed_a_live_ones_kept(monkeypatch):
+    from django_notebooks.kernels import forking
+
+    runtime = tempfile.mkdtemp()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    try:
+        folder = location.host_folder()
+        dead = folder / "dead.sock"
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(str(dead))
+        left.close()  # bound, never listened: what a killed host leaves
+        forking.remove_if_dead(dead)
+        assert not dead.exists()
+        live = folder / "live.sock"
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(live))
+        listening.listen(1)
+        forking.remove_if_dead(live)
+        assert live.exists()
+        listening.close()
+        # Nobody listens: no connection to attach to.
+        server = forking.ForkServer(
+            on_exit=lambda *a: None,
+            on_notice=lambda *a: None,
+            on_stopped=lambda s: None,
+        )
+        with pytest.raises(ForkServerFailed):
+            server.attach(dead)
+        assert server.stopped.is_set() and not server.running
+    finally:
+        shutil.rmtree(runtime)
+
+
+async def test_a_session_no_host_of_the_machine_runs_is_not_reached(monkeypatch):
+    """(kernel_processes.reach(): a kernel call for a session another web
+    process holds, which no host here runs: another machine's.) A socket
+    left by a killed host of older code is asked nothing, and removed."""
+    runtime = tempfile.mkdtemp()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    processes_here = KernelProcesses()
+    try:
+        older = location.host_socket().with_name(
+            f"{location.project_key()}-0123456789ab.sock"
+        )
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(str(older))
+        left.close()
+        start = KernelStart(
+            notebook_file=str(_Notebook.path),
+            slug="square",
+            user="",
+            options={},
+            memory_mb=None,
+            cell_timeout=None,
+            deadline=5.0,
+            session_ttl=0,
+            log_output=False,
+            owner="someone",
+        )
+        assert await processes_here.reach("s_elsewhere", start) is None
+        assert not older.exists()
+    finally:
+        server = processes_here.fork_server
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -813,7 +813,10 @@ class ForkServer:
         """No cell runs: is the kernel still answering, and is it using the
         CPU (a thread a cell left running)?"""
         quiet_since = max(kernel.answered_at, kernel.cell_ended_at)
-        if now - quiet_since > kernel.fork.unresponsive_after:
+        # Past a call's deadline, and two pings more: a call waiting on the
+        # kernel has told its page it does not answer first (slow is not
+        # taken for dead before the page has heard that).
+        if now - quiet_since > kernel.fork.unresponsive_after + 2 * PING_EVERY:
             logger.warning(
                 "The kernel of notebook %s (session %s, pid %s) has not "
                 "answered for %.0f s while running no cell: ending it",
