@@ -1322,3 +1322,17 @@ async def test_a_session_no_host_of_the_machine_runs_is_not_reached(monkeypatch)
         if server is not None:
             await asyncio.to_thread(server.stop)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_hosts_code_is_the_code_key_in_its_socket_name():
+    from django_notebooks.kernels import forking
+
+    assert location.code_of(Path("/run/h/3f2a9c1e7b4d-8e1f0a2b3c4d.sock")) == (
+        "8e1f0a2b3c4d"
+    )
+    server = forking.ForkServer(
+        on_exit=lambda *a: None, on_notice=lambda *a: None, on_stopped=lambda s: None
+    )
+    assert server.code == ""  # not connected yet
+    server.path = Path("/run/h/3f2a9c1e7b4d-8e1f0a2b3c4d.sock")
+    assert server.code == "8e1f0a2b3c4d"
