@@ -296,19 +296,18 @@ class ForkServer:
         soon as the asker does."""
         if self.alone_since is None or math.isinf(self.grace):
             return  # a service of its own: it runs until it is stopped
-        if self.had_client and not any(
-            k.fork.session_id for k in self.kernels.values()
-        ):
+        sessions = sum(1 for k in self.kernels.values() if k.fork.session_id)
+        if self.had_client and not sessions:
             self.stopping = True
             return
         grace = self.grace if self.had_client else max(self.grace, FIRST_CLIENT_WAIT)
         if now - self.alone_since >= grace:
-            if any(k.fork.session_id for k in self.kernels.values()):
+            if sessions:
                 logger.info(
                     "No web server has used the kernel host for %.0f s: "
                     "ending its %d kernel(s)",
                     now - self.alone_since,
-                    len(self.kernels),
+                    sessions,
                 )
             self.stopping = True
 

@@ -421,15 +421,9 @@ class KernelProcesses:
         """Ask the hosts for a session's running kernel (in a thread)."""
         server = self._running_server()
         fork = self._fork_message(process, running_only=True)
-        answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
-        try:
-            server.fork(fork, answer)
-            forked = answer.result(timeout=ASK_TIMEOUT)
-        except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
-            return self._running_in_older_host(process, fork)
-        process.forked.set_result(forked)
-        process.requested_from(server)
-        return True
+        return _take_running(server, process, fork) or self._running_in_older_host(
+            process, fork
+        )
 
     def _resumed(self, process: KernelProcess) -> None:
         """A kernel the host had running already has its own id."""
@@ -500,16 +494,11 @@ class KernelProcesses:
             except ForkServerFailed:
                 remove_if_dead(path)  # a host that was killed left it
                 continue
-            answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
-            try:
-                host.fork(dataclasses.replace(fork, running_only=True), answer)
-                forked = answer.result(timeout=ASK_TIMEOUT)
-            except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
-                host.stop()
-                continue
-            process.forked.set_result(forked)
-            process.requested_from(host)
-            return True
+            if _take_running(
+                host, process, dataclasses.replace(fork, running_only=True)
+            ):
+                return True
+            host.stop()
         return False
 
     def _running_server(self) -> ForkServer:
@@ -605,6 +594,20 @@ class KernelProcesses:
         """End every kernel process (the kernel host stays ready)."""
         for process in self.all():
             process.end(notices.SESSION_LOST)
+
+
+def _take_running(host: ForkServer, process: KernelProcess, fork: wire.Fork) -> bool:
+    """Whether ``host`` runs the session's kernel for its owner (``fork``
+    asks for it running only); if so, it is ``process``'s now."""
+    answer: concurrent.futures.Future[wire.Forked] = concurrent.futures.Future()
+    try:
+        host.fork(fork, answer)
+        forked = answer.result(timeout=ASK_TIMEOUT)
+    except (ForkRefused, ForkServerFailed, concurrent.futures.TimeoutError):
+        return False
+    process.forked.set_result(forked)
+    process.requested_from(host)
+    return True
 
 
 @functools.cache
