@@ -93,6 +93,9 @@ class NotebookSettings:
     #: Kernels the host keeps forked ahead for each notebook in use, so that
     #: a new session takes one instead of waiting for a fork.
     KERNEL_SPARES: int
+    #: Seconds a spare waits for a session before it is replaced (a
+    #: pre-run spare's outputs are as old as that at most).
+    KERNEL_SPARE_MAX_AGE: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,9 @@ KEYS: dict[str, Key] = {
         1,
         "a number of kernels, 0 or more",
         lambda value: value == 0 or _is_positive_int(value),
+    ),
+    "KERNEL_SPARE_MAX_AGE": Key(
+        600, "a positive number (seconds)", _is_positive_number
     ),
     "KERNEL_HOST_GRACE": Key(
         60,

@@ -30,7 +30,7 @@ from django_notebooks import conf, limits
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ACCESS_KEYS = ("public", "groups", "permissions", "access")
 ENTRY_KEYS = frozenset(
-    {"path", "title", "description", "query", "limits", *ACCESS_KEYS}
+    {"path", "title", "description", "query", "limits", "pre_run", *ACCESS_KEYS}
 )
 
 # The type of each option but "path" and "query" (check E013 tries those).
@@ -45,6 +45,7 @@ ENTRY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         'a list of permissions, e.g. ["sales.view_order"]',
     ),
     "access": (conf.is_hook, "a function (user, notebook) -> bool, or its dotted path"),
+    "pre_run": (conf.is_bool, "True or False"),
 }
 
 T = TypeVar("T")
@@ -72,6 +73,9 @@ class Notebook:
     directory: str | None = field(default=None, compare=False)
     # The entry's ``limits`` option: per-session limits over the project's.
     limits: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # Whether spare kernels may run it before a visitor comes, when its
+    # cells do not read the visitor (marimo/visitor.py).
+    pre_run: bool = field(default=True, compare=False)
 
     @property
     def requires_login(self) -> bool:
@@ -147,6 +151,7 @@ def _notebook(
         query=options.get("query"),
         directory=directory,
         limits=dict(options.get("limits") or {}),
+        pre_run=bool(options.get("pre_run", True)),
     )
 
 

@@ -200,6 +200,15 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_MISBEHAVE"):
 if os.environ.get("DJANGO_NOTEBOOKS_TEST_KEPT"):
     DJANGO_NOTEBOOKS["NOTEBOOKS"]["kept"] = NOTEBOOKS_DIR / "kept.py"
 
+# A notebook that counts its runs and takes a while, and one that reads its
+# visitor (tests of pre-run spare kernels: tests/e2e/test_pre_run.py).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_RUNS"):
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["pre_run"] = NOTEBOOKS_DIR / "pre_run.py"
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["pre_run_off"] = {
+        "path": NOTEBOOKS_DIR / "pre_run.py",
+        "pre_run": False,
+    }
+
 # A notebook that sends many large outputs on request, and the websocket's
 # flow control set low (tests/e2e/test_flow.py, tests/browser/test_flow.py).
 if os.environ.get("DJANGO_NOTEBOOKS_TEST_OUTPUTS"):

@@ -728,6 +728,7 @@ async def _answer(app, scope):
 class _Notebook:
     path = Path("n.py")
     slug = "n"
+    pre_run = True
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ typed messages, one framing, a size cap."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import marshal
 import socket
@@ -139,3 +140,33 @@ async def test_an_asyncio_stream_reads_messages_then_its_end():
     assert await wire.read(reader) == wire.CellStarted()
     assert await wire.read(reader) == wire.Pong(2)
     assert await wire.read(reader) is None
+
+
+def test_fields_at_their_default_are_left_out_for_older_readers():
+    """A kernel host of the code deployed before a field was added reads
+    a message that leaves the field at its default."""
+    fork = wire.Fork(
+        id=1,
+        notebook="n.py",
+        slug="n",
+        session_id="s",
+        user="u",
+        options={},
+        memory_mb=None,
+        cell_timeout=None,
+        unresponsive_after=5.0,
+        session_ttl=5.0,
+        log_output=False,
+        owner="o",
+        running_only=True,
+    )
+    _tag, fields = marshal.loads(wire.encode(fork)[wire.LENGTH.size :])
+    assert {"pre_run", "caps", "person", "address"}.isdisjoint(fields)
+    assert fields["owner"] == "o" and fields["running_only"] is True
+    assert wire.decode(wire.encode(fork)[wire.LENGTH.size :]) == fork
+    assert (
+        "pre_run"
+        in marshal.loads(
+            wire.encode(dataclasses.replace(fork, pre_run="v"))[wire.LENGTH.size :]
+        )[1]
+    )

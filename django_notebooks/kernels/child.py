@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from django_notebooks.kernels import cells, cgroups, titles, tunnel, wire
+from django_notebooks.kernels import cells, cgroups, pre_run, titles, tunnel, wire
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,6 @@ async def _warm_up_as_spare() -> None:
     process that has run one: marimo's first-session work is done, and the
     pages of its host's memory that a session writes to are its own
     already (copy on write), off the session's path."""
-    from django_notebooks.marimo import internals
     from django_notebooks.marimo.apps import notebook_apps
 
     app = notebook_apps.app_for(WARM_NOTEBOOK, {"quiet": True})
@@ -145,9 +144,17 @@ async def _warm_up_as_spare() -> None:
         await asyncio.wait_for(_warm_up_session(app), WARM_UP_TIMEOUT)
     except Exception as error:  # slower to start, that is all
         logger.warning("A spare kernel's warm-up failed: %r", error)
-    manager = notebook_apps.session_manager_for(WARM_NOTEBOOK)
+    _close_session(WARM_NOTEBOOK, WARM_UP_SESSION)
+
+
+def _close_session(notebook: Path, session_id: str) -> None:
+    """Close a session of a spare's own (its warm-up, a pre-run it gave up)."""
+    from django_notebooks.marimo import internals
+    from django_notebooks.marimo.apps import notebook_apps
+
+    manager = notebook_apps.session_manager_for(notebook)
     if manager is not None:
-        internals.close_session(manager, WARM_UP_SESSION)
+        internals.close_session(manager, session_id)
 
 
 def prepare(fork: wire.Fork) -> None:
@@ -331,11 +338,18 @@ async def _serve(
 
     loop = asyncio.get_running_loop()
     # Built already, by the kernel host (prepare()): found in its cache.
+    marimo_app = notebook_apps.app_for(Path(fork.notebook), fork.options)
+    # A spare of a notebook that does not read its visitor runs it now.
+    ahead = (
+        pre_run.PreRun(
+            marimo_app, lambda: _close_session(Path(fork.notebook), pre_run.SESSION_ID)
+        )
+        if fork.pre_run and not fork.session_id
+        else None
+    )
     # A call through another web process than the one holding the websocket
     # runs with the websocket's request (context.SESSIONS_REQUEST).
-    app = context.SessionsRequest(
-        notebook_apps.app_for(Path(fork.notebook), fork.options)
-    )
+    app = context.SessionsRequest(ahead or marimo_app)
     websockets = 0
     last_seen = loop.time()
     parent_gone = asyncio.Event()
@@ -369,6 +383,8 @@ async def _serve(
         """A spare is a session's kernel now: its page is on its way."""
         nonlocal last_seen
         _session[1] = assigned.session_id
+        if ahead is not None:
+            ahead.visitor = assigned.session_id
         titles.set_title(titles.kernel(fork.slug, assigned.session_id))
         last_seen = loop.time()
         has_session.set()
@@ -397,7 +413,9 @@ async def _serve(
         lambda reader, writer: tunnel.serve_call(app, reader, writer, watch),
         sock=listener,
     )
-    if not fork.session_id:
+    if ahead is not None:
+        ahead.start()
+    elif not fork.session_id:
         await _warm_up_as_spare()
     keep = fork.session_ttl + PAST_TTL
     async with server:

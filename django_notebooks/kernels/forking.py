@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from django_notebooks import conf
-from django_notebooks.kernels import location, wire
+from django_notebooks.kernels import forkserver, location, wire
 
 logger = logging.getLogger(__name__)
 
@@ -332,10 +332,9 @@ def _start_host(path: Path) -> subprocess.Popen[bytes]:
             "-m",
             SERVER_MODULE,
             str(path),
-            "--grace",
+            forkserver.GRACE,
             str(config.KERNEL_HOST_GRACE),
-            "--spares",
-            str(config.KERNEL_SPARES),
+            *spare_options(),
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -353,3 +352,15 @@ def _settle(
         answer.set_exception(outcome)
     else:
         answer.set_result(outcome)
+
+
+def spare_options() -> list[str]:
+    """The kernel host's command-line options for its spares (the
+    project's KERNEL_SPARES and KERNEL_SPARE_MAX_AGE)."""
+    config = conf.get_settings()
+    return [
+        forkserver.SPARES,
+        str(config.KERNEL_SPARES),
+        forkserver.SPARE_MAX_AGE_OPTION,
+        str(config.KERNEL_SPARE_MAX_AGE),
+    ]

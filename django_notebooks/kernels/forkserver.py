@@ -82,6 +82,7 @@ SOCKETS_PREFIX = "django-notebooks-"
 MAX_SPARES = 8
 SPARE_MAX_AGE = 600.0
 SPARES = "--spares"  # KERNEL_SPARES
+SPARE_MAX_AGE_OPTION = "--spare-max-age"  # KERNEL_SPARE_MAX_AGE
 LISTENING = "--listening"  # the fd of its socket, bound already
 OWNER_FILE = "fork-server.pid"
 # What a kernel's printed output may put in the server's log (when the
@@ -238,6 +239,7 @@ class ForkServer:
         *,
         grace: float,
         spares: int = 0,
+        spare_max_age: float = SPARE_MAX_AGE,
     ) -> None:
         self.listener = listener
         self.ready = ready
@@ -251,6 +253,7 @@ class ForkServer:
         #: notebook and limits they were forked for (_spare_key).
         self.spares: dict[tuple[Any, ...], list[Kernel]] = {}
         self.spare_count = spares
+        self.spare_max_age = spare_max_age
         #: The web processes that use each kernel (by kernel id): they hear
         #: of its end and of what its page should be told.
         self.users: dict[int, set[Client]] = {}
@@ -535,6 +538,7 @@ class ForkServer:
         if self.spare_count <= 0:
             return
         key = _spare_key(fork)
+        self._end_stale_pre_runs(fork.notebook)
         spares = self.spares.setdefault(key, [])
         waiting = sum(len(ready) for ready in self.spares.values())
         while len(spares) < self.spare_count and waiting < MAX_SPARES:
@@ -561,13 +565,44 @@ class ForkServer:
             waiting += 1
 
     def _end_old_spares(self, now: float) -> None:
-        """A spare unused for SPARE_MAX_AGE seconds ends: its notebook is
-        no longer in use, and its memory is better free."""
+        """A spare unused for KERNEL_SPARE_MAX_AGE seconds ends (a pre-run
+        spare's outputs would be that old); one is forked in its place
+        while its notebook is in use, else its memory is better free."""
+        for key, spares in list(self.spares.items()):
+            aged = [k for k in spares if now - k.started_at >= self.spare_max_age]
+            for kernel in aged:
+                spares.remove(kernel)
+                self._stop(kernel, wire.Cause.ASKED, now=False)
+            in_use = next(
+                (
+                    k.fork
+                    for k in self.kernels.values()
+                    if k.fork.session_id
+                    and k.ending is None
+                    and _spare_key(k.fork) == key
+                ),
+                None,
+            )
+            if aged and in_use is not None:
+                self._make_spares(in_use)
+
+    def _end_stale_pre_runs(self, notebook: str) -> None:
+        """Spares that ran an older version of the ``notebook`` file end: a
+        visitor would see what the file no longer says."""
+        from django_notebooks.marimo import visitor
+
+        version = visitor.file_version(Path(notebook))
         for spares in self.spares.values():
-            for kernel in list(spares):
-                if now - kernel.started_at >= SPARE_MAX_AGE:
-                    spares.remove(kernel)
-                    self._stop(kernel, wire.Cause.ASKED, now=False)
+            stale = [
+                kernel
+                for kernel in spares
+                if kernel.fork.notebook == notebook
+                and kernel.fork.pre_run
+                and kernel.fork.pre_run != version
+            ]
+            for kernel in stale:
+                spares.remove(kernel)
+                self._stop(kernel, wire.Cause.ASKED, now=False)
 
     def _fork_kernel(self, fork: wire.Fork) -> Kernel:
         from django_notebooks.kernels import child
@@ -874,6 +909,7 @@ def _spare_key(fork: wire.Fork) -> tuple[Any, ...]:
         fork.unresponsive_after,
         fork.session_ttl,
         fork.log_output,
+        fork.pre_run,
     )
 
 
@@ -981,6 +1017,11 @@ def main(argv: list[str]) -> None:
     socket_path = argv[1]
     grace = float(argv[argv.index(GRACE) + 1]) if GRACE in argv else 0.0
     spares = int(argv[argv.index(SPARES) + 1]) if SPARES in argv else 0
+    spare_max_age = (
+        float(argv[argv.index(SPARE_MAX_AGE_OPTION) + 1])
+        if SPARE_MAX_AGE_OPTION in argv
+        else SPARE_MAX_AGE
+    )
     bound = int(argv[argv.index(LISTENING) + 1]) if LISTENING in argv else None
     # Ctrl+C in a terminal reaches the whole process group: the web servers
     # (or the service's manager, with SIGTERM) decide when this process ends.
@@ -1031,7 +1072,14 @@ def main(argv: list[str]) -> None:
     ready = wire.Ready(
         str(directory), mechanisms.containment, mechanisms.memory, pid=os.getpid()
     )
-    ForkServer(listener, ready, kernel_cgroups, grace=grace, spares=spares).serve()
+    ForkServer(
+        listener,
+        ready,
+        kernel_cgroups,
+        grace=grace,
+        spares=spares,
+        spare_max_age=spare_max_age,
+    ).serve()
     # Nothing to tidy at exit: the exit hooks the warm-up installed (closing
     # marimo sessions, deleting a server's session records) are the web
     # process's business.

@@ -120,6 +120,10 @@ class KernelStart:
     person: str = ""
     address: str | None = None
     caps: Caps | None = None
+    #: The notebook file's version (``pre_run.version_of``) if spare kernels
+    #: may run it before a visitor comes (it does not read the visitor);
+    #: empty if not.
+    pre_run: str = ""
 
 
 @dataclass(eq=False)
@@ -469,6 +473,7 @@ class KernelProcesses:
             caps=None
             if start.caps is None or running_only
             else dataclasses.asdict(start.caps),
+            pre_run=start.pre_run,
         )
 
     def _running_in_older_host(self, process: KernelProcess, fork: wire.Fork) -> bool:

@@ -15,7 +15,7 @@ from django_notebooks.kernels.processes import (
     KernelStart,
     kernel_processes,
 )
-from django_notebooks.marimo import internals
+from django_notebooks.marimo import internals, visitor
 from django_notebooks.marimo.apps import notebook_apps
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import owners, records
@@ -143,6 +143,7 @@ class SessionRouter:
                 person=person,
                 address=binding.address if binding is not None else None,
                 caps=owners.caps_in_force() if person else None,
+                pre_run=_pre_run_version(self.notebook),
             ),
         )
         assert process.pid is not None
@@ -151,6 +152,19 @@ class SessionRouter:
         code = process.server.code if process.server is not None else ""
         records.write_later(records.kernel_started, session_id, process.pid, code)
         return process
+
+
+def _pre_run_version(notebook: registry.Notebook) -> str:
+    """The notebook file's version, if spare kernels may run it before a
+    visitor comes: spares are kept, the notebook allows it and its cells do
+    not read the visitor. Empty if not."""
+    if (
+        not notebook.pre_run
+        or conf.get_settings().KERNEL_SPARES <= 0
+        or visitor.reads_the_visitor(notebook.path)
+    ):
+        return ""
+    return visitor.file_version(notebook.path)
 
 
 async def _refuse(send: Any, refusal: refusals.Refusal) -> None:

@@ -51,6 +51,7 @@ class WireError(Exception):
 
 _MESSAGES: dict[str, type[Any]] = {}
 _FIELDS: dict[type[Any], tuple[str, ...]] = {}
+_DEFAULTS: dict[type[Any], dict[str, Any]] = {}
 M = TypeVar("M")
 
 
@@ -61,12 +62,27 @@ def message(cls: type[M]) -> type[M]:
     made: Any = dataclasses.dataclass(frozen=True, slots=True)(cls)
     _MESSAGES[cls.__name__] = made
     _FIELDS[made] = tuple(field.name for field in dataclasses.fields(made))
+    _DEFAULTS[made] = {
+        field.name: field.default
+        for field in dataclasses.fields(made)
+        if field.default is not dataclasses.MISSING
+    }
     return made  # type: ignore[no-any-return]
 
 
 def encode(sent: Any) -> bytes:
-    """The frame of a message."""
-    fields = {name: getattr(sent, name) for name in _FIELDS[type(sent)]}
+    """The frame of a message.
+
+    Fields at their default are left out: a process of the code deployed
+    before a field was added (a kernel host kept across a deploy) reads
+    the message as long as the new field is not used."""
+    defaults = _DEFAULTS[type(sent)]
+    fields = {}
+    for name in _FIELDS[type(sent)]:
+        value = getattr(sent, name)
+        if name in defaults and _same(value, defaults[name]):
+            continue
+        fields[name] = value
     try:
         data = marshal.dumps((type(sent).__name__, fields))
     except ValueError:
@@ -74,6 +90,10 @@ def encode(sent: Any) -> bytes:
     if len(data) > MAX_FRAME:
         raise WireError(f"a {type(sent).__name__} of {len(data)} bytes")
     return LENGTH.pack(len(data)) + data
+
+
+def _same(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and bool(value == default)
 
 
 def _plain(value: Any) -> Any:
@@ -214,6 +234,9 @@ class Fork:
     person: str = ""
     address: str | None = None
     caps: dict[str, int | None] | None = None
+    #: The notebook file's version, if its spares run it ahead (it does not
+    #: read the visitor: ``kernels/pre_run.py``); empty: they do not.
+    pre_run: str = ""
 
 
 @message

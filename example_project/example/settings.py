@@ -126,6 +126,11 @@ DJANGO_NOTEBOOKS = {
             "stopped or fails alone, and the page says why.",
             # Low limits of its own, to see them at work.
             "limits": {"CELL_TIMEOUT": 10, "MEMORY_MB": 256},
+            # Its cells do not read the visitor, so a spare kernel would run
+            # it before anyone asks (as it does lab/primes.py); this one runs
+            # for each visitor, as a notebook whose cells have side effects
+            # should.
+            "pre_run": False,
         },
         "orders": {
             "path": NOTEBOOKS_DIR / "orders.py",

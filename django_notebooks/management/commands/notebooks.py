@@ -23,7 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from django_notebooks import conf, registry
+from django_notebooks import registry
 from django_notebooks.kernels import forking, forkserver, location, router
 from django_notebooks.marimo import headless
 from django_notebooks.registry import Notebook
@@ -336,7 +336,6 @@ def _run_kernel_host(grace: float | None) -> NoReturn:
             )
         listener = forkserver.listen(str(path))
     os.set_inheritable(listener.fileno(), True)
-    spares = conf.get_settings().KERNEL_SPARES
     os.execv(
         sys.executable,
         [
@@ -346,8 +345,7 @@ def _run_kernel_host(grace: float | None) -> NoReturn:
             str(path),
             forkserver.GRACE,
             str(math.inf if grace is None else grace),
-            forkserver.SPARES,
-            str(spares),
+            *forking.spare_options(),
             forkserver.LISTENING,
             str(listener.fileno()),
         ],

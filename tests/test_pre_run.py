@@ -1,0 +1,379 @@
+"""A spare kernel's pre-run (``kernels/pre_run.py``), in process: the
+visitor gets the run that was made before they came, and takes its session
+over, without the notebook running again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ImproperlyConfigured
+
+from django_notebooks import registry
+from django_notebooks.kernels import forkserver, pre_run, router, wire
+from django_notebooks.marimo import internals, visitor
+from django_notebooks.marimo.apps import notebook_apps
+
+NOTEBOOK = Path(__file__).parent / "notebooks" / "pre_run.py"
+VISITOR = "s_visitor"
+TIMEOUT = 30
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """The file the notebook counts its runs in."""
+    counted = tmp_path / "runs"
+    monkeypatch.setenv("DJANGO_NOTEBOOKS_TEST_RUNS", str(counted))
+    return counted
+
+
+def run_count(runs: Path) -> int:
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+@pytest.fixture
+def app():
+    marimo_app = notebook_apps.app_for(NOTEBOOK, {"quiet": True})
+    yield marimo_app
+    notebook_apps.close_all_sessions()
+
+
+def new_pre_run(app: Any) -> pre_run.PreRun:
+    def close_run() -> None:
+        manager = notebook_apps.session_manager_for(NOTEBOOK)
+        if manager is not None:
+            internals.close_session(manager, pre_run.SESSION_ID)
+
+    return pre_run.PreRun(app, close_run)
+
+
+def with_request(app: Any) -> Any:
+    """``app`` with the request keys the bridge gives marimo's scopes."""
+
+    async def called(scope, receive, send):
+        user = {"username": "ada", "is_authenticated": True, "display_name": "ada"}
+        await app({**scope, "user": user, "meta": {}}, receive, send)
+
+    return called
+
+
+def visitor_socket(app: Any, session_id: str = VISITOR) -> WebsocketCommunicator:
+    return WebsocketCommunicator(with_request(app), f"/ws?session_id={session_id}")
+
+
+async def frames_until(ws: WebsocketCommunicator, op: str) -> list[dict]:
+    frames = []
+    while True:
+        frames.append(json.loads(await ws.receive_from(timeout=TIMEOUT)))
+        if frames[-1]["op"] == op:
+            return frames
+
+
+def outputs(frames: list[dict]) -> str:
+    found = []
+    for frame in frames:
+        output = (frame.get("data") or {}).get("output") or {}
+        if isinstance(output.get("data"), str):
+            found.append(output["data"])
+    return " ".join(found)
+
+
+async def set_slider(app: Any, frames: list[dict], value: int) -> int:
+    """Move the notebook's slider as the visitor's page does; the status."""
+    html = outputs(frames)
+    object_id = html.split("object-id='", 1)[1].split("'", 1)[0]
+    body = json.dumps({"objectIds": [object_id], "values": [value]}).encode()
+    call = ApplicationCommunicator(
+        with_request(app),
+        {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/api/kernel/set_ui_element_value",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"localhost"),
+                (b"content-type", b"application/json"),
+                (b"marimo-session-id", VISITOR.encode()),
+            ],
+        },
+    )
+    await call.send_input({"type": "http.request", "body": body})
+    start = await call.receive_output(TIMEOUT)
+    await call.receive_output(TIMEOUT)
+    return int(start["status"])
+
+
+async def test_the_visitor_gets_the_run_made_before_they_came(app, runs):
+    running = new_pre_run(app)
+    running.start()
+    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    assert run_count(runs) == 1
+
+    ws = visitor_socket(running)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    assert connected
+    frames = await frames_until(ws, "completed-run")
+    assert frames[0]["op"] == "kernel-ready"
+    assert "cube=27" in outputs(frames)
+    # The page is told nothing of a reconnection: it is new to the session.
+    await asyncio.sleep(0.5)
+    later = []
+    while not await ws.receive_nothing(timeout=0.1):
+        later.append(json.loads(await ws.receive_from()))
+    assert [f["op"] for f in later if f["op"] in ("reconnected", "alert")] == []
+    assert running.taken
+    assert run_count(runs) == 1  # the notebook did not run again
+
+    # The session is the visitor's: their widget moves its output.
+    assert await set_slider(running, frames, 5) == 200
+    moved = await frames_until(ws, "completed-run")
+    assert "cube=125" in outputs(moved)
+    assert run_count(runs) == 1
+    await ws.disconnect()
+
+
+async def test_a_visitor_who_comes_during_the_run_watches_it_end(
+    app, runs, monkeypatch
+):
+    monkeypatch.setenv("DJANGO_NOTEBOOKS_TEST_RUN_SECONDS", "1.5")
+    running = new_pre_run(app)
+    running.start()
+    await asyncio.sleep(0.3)
+    assert not running.completed.is_set()
+
+    ws = visitor_socket(running)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    assert connected
+    frames = await frames_until(ws, "completed-run")
+    assert "cube=27" in outputs(frames)
+    assert [f["op"] for f in frames].count("kernel-ready") == 1
+    assert run_count(runs) == 1
+    assert await set_slider(running, frames, 2) == 200
+    assert "cube=8" in outputs(await frames_until(ws, "completed-run"))
+    await ws.disconnect()
+
+
+async def test_a_page_that_comes_again_is_reconnected_as_marimo_does(app, runs):
+    running = new_pre_run(app)
+    running.start()
+    ws = visitor_socket(running)
+    assert (await ws.connect(timeout=TIMEOUT))[0]
+    frames = await frames_until(ws, "completed-run")
+    await ws.disconnect()
+
+    # The same page back (its connection was lost): marimo's reconnection,
+    # to the same session; its widgets work.
+    again = visitor_socket(running)
+    assert (await again.connect(timeout=TIMEOUT))[0]
+    assert json.loads(await again.receive_from(timeout=TIMEOUT))["op"] == "reconnected"
+    assert await set_slider(running, frames, 4) == 200
+    assert "cube=64" in outputs(await frames_until(again, "completed-run"))
+    assert run_count(runs) == 1
+    await again.disconnect()
+
+
+async def test_a_run_that_shows_too_much_is_not_kept(app, runs, monkeypatch):
+    monkeypatch.setattr(pre_run, "MAX_KEPT_BYTES", 1000)
+    running = new_pre_run(app)
+    running.start()
+    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    assert running.given_up and not running.kept
+    manager = notebook_apps.session_manager_for(NOTEBOOK)
+    assert manager.get_session(pre_run.SESSION_ID) is None  # its memory is free
+
+    # The visitor's session is a session like any other: it runs.
+    ws = visitor_socket(running)
+    assert (await ws.connect(timeout=TIMEOUT))[0]
+    frames = await frames_until(ws, "completed-run")
+    assert "cube=27" in outputs(frames)
+    assert manager.get_session(VISITOR) is not None
+    assert manager.get_session(pre_run.SESSION_ID) is None
+    await ws.disconnect()
+
+
+async def test_other_sessions_calls_are_left_as_they_are(app, runs):
+    running = new_pre_run(app)
+    running.start()
+    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    running.visitor = VISITOR
+    other = visitor_socket(running, "s_other")
+    assert (await other.connect(timeout=TIMEOUT))[0]
+    frames = await frames_until(other, "completed-run")
+    assert "cube=27" in outputs(frames)
+    assert run_count(runs) == 2  # a session of its own
+    assert not running.taken
+    await other.disconnect()
+
+
+def test_calls_are_given_the_pre_run_session():
+    ws = pre_run._with_session(
+        {"type": "websocket", "query_string": b"session_id=s_1&x=&y=2"}, "p"
+    )
+    assert ws["query_string"] == b"session_id=p&x=&y=2"
+    http = pre_run._with_session(
+        {"type": "http", "headers": [(b"host", b"h"), (b"marimo-session-id", b"s_1")]},
+        "p",
+    )
+    assert http["headers"] == [(b"host", b"h"), (b"marimo-session-id", b"p")]
+
+
+# Which notebooks are run ahead: those that do not read their visitor.
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "user = mo.app_meta().request.user",
+        "page = mo.query_params().get('page')",
+        "args = mo.cli_args()",
+        "from marimo import app_meta",
+        "meta = getattr(mo, 'app_meta')()",
+        "import marimo\nx = marimo.app_meta",
+        "def (:",  # cannot be parsed: taken to read it
+    ],
+)
+def test_a_notebook_that_reads_its_visitor_is_seen_to(tmp_path, source):
+    notebook = tmp_path / "n.py"
+    notebook.write_text(f"import marimo as mo\n{source}\n")
+    assert visitor.reads_the_visitor(notebook)
+
+
+def test_a_notebook_that_does_not_read_its_visitor_is_seen_not_to(tmp_path):
+    assert not visitor.reads_the_visitor(NOTEBOOK)
+    assert visitor.reads_the_visitor(NOTEBOOK.with_name("whoami.py"))
+    assert visitor.visitor_reads(NOTEBOOK.with_name("whoami.py"))[0].startswith("line ")
+    assert visitor.reads_the_visitor(tmp_path / "missing.py")
+
+
+def test_what_is_read_follows_the_file(tmp_path):
+    notebook = tmp_path / "n.py"
+    notebook.write_text("import marimo as mo\nx = 1\n")
+    version = visitor.file_version(notebook)
+    assert not visitor.reads_the_visitor(notebook)
+    notebook.write_text("import marimo as mo\nx = mo.app_meta()\n")
+    assert visitor.reads_the_visitor(notebook)
+    assert visitor.file_version(notebook) != version
+
+
+def test_the_web_process_asks_for_a_pre_run_only_where_it_may(settings):
+    settings.DJANGO_NOTEBOOKS = {
+        "NOTEBOOKS": {
+            "ahead": NOTEBOOK,
+            "never": {"path": NOTEBOOK, "pre_run": False},
+            "visitor": NOTEBOOK.with_name("whoami.py"),
+        },
+        "KERNEL_SPARES": 1,
+    }
+    found = registry.explicit_notebooks()
+    assert router._pre_run_version(found["ahead"]) == visitor.file_version(NOTEBOOK)
+    assert router._pre_run_version(found["never"]) == ""
+    assert router._pre_run_version(found["visitor"]) == ""
+    settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "KERNEL_SPARES": 0}
+    found = registry.explicit_notebooks()
+    assert router._pre_run_version(found["ahead"]) == ""  # no spares: no pre-run
+
+
+def test_pre_run_is_true_or_false(settings):
+    settings.DJANGO_NOTEBOOKS = {
+        "NOTEBOOKS": {"n": {"path": NOTEBOOK, "pre_run": "no"}}
+    }
+    with pytest.raises(
+        ImproperlyConfigured, match="'pre_run' is 'no'; use True or False"
+    ):
+        registry.explicit_notebooks()
+
+
+# The kernel host's spares of a pre-run notebook.
+
+
+class Host(forkserver.ForkServer):
+    """The host's bookkeeping of spares, without processes."""
+
+    def __init__(self) -> None:  # no socket, no signals
+        self.kernels = {}
+        self.spares = {}
+        self.spare_count = 1
+        self.spare_max_age = 600.0
+        self.stopped: list[forkserver.Kernel] = []
+
+    def _start_kernel(self, fork):
+        kernel = forkserver.Kernel(
+            fork=fork,
+            pid=len(self.kernels) + 1,
+            status=None,
+            socket_path=Path("x"),
+            cgroup=None,
+        )
+        self.kernels[kernel.pid] = kernel
+        return kernel
+
+    def _stop(self, kernel, cause, *, now):
+        self.stopped.append(kernel)
+        del self.kernels[kernel.pid]
+
+
+def session_fork(version: str, notebook: Path = NOTEBOOK) -> wire.Fork:
+    return wire.Fork(
+        id=1,
+        notebook=str(notebook),
+        slug="pre_run",
+        session_id="s1",
+        user="ada",
+        options={},
+        memory_mb=None,
+        cell_timeout=None,
+        unresponsive_after=5.0,
+        session_ttl=5.0,
+        log_output=False,
+        pre_run=version,
+    )
+
+
+def test_a_spare_that_ran_an_older_notebook_ends_when_the_new_one_is_opened(
+    tmp_path,
+):
+    notebook = tmp_path / "n.py"
+    notebook.write_text(NOTEBOOK.read_text())
+    host = Host()
+    old_version = visitor.file_version(notebook)
+    host._make_spares(session_fork(old_version, notebook=notebook))
+    (old,) = [k for spares in host.spares.values() for k in spares]
+    assert old.fork.pre_run == old_version and not old.fork.session_id
+    # Another entry of the same file, not run ahead: the spare stays.
+    host._make_spares(session_fork("", notebook=notebook))
+    assert host.stopped == []
+
+    notebook.write_text(NOTEBOOK.read_text() + "\n# edited\n")
+    new_version = visitor.file_version(notebook)
+    host._make_spares(session_fork(new_version, notebook=notebook))
+    assert host.stopped == [old]
+    assert {k.fork.pre_run for spares in host.spares.values() for k in spares} == {
+        "",
+        new_version,
+    }
+
+
+def test_an_old_spare_is_replaced_while_its_notebook_is_in_use():
+    host = Host()
+    in_use = host._start_kernel(session_fork(visitor.file_version(NOTEBOOK)))
+    host._make_spares(in_use.fork)
+    (spare,) = [k for spares in host.spares.values() for k in spares]
+    host._end_old_spares(spare.started_at + 599)
+    assert host.stopped == []
+    host._end_old_spares(spare.started_at + 601)
+    assert host.stopped == [spare]
+    (replacement,) = [k for spares in host.spares.values() for k in spares]
+    assert replacement is not spare
+    # No session of the notebook left: an old spare just ends.
+    del host.kernels[in_use.pid]
+    host._end_old_spares(replacement.started_at + 601)
+    assert host.stopped == [spare, replacement]
+    assert [k for spares in host.spares.values() for k in spares] == []
