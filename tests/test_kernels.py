@@ -282,6 +282,170 @@ async def test_a_call_that_does_not_open_with_its_scope_runs_nothing():
     our_writer.close()
 
 
+# One kernel's calls: HTTP calls reuse a kept connection.
+
+
+async def _listening(app, folder: Path):
+    """A kernel process's socket serving ``app``; how to connect to it, and
+    the count of connections made."""
+    path = str(folder / "k.sock")
+    made = []
+    kernel_ends = []
+
+    async def serve(reader, writer):
+        kernel_ends.append(writer)
+        await tunnel.serve_call(
+            app, reader, writer, lambda scope: contextlib.nullcontext()
+        )
+
+    server = await asyncio.start_unix_server(serve, path=path)
+
+    async def connect():
+        made.append(path)
+        return await asyncio.open_unix_connection(path)
+
+    return server, connect, made, kernel_ends
+
+
+async def _kernel_app(scope, receive, send):
+    """A kernel app: reads the request, answers with its path."""
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(3600)
+    request = await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send(
+        {"type": "http.response.body", "body": scope["path"].encode() + request["body"]}
+    )
+
+
+async def _http_call(line, path="/n", body=b"", deadline=5.0):
+    """One HTTP call as a server makes it: the request, then (the answer
+    sent) the disconnect a server reports; the answer's status and body."""
+    said = [{"type": "http.request", "body": body}]
+    answered = asyncio.Event()
+    sent = []
+
+    async def receive():
+        if said:
+            return said.pop()
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            answered.set()
+
+    await line.call({"type": "http", "path": path}, receive, send, deadline=deadline)
+    return sent[0]["status"], sent[1]["body"]
+
+
+@pytest.mark.asyncio
+async def test_a_kernels_http_calls_reuse_one_connection(tmp_path):
+    server, connect, made, _ = await _listening(_kernel_app, tmp_path)
+    line = tunnel.Line(connect)
+    async with server:
+        for number in range(5):
+            body = str(number).encode()
+            assert await _http_call(line, body=body) == (200, b"/n" + body)
+        assert len(made) == 1
+        # Calls at once take connections of their own; two are kept after.
+        answers = await asyncio.gather(*(_http_call(line, f"/{n}") for n in range(4)))
+        assert answers == [(200, f"/{n}".encode()) for n in range(4)]
+        assert len(made) == 4
+        assert len(line._idle) == tunnel.KEPT_IDLE
+        line.close()
+        assert line._idle == []
+
+
+@pytest.mark.asyncio
+async def test_a_websocket_has_a_connection_of_its_own(tmp_path):
+    server, connect, made, _ = await _listening(_kernel_app, tmp_path)
+    line = tunnel.Line(connect)
+    said = [{"type": "websocket.connect"}]
+    sent = []
+
+    async def receive():
+        return said.pop() if said else await _never()
+
+    async def send(message):
+        sent.append(message["type"])
+
+    async with server:
+        await _http_call(line)
+        await line.call({"type": "websocket"}, receive, send, deadline=5)
+        assert sent == ["websocket.accept", "websocket.close"]
+        await _http_call(line)
+        assert len(made) == 2  # the HTTP calls' one, the websocket's
+
+
+@pytest.mark.asyncio
+async def test_a_call_cut_short_leaves_no_connection_to_reuse(tmp_path):
+    server, connect, made, _ = await _listening(_kernel_app, tmp_path)
+    line = tunnel.Line(connect)
+    async with server:
+        with pytest.raises(tunnel.NotAnswering):
+            await _http_call(line, "/slow", deadline=0.2)
+        assert line._idle == []
+        assert await _http_call(line) == (200, b"/n")
+        assert len(made) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_kept_connection_the_kernel_closed_is_not_used(tmp_path):
+    server, connect, made, kernel_ends = await _listening(_kernel_app, tmp_path)
+    line = tunnel.Line(connect)
+    async with server:
+        await _http_call(line)
+        kernel_ends[0].close()
+        await wait_until_async(lambda: line._idle[0][1][0].at_eof())
+        assert await _http_call(line) == (200, b"/n")
+        assert len(made) == 2
+
+
+async def wait_until_async(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+def _stream(*messages) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    for message in messages:
+        reader.feed_data(wire.encode(message))
+    return reader
+
+
+@pytest.mark.asyncio
+async def test_a_call_whose_app_does_not_read_holds_its_connection_back():
+    """What the kernel process reads ahead of a call's app is bounded."""
+    body = [wire.Asgi({"type": "http.request", "body": b"x", "more_body": True})]
+    reader = _stream(wire.Call(tunnel.encode_scope({"type": "http"})), *body * 100)
+    calls = tunnel._Calls(reader)
+    reading = asyncio.create_task(calls.read())
+    scope, inbox = await asyncio.wait_for(calls.next(), 5)
+    await asyncio.sleep(0.05)
+    assert inbox.qsize() == tunnel.CALL_INBOX  # and the rest waits, unread
+    assert not reading.done()
+    # The call ends: the rest is dropped, the next call is read.
+    calls.ended(inbox)
+    reader.feed_data(
+        wire.encode(wire.Call(tunnel.encode_scope({"type": "http", "n": 2})))
+    )
+    scope, second = await asyncio.wait_for(calls.next(), 5)
+    assert scope["n"] == 2 and second.qsize() == 0
+    reader.feed_eof()
+    assert await asyncio.wait_for(second.get(), 5) is None  # its caller has gone
+    assert await asyncio.wait_for(calls.next(), 5) is None
+    await reading
+
+
 # The running cell.
 
 

@@ -153,13 +153,23 @@ class KernelProcess:
     #: The host had the session's kernel running already (a page that
     #: reconnected after the web server restarted).
     resumed: bool = False
+    #: Its calls' connections (HTTP calls reuse them).
+    line: tunnel.Line = field(init=False)
     _waiters: int = 0
     _listeners: set[Callable[[Notice], None]] = field(default_factory=set)
     _request_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self.line = tunnel.Line(self._connect)
+
     @property
     def has_exited(self) -> bool:
         return self.exited.is_set()
+
+    def set_exited(self) -> None:
+        """It has ended: its callers learn, its kept connections close."""
+        self.exited.set()
+        self.line.close()
 
     async def started(self) -> int:
         """Its pid, once it has started (``ForkRefused``,
@@ -199,9 +209,7 @@ class KernelProcess:
             self.listen(_notices_to(send)) if scope["type"] == "websocket" else None
         )
         try:
-            await tunnel.call(
-                self._connect, scope, receive, send, deadline=self.start.deadline
-            )
+            await self.line.call(scope, receive, send, deadline=self.start.deadline)
         except (tunnel.TunnelClosed, ConnectionError, FileNotFoundError) as error:
             raise KernelEnded(await self.why_ended()) from error
         except tunnel.NotAnswering:
@@ -535,7 +543,7 @@ class KernelProcesses:
             if self._by_session.get(process.session_id) is process:
                 del self._by_session[process.session_id]
             self._by_id.pop(process.kernel_id, None)
-        process.exited.set()
+        process.set_exited()
 
     def _exited(self, server: ForkServer, exited: wire.Exited) -> None:
         """The kernel host says a kernel has ended (on its reader thread)."""
@@ -556,7 +564,7 @@ class KernelProcesses:
             return
         process.exit_status, process.cause = exited.status, exited.cause
         process.ending = notice_for_end(process, exited.cause)
-        process.exited.set()
+        process.set_exited()
         _log_end(process, exited)
         self._leave_if_unused(server)
 
@@ -593,7 +601,7 @@ class KernelProcesses:
         for process in ended:
             owners.bindings.kernel_ended(process.session_id)
             process.ending = process.ending or notices.SESSION_LOST
-            process.exited.set()
+            process.set_exited()
 
     def end_sessions(self) -> None:
         """End every kernel process (the kernel host stays ready)."""
