@@ -408,6 +408,40 @@ async def test_a_kept_connection_the_kernel_closed_is_not_used(tmp_path):
         assert len(made) == 2
 
 
+@pytest.mark.asyncio
+async def test_a_call_on_a_connection_closed_under_it_is_made_again(tmp_path):
+    """A kernel of the code deployed before connections were kept ends
+    each connection after its call: a call sent on one it has just
+    closed is made again on a new one, with its request."""
+    path = str(tmp_path / "old.sock")
+    made = []
+
+    async def one_call_then_close(reader, writer):
+        await wire.read(reader)  # the call
+        request = await wire.read(reader)
+        for message in (
+            {"type": "http.response.start", "status": 200, "headers": []},
+            {"type": "http.response.body", "body": request.message["body"]},
+        ):
+            writer.write(wire.encode(wire.Asgi(message)))
+        writer.write(wire.encode(wire.CallEnded()))
+        await writer.drain()
+        writer.close()
+
+    async def connect():
+        made.append(path)
+        return await asyncio.open_unix_connection(path)
+
+    line = tunnel.Line(connect)
+    async with await asyncio.start_unix_server(one_call_then_close, path=path):
+        assert await _http_call(line, body=b"first") == (200, b"first")
+        ((kept_reader, _),) = [connection for _, connection in line._idle]
+        await wait_until_async(kept_reader.at_eof)
+        kept_reader.at_eof = lambda: False  # as if its end had not come yet
+        assert await _http_call(line, body=b"second") == (200, b"second")
+        assert len(made) == 2
+
+
 async def wait_until_async(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not condition():

@@ -125,7 +125,44 @@ class Line:
         if scope.get("type") != "http":
             await call(self._connect, scope, receive, send, deadline=deadline)
             return
-        connection = self._kept() or await _opened(self._connect, deadline)
+        kept = self._kept()
+        if kept is not None:
+            # A kept connection may have been closed by its kernel process
+            # a moment ago (one of code deployed before connections were
+            # kept ends each after one call): a call it closes unanswered
+            # is made again on a new one, with what it had read of the
+            # request. (A kernel process that died mid-call refuses the
+            # new connection.)
+            taken: list[Message] = []
+            answered: list[Message] = []
+
+            async def receive_kept() -> Message:
+                taken.append(await receive())
+                return taken[-1]
+
+            async def send_kept(message: Message) -> None:
+                answered.append(message)
+                await send(message)
+
+            try:
+                await self._call_on(kept, scope, receive_kept, send_kept, deadline)
+                return
+            except TunnelClosed:
+                if answered:
+                    raise
+            receive = _replaying(taken, receive)
+        connection = await _opened(self._connect, deadline)
+        await self._call_on(connection, scope, receive, send, deadline)
+
+    async def _call_on(
+        self,
+        connection: Connection,
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+        deadline: float,
+    ) -> None:
+        """The call on ``connection``, kept after if it may take another."""
         reusable = False
         try:
             reusable = await _call_on(
@@ -152,6 +189,18 @@ class Line:
         idle, self._idle = self._idle, []
         for owner, (_reader, writer) in idle:
             _close_soon(owner, writer)
+
+
+def _replaying(
+    taken: list[Message], receive: Callable[[], Awaitable[Message]]
+) -> Callable[[], Awaitable[Message]]:
+    """``receive``, giving ``taken`` first."""
+    again = list(taken)
+
+    async def replayed() -> Message:
+        return again.pop(0) if again else await receive()
+
+    return replayed
 
 
 async def _opened(connect: Connect, deadline: float) -> Connection:
