@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.test import override_settings
 
+from django_notebooks.kernels import wire
+
 T = TypeVar("T")
 
 # The origin of Django's test clients and of Channels' communicators in the
@@ -204,3 +206,19 @@ def printed(frames: list[dict], tag: str) -> dict:
     """The JSON a notebook printed after ``tag`` (WHOAMI, QUERY)."""
     text = outputs(frames).replace("&quot;", '"')
     return json.loads(text.split(f"{tag} ", 1)[1].split("</")[0])
+
+
+#: A kernel host's fork request, as a web process makes one.
+START_FORK = wire.Fork(
+    id=1,
+    notebook="/n.py",
+    slug="n",
+    session_id="s-1",
+    user="alice",
+    options={},
+    memory_mb=None,
+    cell_timeout=None,
+    unresponsive_after=10.0,
+    session_ttl=5,
+    log_output=True,
+)

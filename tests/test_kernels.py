@@ -41,7 +41,7 @@ from django_notebooks.kernels import (
 from django_notebooks.kernels.forking import ForkRefused, ForkServerFailed
 from django_notebooks.kernels.processes import KernelProcesses, KernelStart
 from django_notebooks.limits import Limits, call_deadline
-from tests.helpers import wait_until
+from tests.helpers import START_FORK, wait_until
 
 # The tunnel.
 
@@ -1100,21 +1100,6 @@ def test_the_output_log_is_bounded(caplog):
     assert all(len(m) < forkserver.OUTPUT_LINE_CHARS + 50 for m in lines)
     assert lines[0].startswith("[n s-1] line 0")
     assert lines[-1].startswith("[n s-1] yyyy") or "left out" in lines[-1]
-
-
-START_FORK = wire.Fork(
-    id=1,
-    notebook="/n.py",
-    slug="n",
-    session_id="s-1",
-    user="alice",
-    options={},
-    memory_mb=None,
-    cell_timeout=None,
-    unresponsive_after=10.0,
-    session_ttl=5,
-    log_output=True,
-)
 
 
 # cgroups, on a folder of the test's own shaped like cgroupfs.

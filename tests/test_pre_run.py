@@ -5,6 +5,7 @@ over, without the notebook running again."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from django_notebooks import registry
 from django_notebooks.kernels import forkserver, pre_run, router, wire
 from django_notebooks.marimo import internals, visitor
 from django_notebooks.marimo.apps import notebook_apps
+from tests.helpers import START_FORK
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "pre_run.py"
 VISITOR = "s_visitor"
@@ -321,20 +323,7 @@ class Host(forkserver.ForkServer):
 
 
 def session_fork(version: str, notebook: Path = NOTEBOOK) -> wire.Fork:
-    return wire.Fork(
-        id=1,
-        notebook=str(notebook),
-        slug="pre_run",
-        session_id="s1",
-        user="ada",
-        options={},
-        memory_mb=None,
-        cell_timeout=None,
-        unresponsive_after=5.0,
-        session_ttl=5.0,
-        log_output=False,
-        pre_run=version,
-    )
+    return dataclasses.replace(START_FORK, notebook=str(notebook), pre_run=version)
 
 
 def test_a_spare_that_ran_an_older_notebook_ends_when_the_new_one_is_opened(

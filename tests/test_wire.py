@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from django_notebooks.kernels import wire
+from tests.helpers import START_FORK
 
 
 def frame_of(payload: object) -> bytes:
@@ -145,20 +146,8 @@ async def test_an_asyncio_stream_reads_messages_then_its_end():
 def test_fields_at_their_default_are_left_out_for_older_readers():
     """A kernel host of the code deployed before a field was added reads
     a message that leaves the field at its default."""
-    fork = wire.Fork(
-        id=1,
-        notebook="n.py",
-        slug="n",
-        session_id="s",
-        user="u",
-        options={},
-        memory_mb=None,
-        cell_timeout=None,
-        unresponsive_after=5.0,
-        session_ttl=5.0,
-        log_output=False,
-        owner="o",
-        running_only=True,
+    fork = dataclasses.replace(
+        START_FORK, owner="o", running_only=True, log_output=False
     )
     _tag, fields = marshal.loads(wire.encode(fork)[wire.LENGTH.size :])
     assert {"pre_run", "caps", "person", "address"}.isdisjoint(fields)
