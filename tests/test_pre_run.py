@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,11 @@ def test_pre_run_is_true_or_false(settings):
 # The kernel host's spares of a pre-run notebook.
 
 
+class StatusChannel:
+    def send(self, data: bytes) -> None:
+        pass
+
+
 class Host(forkserver.ForkServer):
     """The host's bookkeeping of spares, without processes."""
 
@@ -304,13 +310,20 @@ class Host(forkserver.ForkServer):
         self.spares = {}
         self.spare_count = 1
         self.spare_max_age = 600.0
+        self.by_session = {}
+        self.users = {}
         self.stopped: list[forkserver.Kernel] = []
+        self.told = []
+        self.pids = iter(range(1, 1000))
+
+    def _tell(self, client, message):
+        self.told.append(message)
 
     def _start_kernel(self, fork):
         kernel = forkserver.Kernel(
             fork=fork,
-            pid=len(self.kernels) + 1,
-            status=None,
+            pid=next(self.pids),
+            status=StatusChannel(),
             socket_path=Path("x"),
             cgroup=None,
         )
@@ -366,3 +379,48 @@ def test_an_old_spare_is_replaced_while_its_notebook_is_in_use():
     host._end_old_spares(replacement.started_at + 601)
     assert host.stopped == [spare, replacement]
     assert [k for spares in host.spares.values() for k in spares] == []
+
+
+def spares(host: Host) -> list[forkserver.Kernel]:
+    return [k for waiting in host.spares.values() for k in waiting]
+
+
+def test_a_sessions_next_spare_is_forked_once_its_first_run_is_done():
+    host = Host()
+    host._fork(None, session_fork(""))
+    (kernel,) = host.kernels.values()
+    assert spares(host) == []  # not while its run takes the CPU
+    now = time.monotonic()
+    host._cell_started(kernel, now)
+    host._cell_ended(kernel, wire.CellEnded(False, False), now + 0.01)
+    host._cell_started(kernel, now + 0.02)  # the run's next cell
+    host._make_spares_due(now + 0.1)
+    assert spares(host) == []
+    host._cell_ended(kernel, wire.CellEnded(False, False), now + 0.2)
+    host._make_spares_due(now + 0.2 + forkserver.SPARES_AFTER_IDLE / 2)
+    assert spares(host) == []
+    host._make_spares_due(now + 0.2 + forkserver.SPARES_AFTER_IDLE)
+    assert len(spares(host)) == 1 and kernel.spares_due is None
+
+
+def test_a_session_whose_run_does_not_end_gets_its_spare_at_the_latest():
+    host = Host()
+    host._fork(None, session_fork(""))
+    (kernel,) = host.kernels.values()
+    host._cell_started(kernel, time.monotonic())
+    host._make_spares_due(kernel.spares_latest - 0.01)
+    assert spares(host) == []
+    host._make_spares_due(kernel.spares_latest)
+    assert len(spares(host)) == 1
+
+
+def test_a_spare_that_ran_ahead_is_replaced_at_once():
+    host = Host()
+    version = visitor.file_version(NOTEBOOK)
+    host._make_spares(session_fork(version))
+    (ahead,) = spares(host)
+    host._fork(None, dataclasses.replace(session_fork(version), id=7))
+    assert host.by_session[START_FORK.session_id] is ahead
+    host._make_spares_due(time.monotonic())
+    (replacement,) = spares(host)
+    assert replacement is not ahead

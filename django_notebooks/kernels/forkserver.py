@@ -80,6 +80,12 @@ SOCKETS_PREFIX = "django-notebooks-"
 # Spares waiting at most, all notebooks together, and the seconds one waits
 # before it ends unused (its notebook no longer in use).
 MAX_SPARES = 8
+# A new session's replacement spare is forked once the session's kernel has
+# been idle this long after a cell (its first run is most likely over: the
+# fork and the spare's warm-up would otherwise take CPU from it), or this
+# long after the session's start at the latest.
+SPARES_AFTER_IDLE = 0.05
+SPARES_AT_LATEST = 2.0
 SPARE_MAX_AGE = 600.0
 SPARES = "--spares"  # KERNEL_SPARES
 SPARE_MAX_AGE_OPTION = "--spare-max-age"  # KERNEL_SPARE_MAX_AGE
@@ -154,6 +160,11 @@ class Kernel:
     #: open page's kernel, and end a closed tab's to make room.
     page_open: bool = True
     page_closed_at: float | None = None
+    #: When the session it was given makes its notebook's next spare be
+    #: forked (monotonic), until that is done, and when at the latest: see
+    #: SPARES_AFTER_IDLE.
+    spares_due: float | None = None
+    spares_latest: float = 0.0
     #: Why it is being ended, once its parent has begun to end it.
     ending: wire.Cause | None = None
     #: When its group gets SIGKILL (a SIGTERM's grace, or an interrupted
@@ -281,10 +292,11 @@ class ForkServer:
 
     def serve(self) -> None:
         while not self.stopping:
-            for key, _events in self.selector.select(TICK):
+            for key, _events in self.selector.select(self._wait()):
                 key.data()
             self._reap()
             now = time.monotonic()
+            self._make_spares_due(now)
             if now - self.ticked >= TICK / 2:
                 self.ticked = now
                 self._tick(now)
@@ -476,6 +488,7 @@ class ForkServer:
         """The new kernel of ``fork``'s session: a spare made ahead for its
         notebook if there is one (replaced after), else one forked now."""
         kernel = self._take_spare(fork)
+        from_spare = kernel is not None
         if kernel is None:
             try:
                 kernel = self._start_kernel(fork)
@@ -493,7 +506,13 @@ class ForkServer:
             client,
             wire.Forked(fork.id, kernel.pid, str(kernel.socket_path), kernel=kernel.id),
         )
-        self._make_spares(fork)
+        if self.spare_count > 0:
+            # Its notebook's next spare, once its first run is done (a spare
+            # that ran the notebook ahead has nothing left to run: at once).
+            now = time.monotonic()
+            kernel.spares_latest = now + SPARES_AT_LATEST
+            ran_ahead = from_spare and bool(fork.pre_run)
+            kernel.spares_due = now if ran_ahead else kernel.spares_latest
 
     def _start_kernel(self, fork: wire.Fork) -> Kernel:
         """Fork a kernel and watch it."""
@@ -530,6 +549,21 @@ class ForkServer:
                 continue  # it is ending: its end is reaped as any other's
             return kernel
         return None
+
+    def _wait(self) -> float:
+        """How long the loop may wait for its sockets: until its next tick,
+        or a spare due sooner."""
+        due = [k.spares_due for k in self.kernels.values() if k.spares_due is not None]
+        if not due:
+            return TICK
+        return max(0.0, min(TICK, min(due) - time.monotonic()))
+
+    def _make_spares_due(self, now: float) -> None:
+        for kernel in list(self.kernels.values()):
+            if kernel.spares_due is not None and now >= kernel.spares_due:
+                kernel.spares_due = None
+                if kernel.ending is None:
+                    self._make_spares(kernel.fork)
 
     def _make_spares(self, fork: wire.Fork) -> None:
         """Keep KERNEL_SPARES spares ready for ``fork``'s notebook and limits
@@ -769,7 +803,7 @@ class ForkServer:
         now = time.monotonic()
         for message in messages:
             if isinstance(message, wire.CellStarted):
-                kernel.cell_since = now
+                self._cell_started(kernel, now)
             elif isinstance(message, wire.CellEnded):
                 self._cell_ended(kernel, message, now)
             elif isinstance(message, wire.Pong):
@@ -779,9 +813,16 @@ class ForkServer:
             elif isinstance(message, wire.PageClosed):
                 kernel.page_open, kernel.page_closed_at = False, time.time()
 
+    def _cell_started(self, kernel: Kernel, now: float) -> None:
+        kernel.cell_since = now
+        if kernel.spares_due is not None:
+            kernel.spares_due = kernel.spares_latest  # its run goes on
+
     def _cell_ended(self, kernel: Kernel, ended: wire.CellEnded, now: float) -> None:
         kernel.cell_since = None
         kernel.cell_ended_at = now
+        if kernel.spares_due is not None:
+            kernel.spares_due = min(kernel.spares_latest, now + SPARES_AFTER_IDLE)
         if kernel.stopping_a_cell:
             # The interrupted cell stopped in time: no kill.
             kernel.kill_at = kernel.kill_cause = None

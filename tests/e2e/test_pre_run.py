@@ -40,10 +40,11 @@ def start(kind: str, db_path: Path, tmp_path: Path) -> LiveServer:
     )
 
 
-def runs(tmp_path: Path) -> int:
-    """How many times the notebook ran, in any kernel."""
+def runs(tmp_path: Path, pid: int | None = None) -> int:
+    """How many times the notebook ran, in any kernel (or in ``pid``'s)."""
     counted = tmp_path / "runs"
-    return len(counted.read_text().splitlines()) if counted.exists() else 0
+    pids = counted.read_text().split() if counted.exists() else []
+    return len(pids) if pid is None else pids.count(str(pid))
 
 
 def spares_of(server: LiveServer, slug: str) -> list[int]:
@@ -76,6 +77,8 @@ async def test_the_next_visitor_gets_the_run_made_before_they_came(
             # The notebook is in use: its spare runs it, for nobody yet.
             await wait_for(lambda: spares_of(server, "pre_run"), 30, "no spare")
             await wait_for(lambda: runs(tmp_path) == 2, 30, "no pre-run")
+            (spare,) = spares_of(server, "pre_run")
+            assert runs(tmp_path, spare) == 1
 
             async with alice.kernel("/notebooks/pre_run/") as second:
                 frames = await first_run(second)
@@ -84,14 +87,20 @@ async def test_the_next_visitor_gets_the_run_made_before_they_came(
                 # there with it, and the notebook did not run again.
                 assert ops[0] == "kernel-ready" and "reconnected" not in ops
                 assert any("cube=27" in text for text in second.outputs)
-                assert runs(tmp_path) == 2
+                assert runs(tmp_path, spare) == 1
                 # From now on the session is the visitor's, as any other.
                 (slider,) = second.ui_element_ids()
                 response = await second.set_ui_value(slider, 5)
                 assert response.status_code == 200, response.text
                 while not any("cube=125" in text for text in second.outputs):
                     await first_run(second)
-                assert runs(tmp_path) == 2
+                assert runs(tmp_path, spare) == 1
+                # The spare was replaced, by one that runs the notebook too.
+                await wait_for(
+                    lambda: spares_of(server, "pre_run") not in ([], [spare]),
+                    30,
+                    "no new spare",
+                )
     finally:
         server.stop()
         for pid in hosts:

@@ -15,11 +15,12 @@ def _():
 
 @app.cell
 def _(os, time):
-    # Counts its runs in the file the tests name, and takes as long as they say.
+    # Counts its runs in the file the tests name (a line with its kernel's
+    # pid each), and takes as long as they say.
     _runs = os.environ.get("DJANGO_NOTEBOOKS_TEST_RUNS")
     if _runs:
         with open(_runs, "a") as _file:
-            _file.write("run\n")
+            _file.write(f"{os.getpid()}\n")
     time.sleep(float(os.environ.get("DJANGO_NOTEBOOKS_TEST_RUN_SECONDS") or 0))
     return
 
