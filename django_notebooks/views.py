@@ -170,11 +170,16 @@ async def _serve_read(
             return refusal
     if routes.virtual_file_name(found.subpath) is not None:
         return await _serve_virtual_file(request, found, user)
+    response: HttpResponse | StreamingHttpResponse | None = None
     if is_page:
         router.warm()  # the page's websocket follows: have its fork ready
-    response = await _to_marimo(request, found, _identity(user), {}, b"")
+        mount = found.mount(request.path)
+        response = pages.remembered_page(request, notebook.path, mount)
+    if response is None:
+        response = await _to_marimo(request, found, _identity(user), {}, b"")
+        if is_page:
+            response = pages.prepare_page(request, response, notebook.path, mount)
     if is_page:
-        response = pages.prepare_page(request, response, notebook.path)
         patch_vary_headers(response, ["Cookie"])
         if notebook.public and not user.is_authenticated and _visitor(request) is None:
             # Anonymous visitors of public notebooks own their sessions

@@ -17,7 +17,8 @@ from django.conf import settings
 from django.test import AsyncClient, override_settings
 from django.urls import reverse
 
-from django_notebooks import notices
+from django_notebooks import notices, views
+from django_notebooks.marimo import pages
 from django_notebooks.sessions import owners
 from tests.compat import session_key
 from tests.helpers import (
@@ -495,3 +496,64 @@ async def test_expose_file_paths_keeps_marimos_page():
     client = await logged_in("alice")
     page = (await client.get("/notebooks/square/")).content.decode()
     assert str(NOTEBOOKS_DIR / "square.py") in page
+
+
+# The page, prepared once per version of its notebook file.
+
+
+async def test_marimo_renders_a_page_the_same_for_every_visitor_and_query():
+    """What lets the bridge keep a page it prepared: if marimo ever puts
+    something of the request in it, this fails."""
+    seen = set()
+    for username, query in (("alice", ""), ("carol", "?x=1&region=North")):
+        pages.forget_pages()
+        client = await logged_in(username)
+        seen.add((await client.get(f"/notebooks/square/{query}")).content)
+    assert len(seen) == 1
+
+
+async def test_a_page_is_prepared_once_per_version_of_its_file(tmp_path, monkeypatch):
+    notebook = tmp_path / "kept_page.py"
+    notebook.write_bytes((NOTEBOOKS_DIR / "square.py").read_bytes())
+    calls = []
+    real = views._to_marimo
+
+    async def counted(*args, **kwargs):
+        calls.append(args[1].subpath)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(views, "_to_marimo", counted)
+    with notebooks_with(NOTEBOOKS={"kept_page": notebook}):
+        client = await logged_in("alice")
+        first = await client.get("/notebooks/kept_page/")
+        second = await client.get("/notebooks/kept_page/?x=2")
+        assert calls == [""]  # marimo rendered it once
+        assert second.content == first.content and second["ETag"] == first["ETag"]
+        assert second["Content-Type"] == first["Content-Type"]
+        again = await client.get(
+            "/notebooks/kept_page/", headers={"If-None-Match": first["ETag"]}
+        )
+        assert again.status_code == 304 and calls == [""]
+        # An edit is a new version: rendered again, with what it says now.
+        notebook.write_text(
+            notebook.read_text().replace(
+                "marimo.App()", 'marimo.App(app_title="Edited")'
+            )
+        )
+        os.utime(notebook, ns=(1, 1))
+        edited = await client.get("/notebooks/kept_page/")
+        assert calls == ["", ""] and b"Edited" in edited.content
+
+
+async def test_the_pages_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(pages, "MAX_REMEMBERED_PAGES", 2)
+    pages.forget_pages()
+    client = await logged_in("alice")
+    for slug in ("square", "whoami", "files"):
+        assert (await client.get(f"/notebooks/{slug}/")).status_code == 200
+    assert len(pages._remembered) == 2
+    # The least recently used went first.
+    assert {key[0] for key in pages._remembered} == {
+        str(NOTEBOOKS_DIR / "whoami.py"),
+        str(NOTEBOOKS_DIR / "files.py"),
+    }
