@@ -285,6 +285,18 @@ async def test_a_call_that_does_not_open_with_its_scope_runs_nothing():
 # One kernel's calls: HTTP calls reuse a kept connection.
 
 
+@contextlib.asynccontextmanager
+async def _serving(server, line):
+    """``server`` serving while the test uses ``line``; the line's kept
+    connections closed before the server is (since Python 3.12 a server's
+    end waits for its connections)."""
+    async with server:
+        try:
+            yield
+        finally:
+            line.close()
+
+
 async def _listening(app, folder: Path):
     """A kernel process's socket serving ``app``; how to connect to it, and
     the count of connections made."""
@@ -315,7 +327,7 @@ async def _kernel_app(scope, receive, send):
         await send({"type": "websocket.close", "code": 1000})
         return
     if scope["path"] == "/slow":
-        await asyncio.sleep(3600)
+        await asyncio.sleep(1)  # past the caller's deadline
     request = await receive()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send(
@@ -349,7 +361,7 @@ async def _http_call(line, path="/n", body=b"", deadline=5.0):
 async def test_a_kernels_http_calls_reuse_one_connection(tmp_path):
     server, connect, made, _ = await _listening(_kernel_app, tmp_path)
     line = tunnel.Line(connect)
-    async with server:
+    async with _serving(server, line):
         for number in range(5):
             body = str(number).encode()
             assert await _http_call(line, body=body) == (200, b"/n" + body)
@@ -359,8 +371,7 @@ async def test_a_kernels_http_calls_reuse_one_connection(tmp_path):
         assert answers == [(200, f"/{n}".encode()) for n in range(4)]
         assert len(made) == 4
         assert len(line._idle) == tunnel.KEPT_IDLE
-        line.close()
-        assert line._idle == []
+    assert line._idle == []
 
 
 @pytest.mark.asyncio
@@ -376,7 +387,7 @@ async def test_a_websocket_has_a_connection_of_its_own(tmp_path):
     async def send(message):
         sent.append(message["type"])
 
-    async with server:
+    async with _serving(server, line):
         await _http_call(line)
         await line.call({"type": "websocket"}, receive, send, deadline=5)
         assert sent == ["websocket.accept", "websocket.close"]
@@ -388,7 +399,7 @@ async def test_a_websocket_has_a_connection_of_its_own(tmp_path):
 async def test_a_call_cut_short_leaves_no_connection_to_reuse(tmp_path):
     server, connect, made, _ = await _listening(_kernel_app, tmp_path)
     line = tunnel.Line(connect)
-    async with server:
+    async with _serving(server, line):
         with pytest.raises(tunnel.NotAnswering):
             await _http_call(line, "/slow", deadline=0.2)
         assert line._idle == []
@@ -400,7 +411,7 @@ async def test_a_call_cut_short_leaves_no_connection_to_reuse(tmp_path):
 async def test_a_kept_connection_the_kernel_closed_is_not_used(tmp_path):
     server, connect, made, kernel_ends = await _listening(_kernel_app, tmp_path)
     line = tunnel.Line(connect)
-    async with server:
+    async with _serving(server, line):
         await _http_call(line)
         kernel_ends[0].close()
         await wait_until_async(lambda: line._idle[0][1][0].at_eof())
@@ -433,7 +444,8 @@ async def test_a_call_on_a_connection_closed_under_it_is_made_again(tmp_path):
         return await asyncio.open_unix_connection(path)
 
     line = tunnel.Line(connect)
-    async with await asyncio.start_unix_server(one_call_then_close, path=path):
+    server = await asyncio.start_unix_server(one_call_then_close, path=path)
+    async with _serving(server, line):
         assert await _http_call(line, body=b"first") == (200, b"first")
         ((kept_reader, _),) = [connection for _, connection in line._idle]
         await wait_until_async(kept_reader.at_eof)

@@ -418,9 +418,14 @@ async def _serve(
     elif not fork.session_id:
         await _warm_up_as_spare()
     keep = fork.session_ttl + PAST_TTL
-    async with server:
+    try:
         while not parent_gone.is_set() and (
             websockets or not has_session.is_set() or loop.time() - last_seen < keep
         ):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(parent_gone.wait(), WATCH_INTERVAL)
+    finally:
+        # Not wait_closed(): since Python 3.12 it waits for every connection
+        # to close, and web processes keep theirs open between calls. The
+        # process ends next: its connections go with it.
+        server.close()
