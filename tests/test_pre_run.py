@@ -20,7 +20,7 @@ from django_notebooks import registry
 from django_notebooks.kernels import forkserver, pre_run, router, wire
 from django_notebooks.marimo import internals, visitor
 from django_notebooks.marimo.apps import notebook_apps
-from tests.helpers import START_FORK
+from tests.helpers import START_FORK, outputs
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "pre_run.py"
 VISITOR = "s_visitor"
@@ -75,15 +75,6 @@ async def frames_until(ws: WebsocketCommunicator, op: str) -> list[dict]:
         frames.append(json.loads(await ws.receive_from(timeout=TIMEOUT)))
         if frames[-1]["op"] == op:
             return frames
-
-
-def outputs(frames: list[dict]) -> str:
-    found = []
-    for frame in frames:
-        output = (frame.get("data") or {}).get("output") or {}
-        if isinstance(output.get("data"), str):
-            found.append(output["data"])
-    return " ".join(found)
 
 
 async def set_slider(app: Any, frames: list[dict], value: int) -> int:
