@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, wraps
+from typing import Any, TypeVar, cast
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -284,6 +284,23 @@ def get_settings() -> NotebookSettings:
             for name, key in KEYS.items()
         }
     )
+
+
+T = TypeVar("T")
+
+
+def per_setting(function: Callable[[], T]) -> Callable[[], T]:
+    """Memoise a function of the setting until the setting changes."""
+    memo: list[Any] = [None, None]
+
+    @wraps(function)
+    def wrapper() -> T:
+        config = get_settings()
+        if memo[0] is not config:
+            memo[:] = [config, function()]
+        return cast(T, memo[1])
+
+    return wrapper
 
 
 def marimo_options() -> dict[str, Any]:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -48,7 +47,6 @@ ENTRY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pre_run": (conf.is_bool, "True or False"),
 }
 
-T = TypeVar("T")
 
 # How much of a file is read to tell whether it is a marimo notebook.
 MARKER_READ_BYTES = 256 * 1024
@@ -161,21 +159,7 @@ def limits_of(notebook: Notebook) -> limits.Limits:
     return limits.with_option(conf.get_settings().LIMITS, notebook.limits)
 
 
-def _per_config(function: Callable[[], T]) -> Callable[[], T]:
-    """Memoise a function of the setting until the setting changes."""
-    memo: list[Any] = [None, None]
-
-    @wraps(function)
-    def wrapper() -> T:
-        config = conf.get_settings()
-        if memo[0] is not config:
-            memo[:] = [config, function()]
-        return cast(T, memo[1])
-
-    return wrapper
-
-
-@_per_config
+@conf.per_setting
 def explicit_notebooks() -> dict[str, Notebook]:
     """The ``NOTEBOOKS`` entries, by slug."""
     notebooks = {}
@@ -185,7 +169,7 @@ def explicit_notebooks() -> dict[str, Notebook]:
     return notebooks
 
 
-@_per_config
+@conf.per_setting
 def directories() -> dict[str, dict[str, Any]]:
     """The ``DIRECTORIES`` entries, by key, as option dicts."""
     return {

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import websockets
 
+from django_notebooks.kernels import titles
 from django_notebooks.sessions import flow
 from tests.helpers import new_session_id, wait_until
 
@@ -276,6 +277,17 @@ class LiveServer:
             for host in self.kernel_hosts()
             for pid in children_of(host)
             if process_title(pid).startswith("django-notebooks kernel ")
+        ]
+
+    def spare_pids(self, slug: str) -> list[int]:
+        """The spare kernels (forked ahead, for no session yet) of the
+        server's kernel host for notebook ``slug``."""
+        title = titles.spare(slug)
+        return [
+            pid
+            for host in self.kernel_hosts()
+            for pid in children_of(host)
+            if process_title(pid) == title
         ]
 
     def kernel_hosts(self) -> list[int]:

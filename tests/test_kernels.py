@@ -41,7 +41,7 @@ from django_notebooks.kernels import (
 from django_notebooks.kernels.forking import ForkRefused, ForkServerFailed
 from django_notebooks.kernels.processes import KernelProcesses, KernelStart
 from django_notebooks.limits import Limits, call_deadline
-from tests.helpers import START_FORK, wait_until
+from tests.helpers import START_FORK, async_wait_until, wait_until
 
 # The tunnel.
 
@@ -414,7 +414,7 @@ async def test_a_kept_connection_the_kernel_closed_is_not_used(tmp_path):
     async with _serving(server, line):
         await _http_call(line)
         kernel_ends[0].close()
-        await wait_until_async(lambda: line._idle[0][1][0].at_eof())
+        await async_wait_until(lambda: line._idle[0][1][0].at_eof(), 5)
         assert await _http_call(line) == (200, b"/n")
         assert len(made) == 2
 
@@ -448,17 +448,10 @@ async def test_a_call_on_a_connection_closed_under_it_is_made_again(tmp_path):
     async with _serving(server, line):
         assert await _http_call(line, body=b"first") == (200, b"first")
         ((kept_reader, _),) = [connection for _, connection in line._idle]
-        await wait_until_async(kept_reader.at_eof)
+        await async_wait_until(kept_reader.at_eof, 5)
         kept_reader.at_eof = lambda: False  # as if its end had not come yet
         assert await _http_call(line, body=b"second") == (200, b"second")
         assert len(made) == 2
-
-
-async def wait_until_async(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
 
 
 def _stream(*messages) -> asyncio.StreamReader:

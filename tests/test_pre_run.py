@@ -18,9 +18,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_notebooks import registry
 from django_notebooks.kernels import forkserver, pre_run, router, wire
-from django_notebooks.marimo import internals, visitor
+from django_notebooks.marimo import internals, routes, visitor
 from django_notebooks.marimo.apps import notebook_apps
-from tests.helpers import START_FORK, outputs
+from tests.helpers import START_FORK, async_wait_until, frames_until_completed, outputs
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "pre_run.py"
 VISITOR = "s_visitor"
@@ -46,6 +46,18 @@ def app():
     notebook_apps.close_all_sessions()
 
 
+def has_run_to_its_end(running: pre_run.PreRun) -> bool:
+    """Whether the pre-run sent its "completed-run" (or was given up)."""
+    return running.given_up or any(
+        routes.run_change_in(message.get("text") or "") is False
+        for message in running.kept
+    )
+
+
+async def ran_to_its_end(running: pre_run.PreRun) -> None:
+    await async_wait_until(lambda: has_run_to_its_end(running), TIMEOUT)
+
+
 def new_pre_run(app: Any) -> pre_run.PreRun:
     def close_run() -> None:
         manager = notebook_apps.session_manager_for(NOTEBOOK)
@@ -67,14 +79,6 @@ def with_request(app: Any) -> Any:
 
 def visitor_socket(app: Any, session_id: str = VISITOR) -> WebsocketCommunicator:
     return WebsocketCommunicator(with_request(app), f"/ws?session_id={session_id}")
-
-
-async def frames_until(ws: WebsocketCommunicator, op: str) -> list[dict]:
-    frames = []
-    while True:
-        frames.append(json.loads(await ws.receive_from(timeout=TIMEOUT)))
-        if frames[-1]["op"] == op:
-            return frames
 
 
 async def set_slider(app: Any, frames: list[dict], value: int) -> int:
@@ -108,13 +112,13 @@ async def set_slider(app: Any, frames: list[dict], value: int) -> int:
 async def test_the_visitor_gets_the_run_made_before_they_came(app, runs):
     running = new_pre_run(app)
     running.start()
-    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    await ran_to_its_end(running)
     assert run_count(runs) == 1
 
     ws = visitor_socket(running)
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected
-    frames = await frames_until(ws, "completed-run")
+    frames = await frames_until_completed(ws)
     assert frames[0]["op"] == "kernel-ready"
     assert "cube=27" in outputs(frames)
     # The page is told nothing of a reconnection: it is new to the session.
@@ -128,7 +132,7 @@ async def test_the_visitor_gets_the_run_made_before_they_came(app, runs):
 
     # The session is the visitor's: their widget moves its output.
     assert await set_slider(running, frames, 5) == 200
-    moved = await frames_until(ws, "completed-run")
+    moved = await frames_until_completed(ws)
     assert "cube=125" in outputs(moved)
     assert run_count(runs) == 1
     await ws.disconnect()
@@ -141,17 +145,17 @@ async def test_a_visitor_who_comes_during_the_run_watches_it_end(
     running = new_pre_run(app)
     running.start()
     await asyncio.sleep(0.3)
-    assert not running.completed.is_set()
+    assert not has_run_to_its_end(running)
 
     ws = visitor_socket(running)
     connected, _ = await ws.connect(timeout=TIMEOUT)
     assert connected
-    frames = await frames_until(ws, "completed-run")
+    frames = await frames_until_completed(ws)
     assert "cube=27" in outputs(frames)
     assert [f["op"] for f in frames].count("kernel-ready") == 1
     assert run_count(runs) == 1
     assert await set_slider(running, frames, 2) == 200
-    assert "cube=8" in outputs(await frames_until(ws, "completed-run"))
+    assert "cube=8" in outputs(await frames_until_completed(ws))
     await ws.disconnect()
 
 
@@ -160,7 +164,7 @@ async def test_a_page_that_comes_again_is_reconnected_as_marimo_does(app, runs):
     running.start()
     ws = visitor_socket(running)
     assert (await ws.connect(timeout=TIMEOUT))[0]
-    frames = await frames_until(ws, "completed-run")
+    frames = await frames_until_completed(ws)
     await ws.disconnect()
 
     # The same page back (its connection was lost): marimo's reconnection,
@@ -169,7 +173,7 @@ async def test_a_page_that_comes_again_is_reconnected_as_marimo_does(app, runs):
     assert (await again.connect(timeout=TIMEOUT))[0]
     assert json.loads(await again.receive_from(timeout=TIMEOUT))["op"] == "reconnected"
     assert await set_slider(running, frames, 4) == 200
-    assert "cube=64" in outputs(await frames_until(again, "completed-run"))
+    assert "cube=64" in outputs(await frames_until_completed(again))
     assert run_count(runs) == 1
     await again.disconnect()
 
@@ -178,7 +182,7 @@ async def test_a_run_that_shows_too_much_is_not_kept(app, runs, monkeypatch):
     monkeypatch.setattr(pre_run, "MAX_KEPT_BYTES", 1000)
     running = new_pre_run(app)
     running.start()
-    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    await ran_to_its_end(running)
     assert running.given_up and not running.kept
     manager = notebook_apps.session_manager_for(NOTEBOOK)
     assert manager.get_session(pre_run.SESSION_ID) is None  # its memory is free
@@ -186,7 +190,7 @@ async def test_a_run_that_shows_too_much_is_not_kept(app, runs, monkeypatch):
     # The visitor's session is a session like any other: it runs.
     ws = visitor_socket(running)
     assert (await ws.connect(timeout=TIMEOUT))[0]
-    frames = await frames_until(ws, "completed-run")
+    frames = await frames_until_completed(ws)
     assert "cube=27" in outputs(frames)
     assert manager.get_session(VISITOR) is not None
     assert manager.get_session(pre_run.SESSION_ID) is None
@@ -196,11 +200,11 @@ async def test_a_run_that_shows_too_much_is_not_kept(app, runs, monkeypatch):
 async def test_other_sessions_calls_are_left_as_they_are(app, runs):
     running = new_pre_run(app)
     running.start()
-    await asyncio.wait_for(running.completed.wait(), TIMEOUT)
+    await ran_to_its_end(running)
     running.visitor = VISITOR
     other = visitor_socket(running, "s_other")
     assert (await other.connect(timeout=TIMEOUT))[0]
-    frames = await frames_until(other, "completed-run")
+    frames = await frames_until_completed(other)
     assert "cube=27" in outputs(frames)
     assert run_count(runs) == 2  # a session of its own
     assert not running.taken

@@ -551,9 +551,9 @@ async def test_the_pages_kept_are_bounded(monkeypatch):
     client = await logged_in("alice")
     for slug in ("square", "whoami", "files"):
         assert (await client.get(f"/notebooks/{slug}/")).status_code == 200
-    assert len(pages._remembered) == 2
+    assert len(pages._remembered()) == 2
     # The least recently used went first.
-    assert {key[0] for key in pages._remembered} == {
+    assert {key[0] for key in pages._remembered()} == {
         str(NOTEBOOKS_DIR / "whoami.py"),
         str(NOTEBOOKS_DIR / "files.py"),
     }

@@ -383,8 +383,6 @@ async def _serve(
         """A spare is a session's kernel now: its page is on its way."""
         nonlocal last_seen
         _session[1] = assigned.session_id
-        if ahead is not None:
-            ahead.visitor = assigned.session_id
         titles.set_title(titles.kernel(fork.slug, assigned.session_id))
         last_seen = loop.time()
         has_session.set()

@@ -604,6 +604,8 @@ class ForkServer:
         while its notebook is in use, else its memory is better free."""
         for key, spares in list(self.spares.items()):
             aged = [k for k in spares if now - k.started_at >= self.spare_max_age]
+            if not aged:
+                continue
             for kernel in aged:
                 spares.remove(kernel)
                 self._stop(kernel, wire.Cause.ASKED, now=False)
@@ -617,7 +619,7 @@ class ForkServer:
                 ),
                 None,
             )
-            if aged and in_use is not None:
+            if in_use is not None:
                 self._make_spares(in_use)
 
     def _end_stale_pre_runs(self, notebook: str) -> None:

@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from django_notebooks import context
-from django_notebooks.marimo import routes
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +60,8 @@ class PreRun:
         #: What marimo sent the run's websocket, until a visitor took it.
         self.kept: deque[Message] = deque()
         self.kept_bytes = 0
-        #: The run ended (its "completed-run" note was sent).
-        self.completed = asyncio.Event()
-        #: The session id of the kernel's visitor (the first seen).
+        #: The session id of the kernel's visitor: the first seen (only the
+        #: session's calls reach its kernel).
         self.visitor: str | None = None
         #: Whether the run was given up (too much to keep; failed to start):
         #: the visitor's session starts as any other.
@@ -111,8 +109,6 @@ class PreRun:
         if message["type"] != "websocket.send":
             return
         text = message.get("text") or ""
-        if routes.run_change_in(text) is False:
-            self.completed.set()
         if self._page is not None:
             await self._to_page(message)
         elif not self.taken and not self.given_up:
@@ -143,7 +139,6 @@ class PreRun:
             return
         self.given_up = True
         self.kept.clear()
-        self.completed.set()
         self._inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
         try:
             self.close_run()

@@ -120,7 +120,7 @@ class KernelStart:
     person: str = ""
     address: str | None = None
     caps: Caps | None = None
-    #: The notebook file's version (``pre_run.version_of``) if spare kernels
+    #: The notebook file's version (``visitor.file_version``) if spare kernels
     #: may run it before a visitor comes (it does not read the visitor);
     #: empty if not.
     pre_run: str = ""

@@ -28,13 +28,16 @@ from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 
 from django_notebooks import conf, notices
+from django_notebooks.marimo import visitor
 
 MAX_REMEMBERED_PAGES = 256
-# A page: its status, its headers and its content, by _page_key().
-_remembered: OrderedDict[tuple[Any, ...], tuple[int, list[tuple[str, str]], bytes]]
-_remembered = OrderedDict()
-# The setting the remembered pages were made under.
-_remembered_for: list[object] = [None]
+Page = tuple[int, list[tuple[str, str]], bytes]  # status, headers, content
+
+
+@conf.per_setting
+def _remembered() -> OrderedDict[tuple[Any, ...], Page]:
+    """The pages prepared under the setting in force, by _page_key()."""
+    return OrderedDict()
 
 
 def remembered_page(
@@ -43,10 +46,10 @@ def remembered_page(
     """The notebook's page as prepared for an earlier request, if the file,
     the URL and the setting are the same (a 304 for a repeat visit)."""
     key = _page_key(request, notebook_file, mount)
-    found = _remembered.get(key) if key is not None else None
+    found = _remembered().get(key) if key is not None else None
     if key is None or found is None:
         return None
-    _remembered.move_to_end(key)
+    _remembered().move_to_end(key)
     status, headers, content = found
     response = HttpResponse(content, status=status)
     for name, value in headers:
@@ -57,24 +60,10 @@ def remembered_page(
 def _page_key(
     request: HttpRequest, notebook_file: Path, mount: str
 ) -> tuple[Any, ...] | None:
-    if request.method != "GET":
+    version = visitor.file_version(notebook_file)
+    if request.method != "GET" or not version:
         return None
-    config = conf.get_settings()
-    if _remembered_for[0] is not config:
-        _remembered.clear()
-        _remembered_for[0] = config
-    try:
-        stat = notebook_file.stat()
-    except OSError:
-        return None
-    return (
-        str(notebook_file),
-        stat.st_mtime_ns,
-        stat.st_size,
-        mount,
-        request.scheme,
-        request.get_host(),
-    )
+    return (str(notebook_file), version, mount, request.scheme, request.get_host())
 
 
 def _remember(
@@ -88,15 +77,16 @@ def _remember(
         for name, value in response.items()
         if name.lower() not in ("content-length", "set-cookie")
     ]
-    _remembered[key] = (response.status_code, headers, response.content)
-    _remembered.move_to_end(key)
-    while len(_remembered) > MAX_REMEMBERED_PAGES:
-        _remembered.popitem(last=False)
+    pages = _remembered()
+    pages[key] = (response.status_code, headers, response.content)
+    pages.move_to_end(key)
+    while len(pages) > MAX_REMEMBERED_PAGES:
+        pages.popitem(last=False)
 
 
 def forget_pages() -> None:
     """Forget the prepared pages (tests)."""
-    _remembered.clear()
+    _remembered().clear()
 
 
 def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:

@@ -30,7 +30,6 @@ from tests.live import (
     KernelSession,
     LiveServer,
     NotebookClient,
-    children_of,
     database_of_its_own,
     end_kernel_host,
     process_title,
@@ -418,16 +417,6 @@ async def test_the_caps_count_the_machines_kernels_whichever_server_asked(
         second.stop()
 
 
-def spares_of(server: LiveServer) -> list[int]:
-    """The spare kernels (forked ahead) of the server's kernel host."""
-    return [
-        pid
-        for host in server.kernel_hosts()
-        for pid in children_of(host)
-        if process_title(pid).startswith("django-notebooks spare kernel kept")
-    ]
-
-
 async def test_a_new_session_takes_a_spare_kernel_and_a_new_spare_is_made(
     live_db, tmp_path, hosts
 ):
@@ -443,8 +432,8 @@ async def test_a_new_session_takes_a_spare_kernel_and_a_new_spare_is_made(
                 hosts.update(server.kernel_hosts())
             # The notebook is in use: one spare waits for its next session,
             # not counted as a session's kernel.
-            await wait_for(lambda: len(spares_of(server)) == 1, 30, "no spare")
-            (spare,) = spares_of(server)
+            await wait_for(lambda: len(server.spare_pids("kept")) == 1, 30, "no spare")
+            (spare,) = server.spare_pids("kept")
             assert spare not in server.kernel_pids()
             async with alice.kernel(PAGE) as second:
                 kept, moved, pid = await opened(second)
@@ -456,7 +445,9 @@ async def test_a_new_session_takes_a_spare_kernel_and_a_new_spare_is_made(
                 await output_with(second, f"kept=4 moved=1 pid={pid}")
                 # ...and a new spare for the session after.
                 await wait_for(
-                    lambda: spares_of(server) not in ([], [spare]), 30, "no new spare"
+                    lambda: server.spare_pids("kept") not in ([], [spare]),
+                    30,
+                    "no new spare",
                 )
     finally:
         server.stop()

@@ -16,9 +16,7 @@ from tests.live import (
     KernelSession,
     LiveServer,
     NotebookClient,
-    children_of,
     end_kernel_host,
-    process_title,
 )
 
 pytestmark = pytest.mark.e2e
@@ -47,15 +45,6 @@ def runs(tmp_path: Path, pid: int | None = None) -> int:
     return len(pids) if pid is None else pids.count(str(pid))
 
 
-def spares_of(server: LiveServer, slug: str) -> list[int]:
-    return [
-        pid
-        for host in server.kernel_hosts()
-        for pid in children_of(host)
-        if process_title(pid) == f"django-notebooks spare kernel {slug}"
-    ]
-
-
 async def first_run(session: KernelSession) -> list[dict]:
     """The frames up to the run's end (its outputs: ``session.outputs``)."""
     return list(await session.read_until_completed(30))
@@ -75,9 +64,9 @@ async def test_the_next_visitor_gets_the_run_made_before_they_came(
                 hosts = server.kernel_hosts()
             assert runs(tmp_path) >= 1
             # The notebook is in use: its spare runs it, for nobody yet.
-            await wait_for(lambda: spares_of(server, "pre_run"), 30, "no spare")
+            await wait_for(lambda: server.spare_pids("pre_run"), 30, "no spare")
             await wait_for(lambda: runs(tmp_path) == 2, 30, "no pre-run")
-            (spare,) = spares_of(server, "pre_run")
+            (spare,) = server.spare_pids("pre_run")
             assert runs(tmp_path, spare) == 1
 
             async with alice.kernel("/notebooks/pre_run/") as second:
@@ -97,7 +86,7 @@ async def test_the_next_visitor_gets_the_run_made_before_they_came(
                 assert runs(tmp_path, spare) == 1
                 # The spare was replaced, by one that runs the notebook too.
                 await wait_for(
-                    lambda: spares_of(server, "pre_run") not in ([], [spare]),
+                    lambda: server.spare_pids("pre_run") not in ([], [spare]),
                     30,
                     "no new spare",
                 )
@@ -120,8 +109,8 @@ async def test_a_notebook_that_reads_its_visitor_or_says_no_is_never_run_ahead(
                 async with alice.kernel(page) as first:
                     await first_run(first)
                     hosts = hosts or server.kernel_hosts()
-            await wait_for(lambda: spares_of(server, "whoami"), 30, "no spare")
-            await wait_for(lambda: spares_of(server, "pre_run_off"), 30, "no spare")
+            await wait_for(lambda: server.spare_pids("whoami"), 30, "no spare")
+            await wait_for(lambda: server.spare_pids("pre_run_off"), 30, "no spare")
             await asyncio.sleep(1)
             assert runs(tmp_path) == 1  # its spare waits without running it
             async with alice.kernel("/notebooks/pre_run_off/") as second:
