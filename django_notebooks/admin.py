@@ -7,6 +7,7 @@
   database), with a "check that they load" action that runs them headless
   in the background, the result kept in :class:`NotebookCheck`.
 - Notebook grants: give a user or a group a notebook, without code changes.
+- Notebook snapshots: see django_notebooks/snapshots/admin.py.
 
 See ``docs/topics/admin.md`` for the permissions each page needs.
 """
@@ -46,6 +47,7 @@ from django_notebooks.models import (
     RegisteredNotebook,
 )
 from django_notebooks.sessions import channel_messages, layers, records
+from django_notebooks.snapshots import admin as snapshot_admin  # noqa: F401 (registers it)
 
 # Django's admin classes are generic to type checkers only (django-stubs).
 if TYPE_CHECKING:

@@ -10,7 +10,9 @@ class DjangoNotebooksConfig(AppConfig):
         from django_notebooks import checks
         from django_notebooks.marimo import autoreload
         from django_notebooks.sessions import revocation
+        from django_notebooks.snapshots import keeper
 
         checks.register_checks()
         autoreload.connect_signals()
         revocation.connect_signals()
+        keeper.connect_signals()

@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_notebooks import conf, query, registry
+from django_notebooks.marimo import visitor
 
 Check = Callable[..., list[CheckMessage]]
 
@@ -497,6 +498,66 @@ def check_frontend(
     return []
 
 
+@_when_settings_load
+def check_snapshots(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The ``snapshot`` and ``static`` options (snapshots/)."""
+    try:
+        notebooks = registry.all_notebooks()
+    except ImproperlyConfigured:
+        return []  # check_notebooks says why
+    errors: list[CheckMessage] = []
+    for notebook in notebooks:
+        where = f"Notebook {notebook.slug!r}"
+        if notebook.static and notebook.snapshot is None:
+            errors.append(
+                Error(
+                    f"{where} is static but has no 'snapshot' option: its page "
+                    "is its snapshot.",
+                    hint='Add e.g. "snapshot": {"refresh": 600}.',
+                    id="django_notebooks.E019",
+                )
+            )
+        if notebook.snapshot is None:
+            continue
+        for label in notebook.snapshot.models:
+            try:
+                apps.get_model(label)
+            except (LookupError, ValueError):
+                errors.append(
+                    Error(
+                        f"{where}: snapshot model {label!r} is not an installed model.",
+                        hint="Name models as 'app_label.ModelName', e.g. 'shop.Order'.",
+                        id="django_notebooks.E020",
+                    )
+                )
+        if notebook.snapshot.as_user is None and visitor.reads_the_visitor(
+            notebook.path
+        ):
+            errors.append(
+                Error(
+                    f"{where} has a snapshot, but its cells read the visitor "
+                    "(mo.app_meta(), mo.query_params() or mo.cli_args()): every "
+                    "viewer would see a page made for nobody.",
+                    hint="Set snapshot's 'as_user' to the username whose view "
+                    "every viewer may see, or remove the 'snapshot' option.",
+                    id="django_notebooks.E021",
+                )
+            )
+        if notebook.static and notebook.query is not None:
+            errors.append(
+                Error(
+                    f"{where} is static but has a 'query' option: its page is "
+                    "the same for every query.",
+                    hint="Remove 'query', or 'static' (the snapshot then shows "
+                    "first and the kernel reads the query).",
+                    id="django_notebooks.E022",
+                )
+            )
+    return errors
+
+
 def register_checks() -> None:
     """Register every check with Django's framework (``AppConfig.ready``).
     Registering twice is harmless: the framework keeps a set."""
@@ -510,6 +571,7 @@ def register_checks() -> None:
         check_anonymous_share,
         check_settings,
         check_hooks,
+        check_snapshots,
     ):
         register(check, Tags.compatibility)
     register(check_websocket_stack, Tags.security)

@@ -96,6 +96,13 @@ class NotebookSettings:
     #: Seconds a spare waits for a session before it is replaced (a
     #: pre-run spare's outputs are as old as that at most).
     KERNEL_SPARE_MAX_AGE: float
+    #: Seconds at least between two makings of a notebook's snapshot that
+    #: saves of its models asked for (saves in between wait, then make one).
+    SNAPSHOT_MIN_INTERVAL: float
+    #: Seconds a snapshot's run and export may take, in all.
+    SNAPSHOT_TIMEOUT: float
+    #: The alias in Django's STORAGES where snapshots are kept.
+    SNAPSHOT_STORAGE: str
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _is_positive_number(value: Any) -> bool:
+def is_positive_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
@@ -183,7 +190,7 @@ KEYS: dict[str, Key] = {
         4 * 1024 * 1024, "a positive integer (bytes)", _is_positive_int
     ),
     "WEBSOCKET_READ_TIMEOUT": Key(
-        60, "a positive number (seconds)", _is_positive_number
+        60, "a positive number (seconds)", is_positive_number
     ),
     "CONCEAL_FORBIDDEN": Key(False, "True or False", is_bool),
     "EXPOSE_FILE_PATHS": Key(False, "True or False", is_bool),
@@ -211,13 +218,22 @@ KEYS: dict[str, Key] = {
         "a number of kernels, 0 or more",
         lambda value: value == 0 or _is_positive_int(value),
     ),
-    "KERNEL_SPARE_MAX_AGE": Key(
-        600, "a positive number (seconds)", _is_positive_number
+    "KERNEL_SPARE_MAX_AGE": Key(600, "a positive number (seconds)", is_positive_number),
+    "SNAPSHOT_MIN_INTERVAL": Key(
+        10,
+        "a number of seconds, 0 or more",
+        lambda value: value == 0 or is_positive_number(value),
+    ),
+    "SNAPSHOT_TIMEOUT": Key(300, "a positive number (seconds)", is_positive_number),
+    "SNAPSHOT_STORAGE": Key(
+        "default",
+        "the alias of a storage in Django's STORAGES setting",
+        lambda value: isinstance(value, str) and bool(value),
     ),
     "KERNEL_HOST_GRACE": Key(
         60,
         "a number of seconds, 0 or more",
-        lambda value: value == 0 or _is_positive_number(value),
+        lambda value: value == 0 or is_positive_number(value),
     ),
 }
 

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.urls import Resolver404, resolve
 
@@ -20,6 +21,7 @@ from django_notebooks.kernels.processes import KernelEnded, KernelUnavailable, O
 from django_notebooks.marimo import routes
 from django_notebooks.notices import Notice
 from django_notebooks.sessions import flow, layers, lifecycle, stopping
+from django_notebooks.snapshots import outputs_first
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,9 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
 
     marimo_task: asyncio.Task[None] | None = None
     session: lifecycle.OpenSession | None = None
+    # The notebook's snapshot, shown while the session's first run goes on
+    # (snapshots/outputs_first.py): until marimo's first frame.
+    snapshot_frames: tuple[str, ...] | None = None
     accepted = False
     closed = False
 
@@ -162,6 +167,8 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         if found is None:
             return await self._refuse(WebsocketRefusal(CLOSE_NOT_FOUND))
         location, mount = found
+        if location.notebook.static:  # its page is a snapshot: no kernel
+            return await self._refuse(WebsocketRefusal(CLOSE_NOT_FOUND))
         if "user" not in self.scope:
             logger.error(
                 "KernelConsumer found no user in the websocket scope: wrap "
@@ -182,6 +189,10 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         )
         try:
             refusal = await session.open()
+            if refusal is None and location.notebook.snapshot is not None:
+                self.snapshot_frames = await database_sync_to_async(
+                    outputs_first.frames_for
+                )(location.notebook)
             if refusal is None:
                 self.session = session
                 self._start_marimo(admitted, location, mount, path, root_path)
@@ -334,6 +345,11 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
                 self.session.sent_to_page(message.get("text") or "")
             try:
                 await self.outbox.send(message)
+                if self.snapshot_frames is not None:
+                    frames, self.snapshot_frames = self.snapshot_frames, None
+                    first = message.get("text") or ""
+                    for text in outputs_first.shown_after(frames, first):
+                        await self.outbox.send({"type": "websocket.send", "text": text})
             except flow.Gone:
                 # The page closed with output on its way: its disconnect
                 # follows, and tells marimo's handler.

@@ -11,6 +11,10 @@
   ``DJANGO_NOTEBOOKS`` and the permissions to see and check them.
 - :class:`NotebookCheck`: the last "check that it loads" of each notebook,
   run in the background from that page.
+- :class:`NotebookSnapshot`: the snapshot of each notebook with a
+  ``snapshot`` option (its content is in the storage ``SNAPSHOT_STORAGE``
+  names): when it was made, how big, how long it took, the last failure,
+  and when it is to be made again.
 """
 
 from __future__ import annotations
@@ -151,6 +155,47 @@ class NotebookCheck(models.Model):
     class Meta:
         verbose_name = _("notebook check")
         verbose_name_plural = _("notebook checks")
+
+    def __str__(self) -> str:
+        return self.notebook
+
+
+class NotebookSnapshot(models.Model):
+    """A notebook's snapshot: the page of its outputs made ahead, in the
+    background, by a run with no visitor (snapshots/)."""
+
+    notebook = models.CharField(_("notebook"), max_length=255, unique=True)
+    # Where the content is, in the SNAPSHOT_STORAGE storage ("": none yet).
+    # Each making writes a new file, so a reader never sees one half written.
+    file = models.CharField(_("file"), max_length=500, blank=True)
+    # A hash of the page: its ETag, and the name of this making.
+    etag = models.CharField(_("ETag"), max_length=64, blank=True)
+    # The notebook file's version the snapshot was made of (a change makes
+    # it again).
+    file_version = models.CharField(
+        _("notebook file version"), max_length=64, blank=True
+    )
+    made_at = models.DateTimeField(_("made"), null=True, blank=True)
+    size = models.PositiveIntegerField(_("size (bytes)"), null=True, blank=True)
+    seconds = models.FloatField(_("took (seconds)"), null=True, blank=True)
+    # Set when something asked for a new snapshot (a model saved, the admin,
+    # the command): it is made once this time has come.
+    due_at = models.DateTimeField(_("due"), null=True, blank=True)
+    # When the last making started (successful or not).
+    started_at = models.DateTimeField(_("last started"), null=True, blank=True)
+    failed_at = models.DateTimeField(_("failed"), null=True, blank=True)
+    # The notebook file's version that failed: a new version is tried at
+    # once, the same one again only after a while.
+    failed_version = models.CharField(
+        _("failed file version"), max_length=64, blank=True
+    )
+    # What went wrong the last time; empty once a making succeeds.
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("notebook snapshot")
+        verbose_name_plural = _("notebook snapshots")
+        ordering = ["notebook"]
 
     def __str__(self) -> str:
         return self.notebook

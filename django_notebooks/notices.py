@@ -101,6 +101,11 @@ VISITORS_BUSY = Notice(
     "few minutes. If you have an account on this site, logging in may let "
     "you in now.",
 )
+# A snapshot's run, ended once its page is exported (nobody is watching).
+SNAPSHOT_DONE = Notice(
+    "Snapshot made",
+    "This run made the notebook's snapshot and has ended.",
+)
 # A closed tab's kernel, ended when its person opened one too many (nobody
 # sees it unless that tab's page reconnects).
 MADE_ROOM = Notice(

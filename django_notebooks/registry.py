@@ -29,8 +29,19 @@ from django_notebooks import conf, limits
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ACCESS_KEYS = ("public", "groups", "permissions", "access")
 ENTRY_KEYS = frozenset(
-    {"path", "title", "description", "query", "limits", "pre_run", *ACCESS_KEYS}
+    {
+        "path",
+        "title",
+        "description",
+        "query",
+        "limits",
+        "pre_run",
+        "snapshot",
+        "static",
+        *ACCESS_KEYS,
+    }
 )
+SNAPSHOT_KEYS = frozenset({"refresh", "models", "as_user"})
 
 # The type of each option but "path" and "query" (check E013 tries those).
 # A string where a list belongs would be read letter by letter.
@@ -45,11 +56,62 @@ ENTRY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "access": (conf.is_hook, "a function (user, notebook) -> bool, or its dotted path"),
     "pre_run": (conf.is_bool, "True or False"),
+    "static": (conf.is_bool, "True or False"),
+    "snapshot": (
+        lambda value: not _snapshot_problems(value),
+        '{"refresh": seconds or None, "models": ["app_label.Model", ...], '
+        '"as_user": "username"} (every key optional)',
+    ),
 }
 
 
 # How much of a file is read to tell whether it is a marimo notebook.
 MARKER_READ_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """A notebook's ``snapshot`` option: when its snapshot is made again
+    (snapshots/: the page made ahead, shown before or instead of a kernel)."""
+
+    #: Seconds after which the snapshot is made again (None: only when a
+    #: model changes, the file changes, or someone asks).
+    refresh: float | None = None
+    #: ``app_label.Model`` names whose saves and deletes make it again.
+    models: tuple[str, ...] = ()
+    #: The username the snapshot is made as (every viewer sees what this
+    #: user would); None: made with nobody signed in.
+    as_user: str | None = None
+
+
+def _snapshot_problems(value: Any) -> list[str]:
+    """What is wrong with a ``snapshot`` option's value (empty: nothing)."""
+    if not isinstance(value, Mapping):
+        return ["it must be a dict"]
+    found = []
+    unknown = set(value) - SNAPSHOT_KEYS
+    if unknown:
+        found.append(f"unknown keys {sorted(unknown)}")
+    refresh = value.get("refresh")
+    if refresh is not None and not conf.is_positive_number(refresh):
+        found.append("'refresh' must be a positive number of seconds or None")
+    if "models" in value and not conf.is_name_list(value["models"]):
+        found.append("'models' must be a list of 'app_label.Model' names")
+    as_user = value.get("as_user")
+    if as_user is not None and not (isinstance(as_user, str) and as_user):
+        found.append("'as_user' must be a username")
+    return found
+
+
+def _snapshot_options(value: Mapping[str, Any] | None) -> SnapshotOptions | None:
+    if value is None:
+        return None
+    refresh = value.get("refresh")
+    return SnapshotOptions(
+        refresh=float(refresh) if refresh is not None else None,
+        models=tuple(value.get("models", ())),
+        as_user=value.get("as_user"),
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +136,10 @@ class Notebook:
     # Whether spare kernels may run it before a visitor comes, when its
     # cells do not read the visitor (marimo/visitor.py).
     pre_run: bool = field(default=True, compare=False)
+    # When a snapshot of its outputs is made (None: never); with ``static``
+    # the snapshot is its page, and no kernel runs for visitors.
+    snapshot: SnapshotOptions | None = field(default=None, compare=False)
+    static: bool = field(default=False, compare=False)
 
     @property
     def requires_login(self) -> bool:
@@ -150,6 +216,8 @@ def _notebook(
         directory=directory,
         limits=dict(options.get("limits") or {}),
         pre_run=bool(options.get("pre_run", True)),
+        snapshot=_snapshot_options(options.get("snapshot")),
+        static=bool(options.get("static", False)),
     )
 
 

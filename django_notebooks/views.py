@@ -31,6 +31,8 @@ from django_notebooks.marimo.forwarding import django_response, forward_http
 from django_notebooks.marimo.routes import Route
 from django_notebooks.query import page_refusal
 from django_notebooks.sessions import owners, records, relay
+from django_notebooks.snapshots import keeper
+from django_notebooks.snapshots import pages as snapshot_pages
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -124,8 +126,13 @@ async def _serve(
             return _refuse(request, Access.LOGIN_REQUIRED, is_page=is_page)
         raise Http404("No such notebook.")
     route = routes.route_of(found.subpath) if found.has_slash else Route.PAGE
+    if found.notebook.static and route is Route.KERNEL_CALL:
+        # A static notebook has no kernel: nothing below it runs code.
+        route = None
     if route is None or request.method not in routes.METHODS[route]:
         return await _not_served(request, found, route)
+    if found.notebook.static and route is Route.PAGE and found.has_slash:
+        return await _serve_static(request, found)
     if route is Route.KERNEL_CALL:
         return await _serve_kernel_call(request, found)
     return await _serve_read(request, found)
@@ -172,6 +179,7 @@ async def _serve_read(
         return await _serve_virtual_file(request, found, user)
     response: HttpResponse | StreamingHttpResponse | None = None
     if is_page:
+        keeper.start()  # snapshots are made in web processes that serve pages
         router.warm()  # the page's websocket follows: have its fork ready
         mount = found.mount(request.path)
         response = pages.remembered_page(request, notebook.path, mount)
@@ -192,6 +200,18 @@ async def _serve_read(
                 secure=settings.SESSION_COOKIE_SECURE,
             )
     return response
+
+
+async def _serve_static(request: HttpRequest, found: registry.Location) -> HttpResponse:
+    """A static notebook's page: its snapshot, after the access decision. A
+    public one's answer depends on nobody's login (so shared caches may
+    keep it): the session is not even read."""
+    notebook = found.notebook
+    if not notebook.public:
+        decision = await access.adecide(await get_user(request), notebook)
+        if decision is not Access.ALLOWED:
+            return _refuse(request, decision, is_page=True)
+    return await snapshot_pages.static_page(request, notebook)
 
 
 async def _serve_kernel_call(

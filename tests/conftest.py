@@ -55,3 +55,13 @@ async def close_marimo_sessions():
 
     notebook_apps.close_all_sessions()
     kernel_processes.end_sessions()
+
+
+@pytest.fixture(autouse=True)
+def no_snapshot_keeper(monkeypatch):
+    """In process, snapshots are made by the test that wants one: a keeper
+    thread would make them behind its back, in a database connection of its
+    own (the live servers' keepers run as in production)."""
+    from django_notebooks.snapshots import keeper
+
+    monkeypatch.setattr(keeper, "start", lambda: None)

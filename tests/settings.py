@@ -135,6 +135,10 @@ LOGIN_URL = "/accounts/login/"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "/static/"
+# Uploads and notebook snapshots: never in the source tree.
+MEDIA_ROOT = os.environ.get("DJANGO_NOTEBOOKS_TEST_MEDIA") or os.path.join(
+    tempfile.gettempdir(), f"django-notebooks-tests-media-{os.getuid()}"
+)
 
 DJANGO_NOTEBOOKS: dict[str, Any] = {
     "NOTEBOOKS": {
@@ -208,6 +212,37 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_RUNS"):
         "path": NOTEBOOKS_DIR / "pre_run.py",
         "pre_run": False,
     }
+
+# Snapshots (tests/e2e/test_snapshots.py): a public static notebook, a static
+# one for the "sales" group, and one shown outputs first; the first made
+# again when an auth group is saved. DJANGO_NOTEBOOKS_TEST_SNAPSHOTS names
+# the notebook file (a copy the tests may edit).
+if os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOTS"):
+    _snapshot_file = Path(os.environ["DJANGO_NOTEBOOKS_TEST_SNAPSHOTS"])
+    _refresh = os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOT_REFRESH")
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["kpis"] = {
+        "path": _snapshot_file,
+        "public": True,
+        "static": True,
+        "snapshot": {
+            "models": ["auth.Group"],
+            "refresh": float(_refresh) if _refresh else None,
+        },
+    }
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["kpis_sales"] = {
+        "path": NOTEBOOKS_DIR / "snapshot.py",
+        "groups": ["sales"],
+        "static": True,
+        "snapshot": {},
+    }
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["report"] = {
+        "path": NOTEBOOKS_DIR / "snapshot.py",
+        "public": True,
+        "snapshot": {},
+    }
+    DJANGO_NOTEBOOKS["SNAPSHOT_MIN_INTERVAL"] = float(
+        os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOT_INTERVAL", "2")
+    )
 
 # A notebook that sends many large outputs on request, and the websocket's
 # flow control set low (tests/e2e/test_flow.py, tests/browser/test_flow.py).

@@ -104,6 +104,14 @@ def _replacements(notebook_file: Path) -> list[tuple[bytes, bytes]]:
     return [(old.encode(), new.encode()) for old, new in pairs]
 
 
+def without_file_paths(content: bytes, notebook_file: Path) -> bytes:
+    """A page of the notebook with the server's paths replaced by the
+    file's name (and ``.`` for its folder)."""
+    for old, new in _replacements(notebook_file):
+        content = content.replace(old, new)
+    return content
+
+
 def prepare_page(
     request: HttpRequest,
     response: HttpResponse | StreamingHttpResponse,
@@ -120,8 +128,7 @@ def prepare_page(
         return response
     content = response.content
     if not conf.get_settings().EXPOSE_FILE_PATHS:
-        for old, new in _replacements(notebook_file):
-            content = content.replace(old, new)
+        content = without_file_paths(content, notebook_file)
     # Anywhere in <head> runs before marimo's own code (a deferred module).
     response.content = content.replace(
         b"</head>", notices.page_script().encode() + b"</head>", 1

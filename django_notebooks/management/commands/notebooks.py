@@ -1,6 +1,9 @@
-"""``manage.py notebooks list | check | export | kernel-host``: the served
-notebooks from the command line, and the machine's kernel host as a
-service of its own.
+"""``manage.py notebooks list | check | export | snapshot | kernel-host``:
+the served notebooks from the command line, and the machine's kernel host
+as a service of its own.
+
+``snapshot`` makes notebooks' snapshots now (see
+:mod:`django_notebooks.snapshots.keeper`), in this process.
 
 ``check`` and ``export`` run notebooks headless, each in its own process
 (see :mod:`django_notebooks.marimo.headless`). ``kernel-host`` becomes the
@@ -27,6 +30,7 @@ from django_notebooks import registry
 from django_notebooks.kernels import forking, forkserver, location, router
 from django_notebooks.marimo import headless
 from django_notebooks.registry import Notebook
+from django_notebooks.snapshots import keeper
 
 # What a notebook that reads `mo.app_meta().request.user` without a guard
 # raises in a headless run, where the request is None.
@@ -38,7 +42,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(
-            dest="subcommand", metavar="{list,check,export,kernel-host}", required=True
+            dest="subcommand",
+            metavar="{list,check,export,snapshot,kernel-host}",
+            required=True,
         )
         listing = subcommands.add_parser(
             "list",
@@ -105,6 +111,18 @@ class Command(BaseCommand):
             type=float,
             default=300,
             help="Seconds the notebook may run (default: 300).",
+        )
+        snapshotting = subcommands.add_parser(
+            "snapshot",
+            help="Make the snapshots of notebooks with a 'snapshot' option now "
+            "(exit status 1 if one fails; the old one stays served).",
+        )
+        snapshotting.add_argument(
+            "slugs",
+            nargs="*",
+            metavar="slug",
+            help="Notebooks (or directory keys). Default: every notebook with "
+            "a 'snapshot' option.",
         )
         hosting = subcommands.add_parser(
             "kernel-host",
@@ -224,6 +242,40 @@ class Command(BaseCommand):
                 f"{_plural(len(notebooks), 'notebook')} ran without errors."
             )
         )
+
+    # snapshot
+
+    def handle_snapshot(self, *, slugs: list[str], **options: Any) -> None:
+        notebooks = self._select(slugs) if slugs else keeper.snapshot_notebooks()
+        without = [notebook.slug for notebook in notebooks if not notebook.snapshot]
+        if without and slugs:
+            raise CommandError(
+                f"No 'snapshot' option: {', '.join(without)}. Add one to the "
+                "notebook's entry in DJANGO_NOTEBOOKS."
+            )
+        failed = []
+        for notebook in notebooks:
+            if not notebook.snapshot:
+                continue
+            self.stdout.write(f"{notebook.slug} ... ", ending="")
+            self.stdout.flush()
+            row = keeper.make_now(notebook, reason="command")
+            if row is None:
+                self.stdout.write("being made by another process")
+            elif row.last_error:
+                failed.append(notebook.slug)
+                self.stdout.write(self.style.ERROR(f"FAILED: {row.last_error}"))
+            else:
+                self.stdout.write(
+                    self.style.SUCCESS(f"made ({row.seconds:.1f} s, {row.size} bytes)")
+                )
+        if failed:
+            raise CommandError(
+                f"{_plural(len(failed), 'snapshot')} could not be made: "
+                + ", ".join(failed)
+            )
+        if not notebooks:
+            self.stdout.write("No notebook has a 'snapshot' option.")
 
     def _select(self, slugs: list[str]) -> list[Notebook]:
         if not slugs:
