@@ -243,6 +243,20 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOTS"):
     DJANGO_NOTEBOOKS["SNAPSHOT_MIN_INTERVAL"] = float(
         os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOT_INTERVAL", "2")
     )
+    # The keeper's INFO lines ("Making the snapshot of ..."), which the
+    # tests count, under every server (uvicorn configures no root logger).
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "loggers": {
+            "django_notebooks.snapshots": {
+                "handlers": ["console"],
+                "level": "INFO",
+                "propagate": False,
+            }
+        },
+    }
 
 # A notebook that sends many large outputs on request, and the websocket's
 # flow control set low (tests/e2e/test_flow.py, tests/browser/test_flow.py).

@@ -191,7 +191,7 @@ def page_with_stamp(notebook: Notebook, html: str, made_at: datetime.datetime) -
     label = f"{stamp.day} {stamp:%b %Y, %H:%M} UTC"
     line = (
         '<div class="django-notebooks-snapshot" role="note" '
-        'style="position:fixed;right:0.5rem;bottom:0.5rem;z-index:1000;'
+        'style="position:fixed;left:0.5rem;bottom:0.5rem;z-index:1000;'
         "padding:0.15rem 0.5rem;border-radius:0.25rem;font:12px sans-serif;"
         'background:rgba(255,255,255,0.85);color:#555;box-shadow:0 0 2px #999">'
         f'Snapshot of <time datetime="{escape(stamp.isoformat())}">{escape(label)}'

@@ -130,7 +130,7 @@ async def test_a_static_page_serves_a_crowd_with_no_kernel(kind, live_db, tmp_pa
             assert again.status_code == 304 and not again.content
 
             # No kernel below it: no websocket, no kernel calls.
-            with pytest.raises(websockets.exceptions.InvalidStatus):
+            with pytest.raises(websockets.InvalidStatus):
                 async with client.kernel("/notebooks/kpis/"):
                     pass
             call = await client.post_kernel(
