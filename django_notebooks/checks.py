@@ -19,6 +19,7 @@ from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import storages
 from django.utils.module_loading import import_string
 
 from django_notebooks import conf, query, registry
@@ -508,6 +509,20 @@ def check_snapshots(
     except ImproperlyConfigured:
         return []  # check_notebooks says why
     errors: list[CheckMessage] = []
+    alias = conf.get_settings().SNAPSHOT_STORAGE
+    if any(notebook.snapshot for notebook in notebooks):
+        try:
+            storages[alias]
+        except ImproperlyConfigured as error:
+            errors.append(
+                Error(
+                    f"SNAPSHOT_STORAGE names the storage {alias!r}, which Django "
+                    f"cannot give: {error}",
+                    hint="Name a storage of the STORAGES setting, or leave "
+                    'SNAPSHOT_STORAGE unset for "default".',
+                    id="django_notebooks.E023",
+                )
+            )
     for notebook in notebooks:
         where = f"Notebook {notebook.slug!r}"
         if notebook.static and notebook.snapshot is None:

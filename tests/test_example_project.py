@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import async_wait_until
 from tests.live import (
     NotebookClient,
     free_port,
@@ -35,6 +36,9 @@ def example_env(db_path: Path) -> dict[str, str]:
     # must pick its own, as it does in a user's shell.
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["EXAMPLE_PROJECT_DB"] = str(db_path)
+    # Its notebook snapshots (MEDIA_ROOT) beside the database, never in the
+    # checkout.
+    env["EXAMPLE_PROJECT_MEDIA"] = str(db_path.parent / "media")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -128,7 +132,10 @@ async def test_demo_command_serves_the_example(tmp_path):
             home = await anonymous.http.get("/")
             assert home.status_code == 200
             assert 'href="/notebooks/"' in home.text
-            assert await notebook_links(anonymous) == ["/notebooks/savings/"]
+            assert await notebook_links(anonymous) == [
+                "/notebooks/savings/",
+                "/notebooks/team/",
+            ]
             public = await anonymous.http.get("/notebooks/savings/")
             assert public.status_code == 200
             assert "<marimo-filename" in public.text
@@ -145,6 +152,24 @@ async def test_demo_command_serves_the_example(tmp_path):
             script = await anonymous.http.get("/static/django_notebooks/embed.js")
             assert script.status_code == 200
             assert "data-notebook-autosize" in script.text
+            # The static notebook, embedded in the home page: its page is its
+            # snapshot, made in the background once a notebook page is served.
+            assert '<iframe class="dn-embed" src="/notebooks/team/"' in home.text
+
+            async def team_page() -> Any:
+                page = await anonymous.http.get("/notebooks/team/")
+                assert page.status_code in (200, 503), page.status_code
+                return page if page.status_code == 200 else None
+
+            team = await async_wait_until(
+                team_page,
+                timeout=60,
+                interval=0.5,
+                message=lambda: f"no snapshot of 'team':\n{demo.output()}",
+            )
+            assert "Snapshot of <time" in team.text
+            assert team.headers["cache-control"] == "public, max-age=300"
+            assert "set-cookie" not in team.headers
 
         async with NotebookClient(demo.url) as alice:
             await alice.login("alice", "alice")
@@ -194,8 +219,13 @@ async def test_demo_command_serves_the_example(tmp_path):
             await admin.login("admin", "admin")
             page = await admin.http.get("/admin/django_notebooks/registerednotebook/")
             assert page.status_code == 200
-            for slug in ("savings", "whoami", "sales", "lab/primes"):
+            for slug in ("savings", "whoami", "sales", "team", "slow", "lab/primes"):
                 assert f'value="{slug}"' in page.text
+            snapshots = await admin.http.get(
+                "/admin/django_notebooks/notebooksnapshot/"
+            )
+            assert snapshots.status_code == 200
+            assert ">team<" in snapshots.text
 
         assert demo.stop() == 0, f"Ctrl-C did not stop the server:\n{demo.output()}"
 

@@ -271,12 +271,17 @@ def test_the_web_process_asks_for_a_pre_run_only_where_it_may(settings):
         "KERNEL_SPARES": 1,
     }
     found = registry.explicit_notebooks()
-    assert router._pre_run_version(found["ahead"]) == visitor.file_version(NOTEBOOK)
-    assert router._pre_run_version(found["never"]) == ""
-    assert router._pre_run_version(found["visitor"]) == ""
+    ahead = visitor.file_version(NOTEBOOK)
+    assert router._pre_run_version(found["ahead"], VISITOR) == ahead
+    assert router._pre_run_version(found["never"], VISITOR) == ""
+    assert router._pre_run_version(found["visitor"], VISITOR) == ""
+    # A snapshot's run runs the notebook now, never takes a run made before.
+    snapshot_run = router.SNAPSHOT_SESSION_PREFIX + "1"
+    assert router._pre_run_version(found["ahead"], snapshot_run) == ""
     settings.DJANGO_NOTEBOOKS = {**settings.DJANGO_NOTEBOOKS, "KERNEL_SPARES": 0}
     found = registry.explicit_notebooks()
-    assert router._pre_run_version(found["ahead"]) == ""  # no spares: no pre-run
+    # No spares: no pre-run.
+    assert router._pre_run_version(found["ahead"], VISITOR) == ""
 
 
 def test_pre_run_is_true_or_false(settings):

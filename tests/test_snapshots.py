@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -326,10 +327,10 @@ def test_a_failure_is_tried_again_after_a_while_or_when_asked(kpis):
     assert keeper.why_due(kpis, row, now) is None
     # A new version of the file is tried at once.
     row.failed_version = "an older one"
-    assert keeper.why_due(kpis, row, now) == "none yet"
+    assert keeper.why_due(kpis, row, now) == "failed before"
     row.failed_version = store.current_version(kpis)
     later = now + datetime.timedelta(seconds=keeper.RETRY_AFTER_FAILURE + 1)
-    assert keeper.why_due(kpis, row, later) == "none yet"
+    assert keeper.why_due(kpis, row, later) == "failed before"
     row.due_at = now
     assert keeper.why_due(kpis, row, now) == "asked"
 
@@ -689,3 +690,73 @@ def test_shown_after_only_fits_the_same_cells(made):
 
 def test_a_static_notebook_has_no_outputs_first(kpis, stored):
     assert outputs_first.frames_for(kpis) is None
+
+
+def test_with_frontend_marimo_the_page_loads_it_from_below_the_notebook():
+    entry = {**KPIS, "snapshot": {}}
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            **settings.DJANGO_NOTEBOOKS,
+            "NOTEBOOKS": {"kpis": entry},
+            "FRONTEND": "marimo",
+        }
+    ):
+        made = making.make(registry.get_notebook("kpis"))
+    assert 'src="/notebooks/kpis/assets/' in made.html
+    assert "cdn.jsdelivr.net" not in made.html
+
+
+def test_in_thread_isolation_the_run_is_marimos_own():
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            **settings.DJANGO_NOTEBOOKS,
+            "NOTEBOOKS": {"kpis": KPIS},
+            "ISOLATION": "thread",
+        }
+    ):
+        made = making.make(registry.get_notebook("kpis"))
+    # (In this process, the notebook's cell reaches the test database.)
+    assert re.search(r"groups=\d+ square=16", made.html)
+
+
+def test_deletes_of_other_models_stay_fast(kpis):
+    from django.contrib.sessions.models import Session
+    from django.db.models.deletion import Collector
+
+    assert Collector(using="default").can_fast_delete(Session.objects.all())
+    assert not Collector(using="default").can_fast_delete(
+        Group.objects.filter(name="none")
+    )
+
+
+def test_a_storage_django_cannot_give_is_e023():
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            **settings.DJANGO_NOTEBOOKS,
+            "NOTEBOOKS": {"kpis": KPIS},
+            "SNAPSHOT_STORAGE": "snapshots",
+        }
+    ):
+        assert [m.id for m in checks.check_snapshots()] == ["django_notebooks.E023"]
+
+
+def test_a_storage_that_fails_is_a_failed_making(kpis, made, monkeypatch):
+    monkeypatch.setattr(making, "make", lambda notebook: made)
+
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(store.storage(), "save", full)
+    row = keeper.make_now(kpis)
+    assert row is not None and row.failed_at is not None
+    assert row.last_error == "OSError: No space left on device"
+    assert not row.file
+
+
+def test_a_failed_making_is_tried_again_later_even_if_nothing_changed(kpis, stored):
+    long_ago = timezone.now() - datetime.timedelta(seconds=keeper.RETRY_AFTER_FAILURE + 1)
+    NotebookSnapshot.objects.filter(pk=stored.pk).update(
+        failed_at=long_ago, failed_version=stored.file_version, last_error="x"
+    )
+    row = NotebookSnapshot.objects.get(pk=stored.pk)
+    assert keeper.why_due(kpis, row, timezone.now()) == "failed before"

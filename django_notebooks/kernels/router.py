@@ -23,6 +23,9 @@ from django_notebooks.sessions import owners, records
 logger = logging.getLogger(__name__)
 PROCESS = "process"
 THREAD = "thread"
+# The session ids of snapshot runs (snapshots/making.py): they run the
+# notebook as it is now, never a spare's run made before.
+SNAPSHOT_SESSION_PREFIX = "django-notebooks-snapshot-"
 
 
 def can_fork() -> bool:
@@ -143,7 +146,7 @@ class SessionRouter:
                 person=person,
                 address=binding.address if binding is not None else None,
                 caps=owners.caps_in_force() if person else None,
-                pre_run=_pre_run_version(self.notebook),
+                pre_run=_pre_run_version(self.notebook, session_id),
             ),
         )
         assert process.pid is not None
@@ -154,12 +157,14 @@ class SessionRouter:
         return process
 
 
-def _pre_run_version(notebook: registry.Notebook) -> str:
+def _pre_run_version(notebook: registry.Notebook, session_id: str) -> str:
     """The notebook file's version, if spare kernels may run it before a
     visitor comes: spares are kept, the notebook allows it and its cells do
-    not read the visitor. Empty if not."""
+    not read the visitor. Empty if not, and for a snapshot's run (it must
+    run the notebook now: a spare's run may be older than the data)."""
     if (
-        not notebook.pre_run
+        session_id.startswith(SNAPSHOT_SESSION_PREFIX)
+        or not notebook.pre_run
         or conf.get_settings().KERNEL_SPARES <= 0
         or visitor.reads_the_visitor(notebook.path)
     ):

@@ -31,8 +31,10 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.db import close_old_connections, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.utils import timezone
@@ -95,6 +97,8 @@ def why_due(
         and now < row.failed_at + datetime.timedelta(seconds=RETRY_AFTER_FAILURE)
     ):
         return None  # failed with this very file a moment ago
+    if row is not None and row.failed_at is not None:
+        return "failed before"  # a while ago, or with another file
     if row is None or not row.file or row.made_at is None:
         return "none yet"
     if row.file_version != version:
@@ -146,12 +150,14 @@ def _make(notebook: Notebook, reason: str) -> NotebookSnapshot:
     logger.info("Making the snapshot of %r (%s)", notebook.slug, reason)
     try:
         made = making.make(notebook)
+        saved = store.save(notebook, made, version=version)
     except making.SnapshotFailed as error:
-        return _failed(notebook, str(error), version)
+        return _failed(notebook, str(error), version, had=bool(row.file))
     except Exception as error:
         logger.exception("Making the snapshot of %r failed", notebook.slug)
-        return _failed(notebook, f"{type(error).__name__}: {error}", version)
-    saved = store.save(notebook, made, version=version)
+        return _failed(
+            notebook, f"{type(error).__name__}: {error}", version, had=bool(row.file)
+        )
     logger.info(
         "Made the snapshot of %r in %.1f s (%d bytes)",
         notebook.slug,
@@ -161,10 +167,13 @@ def _make(notebook: Notebook, reason: str) -> NotebookSnapshot:
     return saved
 
 
-def _failed(notebook: Notebook, error: str, version: str) -> NotebookSnapshot:
+def _failed(
+    notebook: Notebook, error: str, version: str, *, had: bool
+) -> NotebookSnapshot:
     logger.error(
-        "The snapshot of %r could not be made (the last one stays served): %s",
+        "The snapshot of %r could not be made (%s): %s",
         notebook.slug,
+        "the last one stays served" if had else "it has none yet",
         error,
     )
     store.record_failure(notebook, error, version)
@@ -257,10 +266,45 @@ def _m2m_changed(sender: Any, instance: Any, action: str, **kwargs: Any) -> None
 
 
 def connect_signals() -> None:
-    """Listen for saves and deletes of every model (``AppConfig.ready``); a
-    change of a model no snapshot lists costs a dict lookup."""
+    """Listen for changes of the models snapshots list (``AppConfig.ready``).
+
+    Saves and many-to-many changes of any model are heard (a model no
+    snapshot lists costs a dict lookup); deletes only of the listed
+    models: a ``post_delete`` receiver for every model would cost Django
+    its fast deletes (it would load each row a ``QuerySet.delete()``
+    removes, to send the signal).
+    """
     post_save.connect(_model_changed, dispatch_uid="django_notebooks.snapshots.save")
-    post_delete.connect(
-        _model_changed, dispatch_uid="django_notebooks.snapshots.delete"
-    )
     m2m_changed.connect(_m2m_changed, dispatch_uid="django_notebooks.snapshots.m2m")
+    setting_changed.connect(
+        _setting_changed, dispatch_uid="django_notebooks.snapshots.setting"
+    )
+    _connect_deletes()
+
+
+_delete_senders: list[Any] = []
+
+
+def _connect_deletes() -> None:
+    for model in _delete_senders:
+        post_delete.disconnect(sender=model, dispatch_uid=_DELETE_UID)
+    _delete_senders.clear()
+    try:
+        labels = list(notebooks_by_model()) if configured() else []
+    except ImproperlyConfigured:  # the checks say why
+        return
+    for label in labels:
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):  # check E020
+            continue
+        post_delete.connect(_model_changed, sender=model, dispatch_uid=_DELETE_UID)
+        _delete_senders.append(model)
+
+
+_DELETE_UID = "django_notebooks.snapshots.delete"
+
+
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == conf.SETTING_NAME:
+        _connect_deletes()

@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 # marimo's errors that are not the notebook failing: mo.stop() and what it
 # skips (the same list as the load check's, marimo/headless.py).
 NOT_FAILURES = frozenset({"ancestor-stopped", "ancestor-prevented", "interruption"})
-# A run's session id: no visitor's session can have it (theirs are random).
-SESSION_PREFIX = "django-notebooks-snapshot-"
+# A run's session id: no visitor's session can have it (theirs are random),
+# and it takes no pre-run spare (whose run may be older than the data).
+SESSION_PREFIX = router.SNAPSHOT_SESSION_PREFIX
 # What a run may show, at most: a snapshot is stored and sent whole.
 MAX_FRAMES_BYTES = 32 * 1024 * 1024
 
@@ -230,7 +231,10 @@ async def _export(
             "download": False,
             "files": [],
             "includeCode": include_code,
-            "assetUrl": frontend.asset_url(),
+            # Where the live page loads marimo's frontend from; with
+            # FRONTEND "marimo", below the notebook's own URL (marimo's
+            # export would otherwise point at a CDN on the internet).
+            "assetUrl": frontend.asset_url() or mount.rstrip("/"),
         }
     ).encode()
     scope = _scope(

@@ -35,7 +35,11 @@ def frames_for(notebook: Notebook) -> tuple[str, ...] | None:
     if notebook.snapshot is None or notebook.static:
         return None
     row = store.row_of(notebook)
-    if row is None or not row.file or row.file_version != store.current_version(notebook):
+    if (
+        row is None
+        or not row.file
+        or row.file_version != store.current_version(notebook)
+    ):
         return None
     content = store.content_of(row)
     return content.frames if content is not None else None

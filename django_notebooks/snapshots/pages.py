@@ -10,7 +10,10 @@ visitor's allowed page to someone else.
 
 from __future__ import annotations
 
+import logging
+
 from channels.db import database_sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.cache import get_conditional_response, patch_vary_headers
@@ -19,6 +22,8 @@ from django.utils.http import http_date, quote_etag
 from django_notebooks.models import NotebookSnapshot
 from django_notebooks.registry import Notebook
 from django_notebooks.snapshots import keeper, store
+
+logger = logging.getLogger(__name__)
 
 # A page not made yet: the browser tries again after this many seconds.
 RETRY_AFTER = 5
@@ -49,6 +54,11 @@ async def static_page(request: HttpRequest, notebook: Notebook) -> HttpResponse:
 
 def _stored(notebook: Notebook) -> tuple[NotebookSnapshot, store.Content] | None:
     # Twice: a row read just before another process replaced its file.
+    try:
+        store.storage()
+    except ImproperlyConfigured:
+        logger.error("SNAPSHOT_STORAGE names no storage (check E023)")
+        return None
     for _ in range(2):
         row = store.row_of(notebook)
         if row is None or not row.file or row.made_at is None:

@@ -70,12 +70,21 @@ DATABASES = {
 # One process, so the in-memory layer is enough to tell open notebook
 # sessions that their user logged out. With several (uvicorn --workers 2),
 # set REDIS_URL: the processes then share channels_redis's pub/sub layer,
-# which also carries kernel calls to the process holding their session.
+# which also carries kernel calls to the process holding their session, and
+# a Redis cache.
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+        }
+    }
+    # The lock that has one process at a time make a notebook's snapshot is
+    # held in Django's cache: shared by the processes, it holds across them.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["REDIS_URL"],
         }
     }
 else:
@@ -91,6 +100,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+# Notebook snapshots are files in Django's default storage, under MEDIA_ROOT:
+# a folder of this project that git ignores (EXAMPLE_PROJECT_MEDIA points it
+# elsewhere, as the test suite does).
+MEDIA_ROOT = os.environ.get("EXAMPLE_PROJECT_MEDIA", BASE_DIR / "media")
 
 DJANGO_NOTEBOOKS = {
     "NOTEBOOKS": {
@@ -141,6 +154,33 @@ DJANGO_NOTEBOOKS = {
             # gets its cleaned_data in mo.app_meta().request.meta["query"].
             "query": "demo.forms.OrdersQuery",
         },
+        "team": {
+            "path": NOTEBOOKS_DIR / "team.py",
+            "title": "The team at a glance",
+            "description": "Public and static: the page is a snapshot, the "
+            "same for everyone, with no kernel per visitor. Made again every "
+            "5 minutes, and when a user or group is saved.",
+            "public": True,
+            # The page is the snapshot: no kernel, no websocket, any number of
+            # visitors (also embedded on the home page).
+            "static": True,
+            "snapshot": {
+                "refresh": 300,
+                # A save or delete of these in the admin makes it again, within
+                # SNAPSHOT_MIN_INTERVAL (below) and a run.
+                "models": ["auth.User", "auth.Group"],
+            },
+        },
+        "slow": {
+            "path": NOTEBOOKS_DIR / "slow.py",
+            "title": "Slow report",
+            "description": "Any logged-in user. Takes 2 seconds to run: the "
+            "page shows its last snapshot at once, and the widget works once "
+            "your own kernel has run it.",
+            # Outputs first: the last snapshot shows while the visitor's own
+            # kernel starts behind it. Made again every 10 minutes.
+            "snapshot": {"refresh": 600},
+        },
     },
     # Every notebook in this folder is served at /notebooks/lab/<file name>/
     # to logged-in users; add a file and it shows up without a restart.
@@ -167,12 +207,23 @@ DJANGO_NOTEBOOKS = {
         "MAX_SESSIONS_PER_ADDRESS": 20,
         "MAX_ANONYMOUS_SESSIONS": 50,
     },
+    # Snapshots (the defaults, written out): saves of a snapshot's models make
+    # it again no sooner than 10 seconds after the last making started; a run
+    # and its export may take 5 minutes; the files go to the "default"
+    # storage (MEDIA_ROOT above).
+    "SNAPSHOT_MIN_INTERVAL": 10,
+    "SNAPSHOT_TIMEOUT": 300,
+    "SNAPSHOT_STORAGE": "default",
 }
 
-# Show the demo's audit log (demo/audit.py) in the console.
+# Show the demo's audit log (demo/audit.py) and the making of snapshots
+# ("Made the snapshot of 'team' in 2.3 s") in the console.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"demo.audit": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "demo.audit": {"handlers": ["console"], "level": "INFO"},
+        "django_notebooks.snapshots": {"handlers": ["console"], "level": "INFO"},
+    },
 }

@@ -89,7 +89,9 @@ def test_a_static_page_needs_no_kernel_and_says_when_it_was_made(visit):
         expect(page.get_by_text("groups=1 square=16")).to_be_visible(
             timeout=FIRST_RENDER_MS
         )
-        expect(page.locator(".django-notebooks-snapshot")).to_contain_text("Snapshot of")
+        expect(page.locator(".django-notebooks-snapshot")).to_contain_text(
+            "Snapshot of"
+        )
         expect(page.get_by_role("slider")).to_have_count(1)
         visit.shot("static")
     assert not visit.websockets, "a static page opened a websocket"
