@@ -754,7 +754,9 @@ def test_a_storage_that_fails_is_a_failed_making(kpis, made, monkeypatch):
 
 
 def test_a_failed_making_is_tried_again_later_even_if_nothing_changed(kpis, stored):
-    long_ago = timezone.now() - datetime.timedelta(seconds=keeper.RETRY_AFTER_FAILURE + 1)
+    long_ago = timezone.now() - datetime.timedelta(
+        seconds=keeper.RETRY_AFTER_FAILURE + 1
+    )
     NotebookSnapshot.objects.filter(pk=stored.pk).update(
         failed_at=long_ago, failed_version=stored.file_version, last_error="x"
     )
