@@ -235,6 +235,13 @@ if os.environ.get("DJANGO_NOTEBOOKS_TEST_SNAPSHOTS"):
         "static": True,
         "snapshot": {},
     }
+    # Made as alice: every viewer sees what she would.
+    DJANGO_NOTEBOOKS["NOTEBOOKS"]["kpis_alice"] = {
+        "path": NOTEBOOKS_DIR / "whoami.py",
+        "public": True,
+        "static": True,
+        "snapshot": {"as_user": "alice"},
+    }
     DJANGO_NOTEBOOKS["NOTEBOOKS"]["report"] = {
         "path": NOTEBOOKS_DIR / "snapshot.py",
         "public": True,

@@ -16,6 +16,11 @@ urlpatterns = [
     # A page of the project that embeds notebooks ({% notebook %}), and the
     # app's static files it links (the test project has no staticfiles).
     path("embed/", TemplateView.as_view(template_name="embed_page.html")),
+    # One that embeds a static notebook (tests/e2e/test_snapshots.py).
+    path(
+        "embed-snapshot/",
+        TemplateView.as_view(template_name="snapshot_embed_page.html"),
+    ),
     re_path(
         r"^static/(?P<path>.*)$",
         serve,

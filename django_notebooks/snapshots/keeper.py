@@ -90,15 +90,11 @@ def why_due(
     if asked:
         return "asked"
     version = store.current_version(notebook)
-    if (
-        row is not None
-        and row.failed_at is not None
-        and row.failed_version == version
-        and now < row.failed_at + datetime.timedelta(seconds=RETRY_AFTER_FAILURE)
-    ):
-        return None  # failed with this very file a moment ago
     if row is not None and row.failed_at is not None:
-        return "failed before"  # a while ago, or with another file
+        retry_at = row.failed_at + datetime.timedelta(seconds=RETRY_AFTER_FAILURE)
+        if now < retry_at and row.failed_version == version:
+            return None  # failed with this very file a moment ago
+        return "failed before"
     if row is None or not row.file or row.made_at is None:
         return "none yet"
     if row.file_version != version:

@@ -6,21 +6,18 @@ websocket, and says when it was made; ``{% notebook %}`` embeds it."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.visit import FIRST_RENDER_MS, UPDATE_MS
+from tests.e2e.test_snapshots import start, stop
 from tests.helpers import wait_until
-from tests.live import LiveServer, database_of_its_own, end_kernel_host
 
 pytestmark = pytest.mark.browser
 
-NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "snapshot.py"
 # How long the notebook's run takes (its second cell sleeps).
 RUN_SECONDS = 4
 
@@ -28,31 +25,26 @@ RUN_SECONDS = 4
 @pytest.fixture(scope="module", params=["daphne", "uvicorn"])
 def visit_server(request, live_db, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"snapshots-{request.param}")
-    notebook = folder / "kpis.py"
-    shutil.copy(NOTEBOOK, notebook)
-    server = LiveServer(
+    server = start(
         request.param,
-        database_of_its_own(live_db, folder, superuser=False),
-        folder / "server.log",
-        DJANGO_NOTEBOOKS_TEST_ISOLATION="process",
-        DJANGO_NOTEBOOKS_TEST_SNAPSHOTS=str(notebook),
-        DJANGO_NOTEBOOKS_TEST_MEDIA=str(folder / "media"),
+        folder,
+        live_db,
         DJANGO_NOTEBOOKS_TEST_RUN_SECONDS=str(RUN_SECONDS),
     )
     try:
         # The first page of a notebook starts the server's keeper.
         httpx.get(server.url + "/notebooks/kpis/", timeout=30)
         wait_until(
-            lambda: server.log().count("Made the snapshot of") >= 3,
+            lambda: all(
+                f"Made the snapshot of '{slug}'" in server.log()
+                for slug in ("kpis", "report")
+            ),
             120,
             "the snapshots were not made",
         )
         yield server
     finally:
-        hosts = server.kernel_hosts()
-        server.stop()
-        for host in hosts:
-            end_kernel_host(host)
+        stop(server)
 
 
 def test_outputs_show_before_the_kernel_and_widgets_work_after(visit):
@@ -94,5 +86,11 @@ def test_a_static_page_needs_no_kernel_and_says_when_it_was_made(visit):
         )
         expect(page.get_by_role("slider")).to_have_count(1)
         visit.shot("static")
+    with visit.step("embedded in a page of the site"):
+        page.goto(visit.origin + "/embed-snapshot/")
+        frame = page.frame_locator('iframe[src="/notebooks/kpis/"]')
+        expect(frame.get_by_text("groups=1 square=16")).to_be_visible(
+            timeout=FIRST_RENDER_MS
+        )
     assert not visit.websockets, "a static page opened a websocket"
     assert not visit.problems, visit.report()

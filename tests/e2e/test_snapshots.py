@@ -23,6 +23,7 @@ from tests.live import (
     database_of_its_own,
     end_kernel_host,
     run_in_other_process,
+    whoami,
 )
 
 pytestmark = pytest.mark.e2e
@@ -33,13 +34,15 @@ VISITORS = 200
 INTERVAL = 2
 
 
-def start(kind: str, tmp_path: Path, live_db: Path, **env: str) -> LiveServer:
+def start(
+    kind: str, tmp_path: Path, live_db: Path, *, superuser: bool = False, **env: str
+) -> LiveServer:
     """A server with the snapshot notebooks (tests/settings.py), on a
     database of its own (the tests add groups) and a notebook file the
     test may edit."""
     notebook = tmp_path / "kpis.py"
     shutil.copy(NOTEBOOK, notebook)
-    db_path = database_of_its_own(live_db, tmp_path, superuser=False)
+    db_path = database_of_its_own(live_db, tmp_path, superuser=superuser)
     server = LiveServer(
         kind,
         db_path,
@@ -219,5 +222,59 @@ async def test_a_static_page_follows_its_data_its_file_and_its_schedule(
                 "no scheduled making",
             )
             await figure_becomes(client, "groups=4 square=36", 60)
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_as_user_the_template_tag_and_the_admin(kind, live_db, tmp_path):
+    server = start(kind, tmp_path, live_db, superuser=True)
+    try:
+        async with (
+            NotebookClient(server.url) as anonymous,
+            NotebookClient(server.url) as root,
+        ):
+            # Made as alice, shown to anyone who may open it (a public one).
+            page = await page_once_made(anonymous, "/notebooks/kpis_alice/")
+            # (The output is a JSON string in marimo's page: unescaped here.)
+            seen = whoami([page.text.replace('\\"', '"').replace("\\u003C", "<")])
+            assert seen["user"]["username"] == "alice"
+            assert seen["cookies"] == [] and "cookie" not in seen["headers"]
+
+            # {% notebook %} embeds the static page like any other.
+            await page_once_made(anonymous, "/notebooks/kpis/")
+            embedding = await anonymous.http.get("/embed-snapshot/")
+            assert 'src="/notebooks/kpis/"' in embedding.text
+            framed = await anonymous.http.get("/notebooks/kpis/")
+            assert framed.status_code == 200
+            assert framed.headers["X-Frame-Options"] == "SAMEORIGIN"
+
+            # The admin lists it and makes it again.
+            await root.login("root", "root-pw")
+            url = "/admin/django_notebooks/notebooksnapshot/"
+            listing = await root.http.get(url)
+            for column in ("Age", "Size", "Took (seconds)", "Last error"):
+                assert column.lower() in listing.text.lower(), column
+            row = re.search(
+                r'name="_selected_action" value="(\d+)"[^>]*>\s*</td>\s*'
+                r'<th class="field-notebook"><a [^>]*>kpis</a>',
+                listing.text,
+            )
+            assert row, "no row for kpis"
+            before = makings(server, "asked")
+            answer = await root.http.post(
+                url,
+                data={
+                    "action": "make_again",
+                    "_selected_action": row.group(1),
+                    "index": "0",
+                    "csrfmiddlewaretoken": root.http.cookies["csrftoken"],
+                },
+                headers={"Referer": server.url + url},
+            )
+            assert answer.status_code == 302
+            await wait_for(
+                lambda: makings(server, "asked") > before, 30, "not made again"
+            )
     finally:
         stop(server)
