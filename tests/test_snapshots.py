@@ -594,7 +594,7 @@ OWN_FIGURE = "square=16"
 
 def marked(made: making.Made) -> making.Made:
     return making.Made(
-        html=made.html,
+        html=made.html.replace("square=16", "square=99"),
         frames=tuple(frame.replace("square=16", "square=99") for frame in made.frames),
         seconds=made.seconds,
     )
@@ -764,3 +764,22 @@ def test_a_failed_making_is_tried_again_later_even_if_nothing_changed(kpis, stor
     )
     row = NotebookSnapshot.objects.get(pk=stored.pk)
     assert keeper.why_due(kpis, row, timezone.now()) == "failed before"
+
+
+def test_a_crowd_costs_one_read_a_second(client, stored, django_assert_num_queries):
+    client.get("/notebooks/kpis/")
+    with django_assert_num_queries(0):
+        for _ in range(5):
+            assert client.get("/notebooks/kpis/").status_code == 200
+
+
+def test_a_new_snapshot_is_served_within_a_second(
+    client, kpis, made, stored, monkeypatch
+):
+    first = client.get("/notebooks/kpis/")["ETag"]
+    newer = store.save(kpis, marked(made), version="newer")
+    assert f'"{newer.etag}"' != first
+    # Read a moment ago: the same page until the row is read again.
+    assert client.get("/notebooks/kpis/")["ETag"] == first
+    monkeypatch.setattr(store, "ROW_FRESH_SECONDS", 0)
+    assert client.get("/notebooks/kpis/")["ETag"] == f'"{newer.etag}"'

@@ -204,13 +204,16 @@ class Keeper(threading.Thread):
         self.wake = threading.Event()
 
     def run(self) -> None:
+        made: list[str] = []
         while True:
-            self.wake.wait(POLL_SECONDS)
+            if not made:  # after a making, look again at once: asked meanwhile?
+                self.wake.wait(POLL_SECONDS)
             self.wake.clear()
             close_old_connections()
             try:
-                make_due()
+                made = make_due()
             except Exception:
+                made = []
                 logger.exception("Looking for due snapshots failed")
             finally:
                 close_old_connections()

@@ -10,20 +10,14 @@ visitor's allowed page to someone else.
 
 from __future__ import annotations
 
-import logging
-
 from channels.db import database_sync_to_async
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date, quote_etag
 
-from django_notebooks.models import NotebookSnapshot
 from django_notebooks.registry import Notebook
 from django_notebooks.snapshots import keeper, store
-
-logger = logging.getLogger(__name__)
 
 # A page not made yet: the browser tries again after this many seconds.
 RETRY_AFTER = 5
@@ -32,7 +26,9 @@ RETRY_AFTER = 5
 async def static_page(request: HttpRequest, notebook: Notebook) -> HttpResponse:
     """``notebook``'s page, for a visitor the access decision allowed."""
     keeper.start()
-    found = await database_sync_to_async(_stored)(notebook)
+    found = store.served_lately(notebook) or await database_sync_to_async(store.served)(
+        notebook
+    )
     if found is None:
         return _not_made_yet(request, notebook)
     row, content = found
@@ -50,23 +46,6 @@ async def static_page(request: HttpRequest, notebook: Notebook) -> HttpResponse:
         response=response,
     )
     return not_modified or response
-
-
-def _stored(notebook: Notebook) -> tuple[NotebookSnapshot, store.Content] | None:
-    # Twice: a row read just before another process replaced its file.
-    try:
-        store.storage()
-    except ImproperlyConfigured:
-        logger.error("SNAPSHOT_STORAGE names no storage (check E023)")
-        return None
-    for _ in range(2):
-        row = store.row_of(notebook)
-        if row is None or not row.file or row.made_at is None:
-            return None
-        content = store.content_of(row)
-        if content is not None:
-            return row, content
-    return None
 
 
 def _cache_control(notebook: Notebook) -> str:

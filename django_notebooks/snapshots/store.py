@@ -12,7 +12,10 @@ updated only once the new file is complete: a reader sees the old snapshot
 or the new one, never half of one.
 
 Each web process keeps the content it read in memory (by ETag, at most
-:data:`MAX_KEPT_BYTES`), so a page view reads one row and no file.
+:data:`MAX_KEPT_BYTES`), and reads a static notebook's row at most once
+every :data:`ROW_FRESH_SECONDS`: a crowd on a static page costs no
+database query and no file read per view, and a new snapshot is served
+at most that much later.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 from django.utils import timezone
@@ -43,6 +48,8 @@ FOLDER = "django_notebooks/snapshots"
 MAX_KEPT_BYTES = 64 * 1024 * 1024
 # The longest error message kept for the admin.
 MAX_ERROR_CHARS = 4000
+# How long a process serves a snapshot before it reads its row again.
+ROW_FRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class Content:
 
 
 _kept: OrderedDict[str, Content] = OrderedDict()
+# slug -> (when read, row, content): what served() found lately.
+_served: dict[str, tuple[float, NotebookSnapshot, Content]] = {}
 _kept_bytes = 0
 _kept_lock = threading.Lock()
 
@@ -65,7 +74,39 @@ def storage() -> Storage:
 
 def row_of(notebook: Notebook) -> NotebookSnapshot | None:
     """The notebook's snapshot row, if it has one."""
-    return NotebookSnapshot.objects.filter(notebook=notebook.slug).first()
+    try:
+        return NotebookSnapshot.objects.get(notebook=notebook.slug)
+    except NotebookSnapshot.DoesNotExist:
+        return None
+
+
+def served_lately(notebook: Notebook) -> tuple[NotebookSnapshot, Content] | None:
+    """What :func:`served` found for ``notebook`` less than
+    :data:`ROW_FRESH_SECONDS` ago (no database, no file: for the event loop)."""
+    found = _served.get(notebook.slug)
+    if found is None or time.monotonic() - found[0] >= ROW_FRESH_SECONDS:
+        return None
+    return found[1], found[2]
+
+
+def served(notebook: Notebook) -> tuple[NotebookSnapshot, Content] | None:
+    """The snapshot to serve as ``notebook``'s page, with its row (None:
+    none made yet, or the storage is not there: check E023)."""
+    try:
+        storage()
+    except ImproperlyConfigured:
+        logger.error("SNAPSHOT_STORAGE names no storage (check E023)")
+        return None
+    # Twice: a row read just before another process replaced its file.
+    for _ in range(2):
+        row = row_of(notebook)
+        if row is None or not row.file or row.made_at is None:
+            return None
+        content = content_of(row)
+        if content is not None:
+            _served[notebook.slug] = (time.monotonic(), row, content)
+            return row, content
+    return None
 
 
 def content_of(row: NotebookSnapshot) -> Content | None:
@@ -111,6 +152,7 @@ def forget_kept() -> None:
     with _kept_lock:
         _kept.clear()
         _kept_bytes = 0
+    _served.clear()
 
 
 def save(notebook: Notebook, made: Made, *, version: str) -> NotebookSnapshot:
