@@ -7,6 +7,7 @@ from django.views.generic import TemplateView
 from django.views.static import serve
 
 import django_notebooks
+from tests.views import PageOfSize
 
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
@@ -16,6 +17,9 @@ urlpatterns = [
     # A page of the project that embeds notebooks ({% notebook %}), and the
     # app's static files it links (the test project has no staticfiles).
     path("embed/", TemplateView.as_view(template_name="embed_page.html")),
+    # An ordinary Django page of a given size (bench/snapshots.py compares a
+    # static notebook's page with it).
+    path("bench/page-of-size/<int:size>/", PageOfSize.as_view()),
     re_path(
         r"^static/(?P<path>.*)$",
         serve,
