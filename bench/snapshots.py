@@ -96,15 +96,23 @@ def measure(
     args: Any, parts: set[str], workdir: Path, started: dict[str, Any], results: Results
 ) -> None:
     """Start the servers, wait for their snapshots, measure the parts."""
+    began = time.monotonic()
+
+    def progress(what: str) -> None:
+        print(f"[snapshots] {time.monotonic() - began:5.1f} s: {what}", file=sys.stderr)
+
     results.bridges, _ = start_servers(
         args.servers, workdir, args.run_seconds, args.interval, started
     )
     bridges = results.bridges
+    progress("servers listening")
     asyncio.run(wait_until_made(bridges))
+    progress("snapshots made")
     if "load" in parts:
         asyncio.run(
             measure_load(bridges, started["bare-opens"], results.load, not args.quick)
         )
+        progress("load measured")
     if "browser" in parts:
         targets = [("bare marimo (uvicorn)", started["bare-run"].url + "/square/")]
         targets += [(b.name, b.server.url + OUTPUTS_FIRST_PAGE) for b in bridges]
@@ -116,10 +124,12 @@ def measure(
                 not args.quick,
             )
         )
+        progress("browser visits measured")
     if "saves" in parts:
         results.saves = asyncio.run(
             measure_saves(bridges, args.save_rounds, args.interval)
         )
+        progress("saves measured")
 
 
 def main() -> int:

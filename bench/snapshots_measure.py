@@ -105,6 +105,7 @@ class Save:
     since_start: float = math.nan  # save - the last making's start
     started_after: float = math.nan  # save -> the new making's start
     run: float = math.nan  # "Made the snapshot of 'kpis' in X s"
+    stored_after: float = math.nan  # save -> the new page stored
     shown: float = math.nan  # save -> the first GET showing the new count
     reason: str = ""  # why the keeper made it ("asked")
     makings: int = 0  # makings of 'kpis' between the save and the page
@@ -601,21 +602,44 @@ class Saver:
             self.process.wait()
 
 
-def start_savers(bridge: Bridge, count: int) -> list[Saver]:
-    return [Saver(bridge) for _ in range(count)]
+def start_savers(bridges: list[Bridge], count: int) -> dict[str, list[Saver]]:
+    """``count`` saving processes per server, started in parallel."""
+    savers: dict[str, list[Saver]] = {bridge.kind: [] for bridge in bridges}
+
+    def start(bridge: Bridge) -> Callable[[], None]:
+        return lambda: savers[bridge.kind].append(Saver(bridge))
+
+    errors = servers.in_parallel([start(b) for b in bridges for _ in range(count)])
+    if errors:
+        for saver in (s for mine in savers.values() for s in mine):
+            saver.end()
+        raise errors[0]
+    return savers
 
 
-def last_start(bridge: Bridge) -> float:
-    """When the last making of 'kpis' started (the server's row), epoch s."""
+def kpis_row(bridge: Bridge) -> dict[str, float]:
+    """The server's row of the 'kpis' snapshot: when its last making
+    started (``started_at``), when that making's page was stored
+    (``made_at``), both in epoch seconds, and how long the making took
+    (``seconds``: what the keeper logs as "Made the snapshot of 'kpis' in
+    X s", there rounded to 0.1 s)."""
     with contextlib.closing(sqlite3.connect(bridge.db, timeout=30)) as db:
-        (started_at,) = db.execute(
-            "SELECT started_at FROM django_notebooks_notebooksnapshot "
-            "WHERE notebook = 'kpis'"
+        started_at, made_at, seconds = db.execute(
+            "SELECT started_at, made_at, seconds "
+            "FROM django_notebooks_notebooksnapshot WHERE notebook = 'kpis'"
         ).fetchone()
-    moment = datetime.datetime.fromisoformat(started_at)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+
+    def epoch(text: str) -> float:
+        moment = datetime.datetime.fromisoformat(text)
+        if moment.tzinfo is None:  # Django's SQLite backend: UTC
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment.timestamp()
+
+    return {
+        "started_at": epoch(started_at),
+        "made_at": epoch(made_at),
+        "seconds": float(seconds),
+    }
 
 
 MADE = re.compile(r"Made the snapshot of 'kpis' in ([\d.]+) s")
@@ -638,7 +662,7 @@ async def one_save(
         if before is None:
             raise RuntimeError(f"{bridge.name}: the page shows no count")
         if mode == "late":  # not debounced: the interval has passed
-            wait = last_start(bridge) + interval + 0.5 - time.time()
+            wait = kpis_row(bridge)["started_at"] + interval + 0.5 - time.time()
             await asyncio.sleep(max(0.0, wait))
         log_before = bridge.server.log()
         made_before = len(MADE.findall(log_before))
@@ -658,12 +682,16 @@ async def one_save(
         raise RuntimeError(f"{bridge.name}: shows {count}, not {outcome['count']}")
     save.shown = seen - outcome["saved"]
     save.since_start = outcome["saved"] - outcome["started_at"]
-    save.started_after = last_start(bridge) - outcome["saved"]
+    row = kpis_row(bridge)
+    save.started_after = row["started_at"] - outcome["saved"]
+    save.stored_after = row["made_at"] - outcome["saved"]
+    save.run = row["seconds"]
     log = bridge.server.log()
     made = MADE.findall(log)[made_before:]
     reasons = MAKING.findall(log)[making_before:]
     save.makings = len(made)
-    save.run = float(made[-1]) if made else math.nan
+    if made and abs(float(made[-1]) - save.run) > 0.051:
+        raise RuntimeError(f"{bridge.name}: logged {made[-1]} s, stored {save.run}")
     save.reason = reasons[-1] if reasons else "?"
     return save
 
@@ -671,25 +699,31 @@ async def one_save(
 async def measure_saves(
     bridges: list[Bridge], rounds: int, interval: float
 ) -> list[Save]:
-    """Rounds alternate the servers; each round is a save after the
-    interval ("late"), then, if ``rounds`` asks for more, one right after
-    the page showed it ("soon")."""
+    """``rounds`` saves per server: a save after the interval ("late"),
+    then one right after the page showed it ("soon"), and so on; the
+    servers take turns, a pair of saves each."""
     saves: list[Save] = []
     number = 0
-    for round_number in range((rounds + 1) // 2):
-        modes = ["late", "soon"][: rounds - 2 * round_number]
-        for bridge in rotated(bridges, round_number):
-            # Django set up beforehand: the "soon" save follows at once.
-            savers = await asyncio.to_thread(start_savers, bridge, len(modes))
-            try:
-                for mode, saver in zip(modes, savers, strict=True):
+    # Django set up beforehand (not timed): the "soon" save follows at once.
+    savers = await asyncio.to_thread(start_savers, bridges, rounds)
+    try:
+        for round_number in range((rounds + 1) // 2):
+            modes = ["late", "soon"][: rounds - 2 * round_number]
+            for bridge in rotated(bridges, round_number):
+                for mode in modes:
                     number += 1
                     print(
                         f"[snapshots] save {number}: {bridge.name}, {mode}",
                         file=sys.stderr,
                     )
-                    saves.append(await one_save(bridge, saver, mode, interval, number))
-            finally:
-                for saver in savers:
-                    saver.end()
+                    saver = savers[bridge.kind].pop()
+                    try:
+                        saves.append(
+                            await one_save(bridge, saver, mode, interval, number)
+                        )
+                    finally:
+                        saver.end()
+    finally:
+        for saver in (s for mine in savers.values() for s in mine):
+            saver.end()
     return saves

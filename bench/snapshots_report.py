@@ -178,22 +178,26 @@ def saves_section(saves: list[Save], interval: float) -> list[str]:
         "process creates an auth group (Django set up before, not timed); the "
         f'page is read every {POLL * 1000:.0f} ms. "late": the save comes more '
         "than the interval after the last making started (not debounced); "
-        '"soon": right after the last making\'s page appeared (debounced). '
-        "Bound: the interval plus the run (the keeper's \"Made the snapshot "
-        "of 'kpis' in X s\": the kernel's start, the run and marimo's export).",
+        '"soon": right after the last making\'s page appeared (debounced if '
+        "that is sooner than the interval after the making started). Seconds "
+        "from the save; the run is the making's (the keeper's \"Made the "
+        "snapshot of 'kpis' in X s\", from the snapshot's row to the ms: the "
+        "kernel's start, the run, marimo's export). Bound: the interval plus "
+        "the run.",
         "",
-        "| server | save | after the last making's start (s) | debounce wait (s) "
-        "| making started after (s) | run (s) | shown after (s) "
-        "| bound: interval + run (s) | held |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server | save | came after the last making's start | debounce wait "
+        "| making started | run | page stored | page shown "
+        "| bound: interval + run | held |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for save in saves:
         bound = interval + save.run
         wait = max(0.0, interval - save.since_start)
         lines.append(
             f"| {save.server} | {save.mode} | {save.since_start:.2f} | {wait:.2f} "
-            f"| {save.started_after:.2f} | {save.run:.2f} | {save.shown:.2f} "
-            f"| {bound:.2f} | {'yes' if save.shown <= bound else '**no**'} |"
+            f"| {save.started_after:.2f} | {save.run:.3f} | {save.stored_after:.2f} "
+            f"| {save.shown:.3f} | {bound:.3f} "
+            f"| {'yes' if save.shown <= bound else '**no**'} |"
         )
     held = sum(save.shown <= save.run + interval for save in saves)
     lines += [
@@ -206,8 +210,7 @@ def saves_section(saves: list[Save], interval: float) -> list[str]:
     for server in dict.fromkeys(save.server for save in saves):
         mine = [s for s in saves if s.server == server]
         lines.append(
-            f"- {server}: shown after {', '.join(f'{s.shown:.2f}' for s in mine)} s; "
-            f"runs {', '.join(f'{s.run:.2f}' for s in mine)} s; the keeper's reasons: "
+            f"- {server}: the keeper's reasons: "
             f"{', '.join(dict.fromkeys(s.reason for s in mine))}; makings per "
             f"save: {', '.join(str(s.makings) for s in mine)}"
         )
