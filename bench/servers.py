@@ -61,8 +61,9 @@ class BareServer(live.LiveServer):
     """bench/bare_marimo.py under uvicorn, serving ``notebook`` at /square/
     (and ``second_notebook`` at /hello/): what marimo documents, nothing more.
 
-    Stopped like the bridge's LiveServer (SIGTERM by pid), only started with
-    a different command."""
+    ``env`` is added to this process's environment for it (the notebook's
+    own variables). Stopped like the bridge's LiveServer (SIGTERM by pid),
+    only started with a different command."""
 
     def __init__(
         self,
@@ -70,13 +71,19 @@ class BareServer(live.LiveServer):
         notebook: Path = NOTEBOOK,
         session_ttl: int | None = None,
         second_notebook: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kind = "uvicorn"
         self.port = live.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        env = dict(os.environ, BENCH_NOTEBOOK=str(notebook), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            **(env or {}),
+            BENCH_NOTEBOOK=str(notebook),
+            PYTHONUNBUFFERED="1",
+        )
         if session_ttl is not None:
             env["BENCH_SESSION_TTL"] = str(session_ttl)
         if second_notebook is not None:  # served at /hello/

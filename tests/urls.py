@@ -7,6 +7,7 @@ from django.views.generic import TemplateView
 from django.views.static import serve
 
 import django_notebooks
+from tests.views import PageOfSize
 
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
@@ -21,6 +22,9 @@ urlpatterns = [
         "embed-snapshot/",
         TemplateView.as_view(template_name="snapshot_embed_page.html"),
     ),
+    # An ordinary Django page of a given size (bench/snapshots.py compares a
+    # static notebook's page with it).
+    path("bench/page-of-size/<int:size>/", PageOfSize.as_view()),
     re_path(
         r"^static/(?P<path>.*)$",
         serve,
