@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ from tests.live import whoami
 from tests.settings import NOTEBOOKS_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# keeper.start itself (tests/conftest.py makes it do nothing in process).
+REAL_START = keeper.start
 
 SNAPSHOT_NOTEBOOK = NOTEBOOKS_DIR / "snapshot.py"
 KPIS = {
@@ -783,3 +788,214 @@ def test_a_new_snapshot_is_served_within_a_second(
     assert client.get("/notebooks/kpis/")["ETag"] == first
     monkeypatch.setattr(store, "ROW_FRESH_SECONDS", 0)
     assert client.get("/notebooks/kpis/")["ETag"] == f'"{newer.etag}"'
+
+
+# What else a run may do
+
+
+class FakeApp:
+    """marimo's app as the run sees it, saying what a test wants."""
+
+    def __init__(self, *sent: dict, export_status: int = 200, fail: bool = False):
+        self.sent = sent
+        self.export_status = export_status
+        self.fail = fail
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.export_status,
+                    "headers": [],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"<html>export</html>"})
+            return
+        await receive()
+        if self.fail:
+            raise RuntimeError("the kernel could not start")
+        for message in self.sent:
+            await send(message)
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+def frame(op: str, **data: Any) -> dict:
+    return {"type": "websocket.send", "text": json.dumps({"op": op, "data": data})}
+
+
+@pytest.fixture
+def fake_app(kpis, monkeypatch):
+    def use(app: FakeApp) -> None:
+        monkeypatch.setattr(making.router, "app_for", lambda notebook: app)
+        monkeypatch.setattr(making.router, "end_session", lambda *args: None)
+
+    return use
+
+
+def test_a_run_marimo_closes_is_a_failure(kpis, fake_app):
+    fake_app(FakeApp(frame("kernel-ready"), {"type": "websocket.close", "code": 1011}))
+    with pytest.raises(making.SnapshotFailed, match=r"ended early: .*\(1011\)"):
+        making.make(kpis)
+
+
+def test_a_kernel_that_cannot_run_it_is_a_failure(kpis, fake_app):
+    fake_app(FakeApp(fail=True))
+    with pytest.raises(making.SnapshotFailed, match="could not run it: the kernel"):
+        making.make(kpis)
+
+
+def test_a_run_that_shows_too_much_is_a_failure(kpis, fake_app, monkeypatch):
+    monkeypatch.setattr(making, "MAX_FRAMES_BYTES", 100)
+    fake_app(FakeApp(frame("kernel-ready"), frame("cell-op", output="x" * 200)))
+    with pytest.raises(making.SnapshotFailed, match="more than 0 MB of output"):
+        making.make(kpis)
+
+
+def test_mo_stop_is_not_a_failure_and_stray_messages_are_ignored(kpis, fake_app):
+    stopped = {"channel": "marimo-error", "data": [{"type": "ancestor-stopped"}]}
+    fake_app(
+        FakeApp(
+            frame("kernel-ready", cell_ids=["a"]),
+            {"type": "websocket.send", "bytes": b"binary"},
+            {"type": "websocket.send", "text": "not json"},
+            frame("cell-op", cell_id="a", output=stopped),
+            frame("completed-run"),
+        )
+    )
+    made = making.make(kpis)
+    assert made.html == "<html>export</html>"
+    assert len(made.frames) == 4
+
+
+def test_an_export_marimo_refuses_is_a_failure(kpis, fake_app):
+    fake_app(FakeApp(frame("kernel-ready"), frame("completed-run"), export_status=500))
+    with pytest.raises(making.SnapshotFailed, match="export answered 500"):
+        making.make(kpis)
+
+
+def test_a_cell_error_outside_the_notebooks_cells_is_named_as_it_is(kpis, fake_app):
+    error = {"channel": "marimo-error", "data": [{"type": "exception", "msg": "boom"}]}
+    fake_app(
+        FakeApp(
+            frame("kernel-ready", cell_ids=["a"]),
+            frame("cell-op", cell_id="elsewhere", output=error),
+            frame("completed-run"),
+        )
+    )
+    with pytest.raises(making.SnapshotFailed, match="during the run: exception: boom"):
+        making.make(kpis)
+
+
+# The keeper thread, and what wakes it
+
+
+def test_the_keeper_looks_again_at_once_after_a_making(monkeypatch, caplog):
+    looks: list[float] = []
+    blocked = threading.Event()
+
+    def make_due():
+        looks.append(time.monotonic())
+        if len(looks) == 1:
+            return ["kpis"]  # made one: look again at once
+        if len(looks) == 2:
+            raise RuntimeError("database down")
+        blocked.wait()  # (never set: the daemon thread stops here)
+        return []
+
+    monkeypatch.setattr(keeper, "make_due", make_due)
+    monkeypatch.setattr(keeper, "POLL_SECONDS", 30)
+    thread = keeper.Keeper()
+    thread.start()
+    thread.wake.set()
+    wait_until(lambda: len(looks) >= 2, 10, "the keeper did not look again")
+    assert looks[1] - looks[0] < 5  # not after POLL_SECONDS
+    wait_until(lambda: "Looking for due snapshots failed" in caplog.text, 10)
+    thread.wake.set()
+    wait_until(lambda: len(looks) >= 3, 10, "the keeper stopped after a failure")
+
+
+def test_start_runs_one_keeper_where_notebooks_have_snapshots(monkeypatch):
+    started = []
+
+    class Thread:
+        def __init__(self):
+            self.wake = threading.Event()
+
+        def start(self):
+            started.append(self)
+
+        def is_alive(self):
+            return True
+
+    monkeypatch.setattr(keeper, "Keeper", Thread)
+    monkeypatch.setattr(keeper, "_keeper", None)
+    REAL_START()  # the test settings: no snapshot
+    assert started == []
+    with with_entries(kpis=KPIS):
+        REAL_START()
+        REAL_START()
+    assert len(started) == 1
+    keeper.poke()
+    assert started[0].wake.is_set()
+
+
+def test_loaddata_and_a_broken_setting_ask_nothing(kpis, monkeypatch):
+    keeper._model_changed(Group, raw=True)
+
+    def broken():
+        raise ImproperlyConfigured("no")
+
+    monkeypatch.setattr(keeper, "configured", broken)
+    keeper._model_changed(Group)
+    keeper._m2m_changed(Group, Group(), "pre_add")
+    assert not NotebookSnapshot.objects.exists()
+
+
+# What the admin shows
+
+
+def test_the_admin_says_each_snapshots_state(stored):
+    from django.contrib.admin.sites import site
+
+    shown = site._registry[NotebookSnapshot]
+    assert shown.state(stored) == "made"
+    assert shown.age(stored) and shown.size_shown(stored).endswith("KB")
+    assert shown.error_shown(stored) == "-"
+    stored.due_at = timezone.now()
+    assert shown.state(stored) == "to be made again"
+    empty = NotebookSnapshot(notebook="new")
+    assert shown.state(empty) == "not made yet"
+    assert (shown.age(empty), shown.size_shown(empty)) == ("-", "-")
+    empty.failed_at = timezone.now()
+    assert shown.state(empty) == "last making failed"
+
+
+def test_deleting_several_in_the_admin_deletes_their_files(admin_client, kpis, made):
+    rows = [
+        store.save(registry.get_notebook(slug), made, version="v")
+        for slug in ("kpis", "kpis_sales")
+    ]
+    admin_client.post(
+        "/admin/django_notebooks/notebooksnapshot/",
+        {
+            "action": "delete_selected",
+            "_selected_action": [row.pk for row in rows],
+            "post": "yes",
+        },
+    )
+    assert not NotebookSnapshot.objects.exists()
+    assert not any(store.storage().exists(row.file) for row in rows)
+
+
+def test_a_storage_django_cannot_give_serves_nothing(kpis, stored, caplog):
+    with override_settings(
+        DJANGO_NOTEBOOKS={
+            **settings.DJANGO_NOTEBOOKS,
+            "NOTEBOOKS": {"kpis": KPIS},
+            "SNAPSHOT_STORAGE": "nowhere",
+        }
+    ):
+        assert store.served(registry.get_notebook("kpis")) is None
+    assert "check E023" in caplog.text
