@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from channels.consumer import AsyncConsumer
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.urls import Resolver404, resolve
 
@@ -190,9 +189,7 @@ class KernelConsumer(AsyncConsumer):  # type: ignore[misc]
         try:
             refusal = await session.open()
             if refusal is None and location.notebook.snapshot is not None:
-                self.snapshot_frames = await database_sync_to_async(
-                    outputs_first.frames_for
-                )(location.notebook)
+                self.snapshot_frames = await outputs_first.frames_for(location.notebook)
             if refusal is None:
                 self.session = session
                 self._start_marimo(admitted, location, mount, path, root_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.cache import cache
@@ -696,7 +697,7 @@ def test_shown_after_only_fits_the_same_cells(made):
 
 
 def test_a_static_notebook_has_no_outputs_first(kpis, stored):
-    assert outputs_first.frames_for(kpis) is None
+    assert async_to_sync(outputs_first.frames_for)(kpis) is None
 
 
 def test_with_frontend_marimo_the_page_loads_it_from_below_the_notebook():

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from channels.db import database_sync_to_async
+
 from django_notebooks.marimo import routes
 from django_notebooks.registry import Notebook
 from django_notebooks.snapshots import store
@@ -29,20 +31,21 @@ from django_notebooks.snapshots import store
 KERNEL_READY = "kernel-ready"
 
 
-def frames_for(notebook: Notebook) -> tuple[str, ...] | None:
-    """The frames of ``notebook``'s snapshot to show first (synchronous: it
-    reads the database), if it has a snapshot of its file as it is."""
+async def frames_for(notebook: Notebook) -> tuple[str, ...] | None:
+    """The frames of ``notebook``'s snapshot to show first, if it has a
+    snapshot of its file as it is (the row as static pages read it: at most
+    once a second per process)."""
     if notebook.snapshot is None or notebook.static:
         return None
-    row = store.row_of(notebook)
-    if (
-        row is None
-        or not row.file
-        or row.file_version != store.current_version(notebook)
-    ):
+    found = store.served_lately(notebook) or await database_sync_to_async(store.served)(
+        notebook
+    )
+    if found is None:
         return None
-    content = store.content_of(row)
-    return content.frames if content is not None else None
+    row, content = found
+    if row.file_version != store.current_version(notebook):
+        return None
+    return content.frames
 
 
 def _kernel_ready(text: str) -> dict[str, Any] | None:
